@@ -1,0 +1,178 @@
+//! The device's agent configuration (`/etc/fleet-agent/agent.toml`): where the fleet
+//! repository is, which branch this device follows, who the device is, and where the
+//! agent keeps its state. Unknown keys are errors; every key has a documented default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+
+pub const DEFAULT_CONFIG: &str = "/etc/fleet-agent/agent.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/fleet-agent";
+pub const DEFAULT_ROLES_DIR: &str = "/usr/share/fleet-agent/roles";
+/// Mender's device_type file (`device_type=raspberrypi4`); /var/lib/mender points to /data/mender.
+pub const MENDER_DEVICE_TYPE: &str = "/var/lib/mender/device_type";
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    repo: Option<String>,
+    branch: Option<String>,
+    device_id: Option<String>,
+    device_type: Option<String>,
+    state_dir: Option<PathBuf>,
+    roles_dir: Option<PathBuf>,
+    #[serde(default)]
+    credentials: Credentials,
+    #[serde(default)]
+    http: Http,
+}
+
+/// How the agent authenticates to the git server. Paths are on the device (under `--root`).
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// A file holding an access token, sent as the HTTP basic-auth password.
+    pub token_file: Option<PathBuf>,
+    /// The basic-auth user name that goes with the token (default "fleet-agent").
+    pub username: Option<String>,
+    /// Private key for ssh:// repositories.
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file for ssh:// repositories; host keys are checked strictly.
+    pub known_hosts: Option<PathBuf>,
+    /// The ssh client to run (default "ssh").
+    pub ssh_command: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Seconds to wait for the server to answer (connect and each read).
+    pub timeout_secs: u64,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { timeout_secs: 30 }
+    }
+}
+
+/// The resolved configuration: defaults filled in, device facts read.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub repo: String,
+    pub branch: String,
+    pub device_id: String,
+    pub device_type: Option<String>,
+    /// Absolute path on the device; use `Host::path` to reach it.
+    pub state_dir: PathBuf,
+    pub roles_dir: PathBuf,
+    pub credentials: Credentials,
+    pub http: Http,
+}
+
+impl Config {
+    /// Reads the config file. `required` is false for commands that can work without it
+    /// (`plan --repo`, `validate`), in which case a missing file gives the defaults.
+    pub fn load(path: &Path, host: &Host, required: bool) -> Result<Config> {
+        let raw = match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str::<RawConfig>(&text).map_err(|e| Error::Config {
+                path: path.to_owned(),
+                message: describe_toml_error(&text, &e),
+            })?,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
+            Err(e) => return Err(Error::io("cannot read the agent configuration", path, e)),
+        };
+        let missing = |key: &str| Error::Config {
+            path: path.to_owned(),
+            message: format!("`{key}` is required"),
+        };
+        let repo = match raw.repo {
+            Some(r) => normalize_url(&r),
+            None if required => return Err(missing("repo")),
+            None => String::new(),
+        };
+        let device_id = match raw.device_id {
+            Some(id) => id,
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into()),
+        };
+        let device_type = match raw.device_type {
+            Some(t) => Some(t),
+            None => read_mender_device_type(host),
+        };
+        for p in [&raw.state_dir, &raw.roles_dir].into_iter().flatten() {
+            if !p.is_absolute() {
+                return Err(Error::Config {
+                    path: path.to_owned(),
+                    message: format!("{} must be an absolute path", p.display()),
+                });
+            }
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            repo,
+            branch: raw.branch.unwrap_or_else(|| "main".into()),
+            device_id,
+            device_type,
+            state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            roles_dir: raw.roles_dir.unwrap_or_else(|| DEFAULT_ROLES_DIR.into()),
+            credentials: raw.credentials,
+            http: raw.http,
+        })
+    }
+}
+
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            format!("{line}:{column}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn read_mender_device_type(host: &Host) -> Option<String> {
+    let text = std::fs::read_to_string(host.path(Path::new(MENDER_DEVICE_TYPE))).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("device_type="))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+}
+
+/// git2 does not route scp-style addresses (`git@host:fleet.git`) to a registered ssh
+/// transport, so they are rewritten to the equivalent ssh:// URL.
+pub fn normalize_url(url: &str) -> String {
+    if url.contains("://") || url.starts_with('/') {
+        return url.to_string();
+    }
+    if let Some((userhost, path)) = url.split_once(':') {
+        if !userhost.contains('/') && !path.is_empty() {
+            let path = if path.starts_with('/') { path.to_string() } else { format!("/~/{path}") };
+            return format!("ssh://{userhost}{path}");
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scp_style_urls_become_ssh_urls() {
+        assert_eq!(normalize_url("git@example.com:fleet.git"), "ssh://git@example.com/~/fleet.git");
+        assert_eq!(normalize_url("git@example.com:/srv/fleet.git"), "ssh://git@example.com/srv/fleet.git");
+        assert_eq!(normalize_url("https://example.com/fleet.git"), "https://example.com/fleet.git");
+        assert_eq!(normalize_url("/srv/fleet.git"), "/srv/fleet.git");
+    }
+}

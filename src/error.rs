@@ -1,0 +1,136 @@
+//! The one error type of fleet-agent: every failure carries its context (a file
+//! position, a path, a command's stderr) and knows the exit code it maps to.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Exit codes, stable and documented in the README.
+pub mod exit {
+    /// Success; for `plan`, nothing to do.
+    pub const OK: i32 = 0;
+    /// An error: invalid fleet repository, failed read or write of the machine, ...
+    pub const ERROR: i32 = 1;
+    /// `plan`: changes are pending.
+    pub const CHANGES_PENDING: i32 = 2;
+    /// `pull`: the fleet repository could not be reached; the last fetched commit was used.
+    pub const UNREACHABLE: i32 = 3;
+    /// Another run holds the lock and did not release it within `--wait`.
+    pub const LOCKED: i32 = 4;
+    /// The command line or the agent configuration is wrong.
+    pub const USAGE: i32 = 64;
+}
+
+/// A position in a file of the fleet repository (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pos {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Pos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        }
+    }
+}
+
+/// One problem found while loading a fleet repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub pos: Pos,
+    pub message: String,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.pos, self.message)
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// The agent configuration (agent.toml) is wrong.
+    Config { path: PathBuf, message: String },
+    /// The fleet repository does not validate; every problem found is listed.
+    Invalid(Vec<Invalid>),
+    /// The fleet repository could not be fetched. `fallback` is true when a previously
+    /// fetched commit exists and is used instead.
+    Unreachable { url: String, message: String },
+    /// The local clone or a git operation failed.
+    Git { context: String, source: git2::Error },
+    /// A read or a change of the machine failed.
+    Io { context: String, path: PathBuf, source: std::io::Error },
+    /// A command run on the machine failed.
+    Command { command: String, status: String, stderr: String },
+    /// Another run holds the lock.
+    Locked { path: PathBuf, waited_secs: u64 },
+    /// Anything else, said in words.
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } => exit::USAGE,
+            Error::Unreachable { .. } => exit::UNREACHABLE,
+            Error::Locked { .. } => exit::LOCKED,
+            _ => exit::ERROR,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), path: path.into(), source }
+    }
+
+    pub fn git(context: impl Into<String>, source: git2::Error) -> Self {
+        Error::Git { context: context.into(), source }
+    }
+
+    pub fn invalid(pos: Pos, message: impl Into<String>) -> Self {
+        Error::Invalid(vec![Invalid { pos, message: message.into() }])
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config { path, message } => write!(f, "{}: {}", path.display(), message),
+            Error::Invalid(problems) => {
+                let n = problems.len();
+                write!(f, "the fleet repository is invalid ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+                for p in problems {
+                    write!(f, "\n  {p}")?;
+                }
+                write!(f, "\nnothing was changed")
+            }
+            Error::Unreachable { url, message } => {
+                write!(f, "cannot reach the fleet repository {url}: {message}")
+            }
+            Error::Git { context, source } => write!(f, "{context}: {}", source.message()),
+            Error::Io { context, path, source } => {
+                write!(f, "{context} {}: {source}", path.display())
+            }
+            Error::Command { command, status, stderr } => {
+                write!(f, "`{command}` failed ({status})")?;
+                if !stderr.trim().is_empty() {
+                    write!(f, ":\n---\n{}\n---", stderr.trim_end())?;
+                }
+                Ok(())
+            }
+            Error::Locked { path, waited_secs } => write!(
+                f,
+                "another fleet-agent run holds the lock {} (waited {waited_secs}s; use --wait SECONDS to wait longer)",
+                path.display()
+            ),
+            Error::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}

@@ -1,0 +1,1045 @@
+//! Load and validate a fleet repository (format v1, docs/fleet-format.md) and compute
+//! one device's desired state from it. Nothing here touches the machine: the input is a
+//! `Source` (a commit or a directory) and device facts, the output a `DesiredState` or
+//! every problem found, each with file:line:column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{Node, Span, Spanned};
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::error::{Error, Invalid, Pos, Result};
+use crate::resource::{DesiredState, Kind, Principal, Resource};
+use crate::source::Source;
+use crate::yaml::{self, invalid};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Who the device is, as the agent configuration says.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub device_type: Option<String>,
+}
+
+// ---------------------------------------------------------------- file schemas
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetDoc {
+    format: Spanned<u32>,
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    settings: Settings,
+    // Read by hand (`vars_and_roles`): free-form values and role references.
+    #[allow(dead_code)]
+    vars: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    roles: Option<IgnoredAny>,
+}
+
+/// Fleet-wide settings from fleet.yml.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Remove files, directories and links the agent created once no role declares them.
+    pub prune: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { prune: true }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InventoryDoc {
+    #[allow(dead_code)]
+    groups: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupDoc {
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    devices: Vec<Spanned<String>>,
+    #[serde(default)]
+    device_types: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VarsDoc {
+    #[allow(dead_code)]
+    vars: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    roles: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleDoc {
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[allow(dead_code)]
+    params: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    include: Option<IgnoredAny>,
+    #[serde(default)]
+    resources: Vec<Spanned<ResourceSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamDoc {
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[serde(default)]
+    required: bool,
+    // The default is read by hand: any value.
+    #[allow(dead_code)]
+    default: Option<IgnoredAny>,
+}
+
+/// A resource as written in role.yml; every string is a template.
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ResourceSpec {
+    File(FileSpec),
+    Directory(DirectorySpec),
+    Symlink(SymlinkSpec),
+    Absent(AbsentSpec),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpec {
+    path: Spanned<String>,
+    content: Option<Spanned<String>>,
+    source: Option<Spanned<String>>,
+    template: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    owner: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    #[serde(default)]
+    secret: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectorySpec {
+    path: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    owner: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SymlinkSpec {
+    path: Spanned<String>,
+    target: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbsentSpec {
+    path: Spanned<String>,
+}
+
+// ---------------------------------------------------------------- loaded repository
+
+/// A reference to a role: where it is named and the parameters given there.
+#[derive(Clone)]
+struct RoleRef {
+    name: String,
+    pos: Pos,
+    params: Vec<(String, Pos, Node)>,
+}
+
+struct Layer {
+    file: String,
+    vars: Vec<(String, Node)>,
+    roles: Vec<RoleRef>,
+}
+
+struct Group {
+    name: String,
+    patterns: Vec<(String, Pos)>,
+    device_types: Vec<String>,
+}
+
+struct ParamDef {
+    name: String,
+    required: bool,
+    default: Option<Node>,
+}
+
+struct RoleDef {
+    name: String,
+    /// Where the role's files are, relative to its source: "roles/<name>" or "<name>".
+    dir: String,
+    /// The label used in positions: "roles/<name>/role.yml" or "builtin:<name>/role.yml".
+    file: String,
+    builtin: bool,
+    params: Vec<ParamDef>,
+    includes: Vec<RoleRef>,
+    resources: Vec<Spanned<ResourceSpec>>,
+}
+
+/// A parsed fleet repository: everything that does not depend on the device.
+pub struct Fleet<'a> {
+    repo: &'a Source<'a>,
+    builtin: Option<&'a Source<'a>>,
+    pub settings: Settings,
+    all: Layer,
+    groups: Vec<Group>,
+    group_layers: HashMap<String, Layer>,
+    host_ids: Vec<String>,
+    roles: std::cell::RefCell<HashMap<String, Result<Rc<RoleDef>, Vec<Invalid>>>>,
+}
+
+const FLEET_FILE: &str = "fleet.yml";
+const INVENTORY_FILE: &str = "inventory.yml";
+
+impl<'a> Fleet<'a> {
+    /// Reads fleet.yml, inventory.yml and group_vars/; host_vars and roles are read
+    /// when a device needs them.
+    pub fn load(repo: &'a Source<'a>, builtin: Option<&'a Source<'a>>) -> Result<Fleet<'a>> {
+        let mut problems = Vec::new();
+        let fleet_text = repo.read(FLEET_FILE)?.ok_or_else(|| {
+            Error::invalid(
+                Pos { file: FLEET_FILE.into(), line: 0, column: 0 },
+                format!("missing: a fleet repository has a {FLEET_FILE} at its top (in {})", repo.label()),
+            )
+        })?;
+        let mut settings = Settings::default();
+        let mut all = Layer { file: FLEET_FILE.into(), vars: vec![], roles: vec![] };
+        match yaml::parse(FLEET_FILE, &fleet_text).and_then(|n| Ok((yaml::typed::<FleetDoc>(FLEET_FILE, &n)?, n))) {
+            Ok((doc, node)) => {
+                if *doc.format != FORMAT_VERSION {
+                    problems.push(invalid(
+                        FLEET_FILE,
+                        doc.format.span(),
+                        format!(
+                            "format {} is not supported by fleet-agent {} (expected format: {FORMAT_VERSION})",
+                            *doc.format,
+                            env!("CARGO_PKG_VERSION")
+                        ),
+                    ));
+                }
+                settings = doc.settings;
+                all = read_layer(FLEET_FILE, &node, &mut problems);
+            }
+            Err(p) => problems.push(p),
+        }
+
+        let mut groups = Vec::new();
+        match repo.read(INVENTORY_FILE)? {
+            None => {}
+            Some(text) => match yaml::parse(INVENTORY_FILE, &text)
+                .and_then(|n| yaml::typed::<InventoryDoc>(INVENTORY_FILE, &n).map(|_| n))
+            {
+                Ok(node) => groups = read_groups(&node, &mut problems),
+                Err(p) => problems.push(p),
+            },
+        }
+
+        let mut group_layers = HashMap::new();
+        let all_name = "all".to_string();
+        for name in repo.list("group_vars")?.unwrap_or_default() {
+            let Some(group) = name.strip_suffix(".yml") else { continue };
+            let file = format!("group_vars/{name}");
+            if group != all_name && !groups.iter().any(|g: &Group| g.name == group) {
+                problems.push(Invalid {
+                    pos: Pos { file: file.clone(), line: 0, column: 0 },
+                    message: format!("there is no group `{group}` in {INVENTORY_FILE}"),
+                });
+                continue;
+            }
+            if let Some(layer) = read_vars_file(repo, &file, &mut problems)? {
+                group_layers.insert(group.to_string(), layer);
+            }
+        }
+        let host_ids = repo
+            .list("host_vars")?
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".yml").map(str::to_string))
+            .collect();
+
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
+        Ok(Fleet {
+            repo,
+            builtin,
+            settings,
+            all,
+            groups,
+            group_layers,
+            host_ids,
+            roles: Default::default(),
+        })
+    }
+
+    /// The groups a device belongs to, in inventory order.
+    pub fn groups_of(&self, device: &Device) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|g| {
+                g.patterns.iter().any(|(p, _)| glob_match::glob_match(p, &device.id))
+                    || device.device_type.as_ref().is_some_and(|t| g.device_types.contains(t))
+            })
+            .map(|g| g.name.clone())
+            .collect()
+    }
+
+    /// The device's desired state, or every problem found on the way.
+    pub fn desired_state(&self, device: &Device) -> Result<DesiredState> {
+        let groups = self.groups_of(device);
+        self.desired_state_in(device, groups)
+    }
+
+    fn desired_state_in(&self, device: &Device, groups: Vec<String>) -> Result<DesiredState> {
+        let mut problems = Vec::new();
+        let host_file = format!("host_vars/{}.yml", device.id);
+        let host_layer = read_vars_file(self.repo, &host_file, &mut problems)?;
+
+        // Layers, weakest first: all (fleet.yml, group_vars/all.yml), groups, host.
+        let mut layers: Vec<&Layer> = vec![&self.all];
+        if let Some(l) = self.group_layers.get("all") {
+            layers.push(l);
+        }
+        for g in &groups {
+            if let Some(l) = self.group_layers.get(g) {
+                layers.push(l);
+            }
+        }
+        if let Some(l) = &host_layer {
+            layers.push(l);
+        }
+
+        let mut vars: BTreeMap<String, Value> = BTreeMap::new();
+        let mut role_refs: Vec<RoleRef> = Vec::new();
+        for layer in &layers {
+            for (k, v) in &layer.vars {
+                vars.insert(k.clone(), yaml::to_value(v));
+            }
+            for r in &layer.roles {
+                // The same role named again in a later layer overrides parameters by name.
+                match role_refs.iter_mut().find(|e| e.name == r.name) {
+                    Some(existing) => {
+                        for p in &r.params {
+                            existing.params.retain(|(n, _, _)| n != &p.0);
+                            existing.params.push(p.clone());
+                        }
+                        let _ = &layer.file;
+                    }
+                    None => role_refs.push(r.clone()),
+                }
+            }
+        }
+        vars.insert(
+            "device".into(),
+            Value::from_iter([
+                ("id".to_string(), Value::from(device.id.clone())),
+                ("type".to_string(), Value::from(device.device_type.clone())),
+                ("groups".to_string(), Value::from(groups.clone())),
+            ]),
+        );
+
+        let mut expander = Expander {
+            fleet: self,
+            env: template_env(),
+            vars,
+            instances: HashMap::new(),
+            claimed: HashMap::new(),
+            resources: Vec::new(),
+            roles: Vec::new(),
+            problems,
+        };
+        for r in &role_refs {
+            let base = Value::from_iter(expander.vars.clone());
+            expander.expand(r, &base, &mut Vec::new())?;
+        }
+        if !expander.problems.is_empty() {
+            return Err(Error::Invalid(expander.problems));
+        }
+        Ok(DesiredState {
+            device_id: device.id.clone(),
+            device_type: device.device_type.clone(),
+            groups,
+            roles: expander.roles,
+            resources: expander.resources,
+        })
+    }
+
+    /// Validates the repository for every device it names: each literal device id of
+    /// the inventory, each host_vars file, and for every group one device of that group
+    /// alone (globs stand for devices not yet known). Every role under roles/ is read
+    /// even if no device uses it. Returns the devices checked.
+    pub fn validate_all(&self) -> Result<Vec<String>> {
+        let mut problems: Vec<Invalid> = Vec::new();
+        let mut checked = Vec::new();
+        let mut devices: Vec<String> = Vec::new();
+        for g in &self.groups {
+            for (p, _) in &g.patterns {
+                if !p.contains(['*', '?', '[']) && !devices.contains(p) {
+                    devices.push(p.clone());
+                }
+            }
+        }
+        for h in &self.host_ids {
+            if !devices.contains(h) {
+                devices.push(h.clone());
+            }
+        }
+        let push_all = |problems: &mut Vec<Invalid>, e: Error| match e {
+            Error::Invalid(ps) => {
+                for p in ps {
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+                Ok(())
+            }
+            other => Err(other),
+        };
+        for id in &devices {
+            let device = Device { id: id.clone(), device_type: None };
+            if let Err(e) = self.desired_state(&device) {
+                push_all(&mut problems, e)?;
+            }
+            checked.push(id.clone());
+        }
+        for g in &self.groups {
+            let device = Device { id: format!("(a device of group {})", g.name), device_type: None };
+            if let Err(e) = self.desired_state_in(&device, vec![g.name.clone()]) {
+                push_all(&mut problems, e)?;
+            }
+            checked.push(device.id);
+        }
+        for name in self.repo.list("roles")?.unwrap_or_default() {
+            if let Err(ps) = self.role(&name, &Pos { file: format!("roles/{name}"), line: 0, column: 0 })? {
+                for p in ps {
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(checked)
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+
+    /// A role by name: the fleet repository's roles/<name> first, then the built-in one.
+    fn role(&self, name: &str, used_at: &Pos) -> Result<Result<Rc<RoleDef>, Vec<Invalid>>> {
+        if let Some(r) = self.roles.borrow().get(name) {
+            return Ok(r.clone());
+        }
+        let loaded = self.load_role(name, used_at)?;
+        self.roles.borrow_mut().insert(name.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    fn load_role(&self, name: &str, used_at: &Pos) -> Result<Result<Rc<RoleDef>, Vec<Invalid>>> {
+        let valid_name = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Ok(Err(vec![Invalid {
+                pos: used_at.clone(),
+                message: format!("`{name}` is not a role name (letters, digits, - and _)"),
+            }]));
+        }
+        let (dir, file, builtin, text) = match self.repo.read(&format!("roles/{name}/role.yml"))? {
+            Some(t) => (format!("roles/{name}"), format!("roles/{name}/role.yml"), false, t),
+            None => match self.builtin.map(|b| b.read(&format!("{name}/role.yml"))).transpose()?.flatten() {
+                Some(t) => (name.to_string(), format!("builtin:{name}/role.yml"), true, t),
+                None => {
+                    return Ok(Err(vec![Invalid {
+                        pos: used_at.clone(),
+                        message: format!(
+                            "no role `{name}`: expected roles/{name}/role.yml in the fleet repository or a built-in role"
+                        ),
+                    }]))
+                }
+            },
+        };
+        let mut problems = Vec::new();
+        let node = match yaml::parse(&file, &text) {
+            Ok(n) => n,
+            Err(p) => return Ok(Err(vec![p])),
+        };
+        let doc = match yaml::typed::<RoleDoc>(&file, &node) {
+            Ok(d) => d,
+            Err(p) => return Ok(Err(vec![p])),
+        };
+        let map = node.as_mapping().expect("top level is a mapping");
+        let mut params = Vec::new();
+        if let Some(pnode) = map.get_node("params") {
+            match pnode.as_mapping() {
+                Some(pmap) => {
+                    for (k, v) in pmap.iter() {
+                        let (required, default) = match v {
+                            // `name:` alone (null) declares a parameter without default, required.
+                            Node::Scalar(s) if s.as_str().is_empty() => (true, None),
+                            Node::Mapping(m) => match yaml::typed::<ParamDoc>(&file, v) {
+                                Ok(d) => (d.required, m.get_node("default").cloned()),
+                                Err(p) => {
+                                    problems.push(p);
+                                    continue;
+                                }
+                            },
+                            _ => {
+                                problems.push(invalid(
+                                    &file,
+                                    v.span(),
+                                    "expected a parameter declaration: {default: VALUE} or {required: true}",
+                                ));
+                                continue;
+                            }
+                        };
+                        let required = required || default.is_none();
+                        params.push(ParamDef { name: k.as_str().to_string(), required, default });
+                    }
+                }
+                None => problems.push(invalid(&file, pnode.span(), "expected a mapping of parameter names")),
+            }
+        }
+        let includes = match map.get_node("include") {
+            Some(n) => read_role_refs(&file, n, &mut problems),
+            None => vec![],
+        };
+        if !problems.is_empty() {
+            return Ok(Err(problems));
+        }
+        Ok(Ok(Rc::new(RoleDef {
+            name: name.to_string(),
+            dir,
+            file,
+            builtin,
+            params,
+            includes,
+            resources: doc.resources,
+        })))
+    }
+}
+
+fn template_env() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env
+}
+
+// ---------------------------------------------------------------- reading layers
+
+fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Layer {
+    let map = node.as_mapping().expect("top level is a mapping");
+    let vars = match map.get_node("vars") {
+        None => vec![],
+        Some(Node::Mapping(m)) => m.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect(),
+        Some(Node::Scalar(s)) if s.as_str().is_empty() => vec![],
+        Some(n) => {
+            problems.push(invalid(file, n.span(), "expected a mapping of variable names to values"));
+            vec![]
+        }
+    };
+    let roles = match map.get_node("roles") {
+        None => vec![],
+        Some(n) => read_role_refs(file, n, problems),
+    };
+    Layer { file: file.to_string(), vars, roles }
+}
+
+fn read_vars_file(repo: &Source, file: &str, problems: &mut Vec<Invalid>) -> Result<Option<Layer>> {
+    let Some(text) = repo.read(file)? else { return Ok(None) };
+    match yaml::parse(file, &text).and_then(|n| yaml::typed::<VarsDoc>(file, &n).map(|_| n)) {
+        Ok(node) => Ok(Some(read_layer(file, &node, problems))),
+        Err(p) => {
+            problems.push(p);
+            Ok(None)
+        }
+    }
+}
+
+fn read_groups(node: &Node, problems: &mut Vec<Invalid>) -> Vec<Group> {
+    let file = INVENTORY_FILE;
+    let map = node.as_mapping().expect("top level is a mapping");
+    let Some(gnode) = map.get_node("groups") else { return vec![] };
+    let Some(gmap) = gnode.as_mapping() else {
+        problems.push(invalid(file, gnode.span(), "expected a mapping of group names"));
+        return vec![];
+    };
+    let mut groups = Vec::new();
+    for (name, g) in gmap.iter() {
+        if name.as_str() == "all" {
+            problems.push(invalid(file, name.span(), "`all` is the implicit group of every device; choose another name"));
+            continue;
+        }
+        match yaml::typed::<GroupDoc>(file, g) {
+            Ok(doc) => groups.push(Group {
+                name: name.as_str().to_string(),
+                patterns: doc.devices.iter().map(|d| (d.to_string(), yaml::pos(file, d.span()))).collect(),
+                device_types: doc.device_types,
+            }),
+            Err(p) => problems.push(p),
+        }
+    }
+    groups
+}
+
+/// `roles:` / `include:` entries: `name` or `{role: name, params: {...}}`.
+fn read_role_refs(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Vec<RoleRef> {
+    let Some(seq) = node.as_sequence() else {
+        if !matches!(node, Node::Scalar(s) if s.as_str().is_empty()) {
+            problems.push(invalid(file, node.span(), "expected a list of roles"));
+        }
+        return vec![];
+    };
+    let mut refs = Vec::new();
+    for item in seq.iter() {
+        match item {
+            Node::Scalar(s) => refs.push(RoleRef {
+                name: s.as_str().to_string(),
+                pos: yaml::pos(file, s.span()),
+                params: vec![],
+            }),
+            Node::Mapping(m) => {
+                if let Some(r) = read_role_ref_map(file, m, problems) {
+                    refs.push(r)
+                }
+            }
+            Node::Sequence(s) => problems.push(invalid(file, s.span(), "expected a role name or {role: NAME, params: {...}}")),
+        }
+    }
+    refs
+}
+
+fn read_role_ref_map(file: &str, m: &MarkedMappingNode, problems: &mut Vec<Invalid>) -> Option<RoleRef> {
+    for (k, _) in m.iter() {
+        if !["role", "params"].contains(&k.as_str()) {
+            problems.push(invalid(file, k.span(), format!("unknown key `{}`, expected one of: role, params", k.as_str())));
+            return None;
+        }
+    }
+    let Some(name) = m.get_scalar("role") else {
+        problems.push(invalid(file, m.span(), "expected `role: NAME`"));
+        return None;
+    };
+    let params = match m.get_node("params") {
+        None => vec![],
+        Some(Node::Mapping(p)) => p
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), yaml::pos(file, k.span()), v.clone()))
+            .collect(),
+        Some(n) => {
+            problems.push(invalid(file, n.span(), "expected a mapping of parameter names to values"));
+            return None;
+        }
+    };
+    Some(RoleRef { name: name.as_str().to_string(), pos: yaml::pos(file, name.span()), params })
+}
+
+// ---------------------------------------------------------------- expanding roles
+
+struct Expander<'f, 'a> {
+    fleet: &'f Fleet<'a>,
+    env: Environment<'static>,
+    vars: BTreeMap<String, Value>,
+    /// Instantiated roles: name → (parameters, where first used).
+    instances: HashMap<String, (String, Pos)>,
+    /// Resource ids → where declared, to find two roles managing one thing.
+    claimed: HashMap<String, Pos>,
+    resources: Vec<Resource>,
+    roles: Vec<String>,
+    problems: Vec<Invalid>,
+}
+
+impl Expander<'_, '_> {
+    /// Expands a role reference with the context of whoever names it; includes first.
+    fn expand(&mut self, r: &RoleRef, caller: &Value, stack: &mut Vec<String>) -> Result<()> {
+        if let Some(i) = stack.iter().position(|n| n == &r.name) {
+            let cycle = stack[i..].iter().chain([&r.name]).cloned().collect::<Vec<_>>().join(" → ");
+            self.problems.push(Invalid { pos: r.pos.clone(), message: format!("roles include each other: {cycle}") });
+            return Ok(());
+        }
+        let def = match self.fleet.role(&r.name, &r.pos)? {
+            Ok(d) => d,
+            Err(ps) => {
+                for p in ps {
+                    if !self.problems.contains(&p) {
+                        self.problems.push(p);
+                    }
+                }
+                return Ok(());
+            }
+        };
+
+        // Parameters: given ones rendered in the caller's context, then defaults.
+        let mut params: BTreeMap<String, Value> = BTreeMap::new();
+        let mut ok = true;
+        for (name, pos, node) in &r.params {
+            if !def.params.iter().any(|p| &p.name == name) {
+                let known = def.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+                self.problems.push(Invalid {
+                    pos: pos.clone(),
+                    message: format!(
+                        "role `{}` has no parameter `{name}` (its parameters: {})",
+                        def.name,
+                        if known.is_empty() { "none" } else { &known }
+                    ),
+                });
+                ok = false;
+                continue;
+            }
+            match self.render_node(&r.pos.file, node, caller) {
+                Ok(v) => {
+                    params.insert(name.clone(), v);
+                }
+                Err(p) => {
+                    self.problems.push(p);
+                    ok = false;
+                }
+            }
+        }
+        let vars_only = Value::from_iter(self.vars.clone());
+        for p in &def.params {
+            if params.contains_key(&p.name) {
+                continue;
+            }
+            match &p.default {
+                Some(d) => match self.render_node(&def.file, d, &vars_only) {
+                    Ok(v) => {
+                        params.insert(p.name.clone(), v);
+                    }
+                    Err(e) => {
+                        self.problems.push(e);
+                        ok = false;
+                    }
+                },
+                None if p.required => {
+                    self.problems.push(Invalid {
+                        pos: r.pos.clone(),
+                        message: format!("role `{}` needs the parameter `{}`", def.name, p.name),
+                    });
+                    ok = false;
+                }
+                None => {}
+            }
+        }
+        if !ok {
+            return Ok(());
+        }
+
+        let key = format!("{params:?}");
+        if let Some((prev, at)) = self.instances.get(&def.name) {
+            if prev != &key {
+                self.problems.push(Invalid {
+                    pos: r.pos.clone(),
+                    message: format!("role `{}` is used with other parameters at {at}; a role is applied once per device", def.name),
+                });
+            }
+            return Ok(());
+        }
+        self.instances.insert(def.name.clone(), (key, r.pos.clone()));
+
+        // The role's context: variables, shadowed by its parameters.
+        let mut ctx_map = self.vars.clone();
+        ctx_map.extend(params.clone());
+        ctx_map.insert("params".into(), Value::from_iter(params));
+        let ctx = Value::from_iter(ctx_map);
+
+        stack.push(def.name.clone());
+        for inc in &def.includes {
+            self.expand(inc, &ctx, stack)?;
+        }
+        stack.pop();
+
+        self.roles.push(def.name.clone());
+        for spec in &def.resources {
+            let pos = yaml::pos(&def.file, spec.span());
+            match self.resource(&def, spec, &ctx)? {
+                Ok(kind) => {
+                    let id = kind.id();
+                    if let Some(prev) = self.claimed.get(&id) {
+                        self.problems.push(Invalid {
+                            pos: pos.clone(),
+                            message: format!("{} is also managed by the resource at {prev}", kind.path().display()),
+                        });
+                        continue;
+                    }
+                    self.claimed.insert(id, pos.clone());
+                    self.resources.push(Resource { role: def.name.clone(), declared_at: pos, kind });
+                }
+                Err(ps) => self.problems.extend(ps),
+            }
+        }
+        Ok(())
+    }
+
+    /// A node as a value, every string in it rendered as a template.
+    fn render_node(&self, file: &str, node: &Node, ctx: &Value) -> Result<Value, Invalid> {
+        match node {
+            Node::Scalar(s) if !s.may_coerce() || matches!(yaml::to_value(node).kind(), minijinja::value::ValueKind::String) => {
+                self.render_scalar(file, s, ctx).map(Value::from)
+            }
+            Node::Scalar(_) => Ok(yaml::to_value(node)),
+            Node::Sequence(seq) => {
+                seq.iter().map(|n| self.render_node(file, n, ctx)).collect::<Result<Vec<_>, _>>().map(Value::from)
+            }
+            Node::Mapping(m) => m
+                .iter()
+                .map(|(k, v)| Ok((k.as_str().to_string(), self.render_node(file, v, ctx)?)))
+                .collect::<Result<BTreeMap<_, _>, Invalid>>()
+                .map(Value::from_iter),
+        }
+    }
+
+    fn render_scalar(&self, file: &str, s: &MarkedScalarNode, ctx: &Value) -> Result<String, Invalid> {
+        self.render(file, s.span(), s.as_str(), ctx)
+    }
+
+    /// Renders a string from role.yml; errors point at the string.
+    fn render(&self, file: &str, span: &Span, text: &str, ctx: &Value) -> Result<String, Invalid> {
+        if !text.contains("{{") && !text.contains("{%") {
+            return Ok(text.to_string());
+        }
+        self.env.render_str(text, ctx).map_err(|e| {
+            let mut p = invalid(file, span, template_message(&e, text));
+            if let (Some(line), true) = (e.line(), p.pos.line > 0) {
+                if line > 1 {
+                    p.message.push_str(&format!(" (line {line} of the value)"));
+                }
+            }
+            p
+        })
+    }
+
+    fn spanned(&self, file: &str, s: &Spanned<String>, ctx: &Value) -> Result<String, Invalid> {
+        self.render(file, s.span(), s.as_str(), ctx)
+    }
+
+    fn resource(
+        &self,
+        def: &RoleDef,
+        spec: &Spanned<ResourceSpec>,
+        ctx: &Value,
+    ) -> Result<Result<Kind, Vec<Invalid>>> {
+        let file = def.file.as_str();
+        let mut problems = Vec::new();
+        let text = |s: &Spanned<String>, problems: &mut Vec<Invalid>| match self.spanned(file, s, ctx) {
+            Ok(t) => Some(t),
+            Err(p) => {
+                problems.push(p);
+                None
+            }
+        };
+        let kind = match &**spec {
+            ResourceSpec::File(f) => {
+                let path = text(&f.path, &mut problems).and_then(|p| device_path(file, &f.path, &p, &mut problems));
+                let mode = mode(file, f.mode.as_ref(), 0o644, &mut problems);
+                let owner = f.owner.as_ref().and_then(|o| text(o, &mut problems)).map(principal);
+                let group = f.group.as_ref().and_then(|g| text(g, &mut problems)).map(principal);
+                let given = [&f.content, &f.source, &f.template].iter().filter(|x| x.is_some()).count();
+                let content = if given != 1 {
+                    problems.push(invalid(
+                        file,
+                        f.path.span(),
+                        "a file needs exactly one of `content`, `source` (a file in the role's files/) or `template` (in templates/)",
+                    ));
+                    None
+                } else if let Some(c) = &f.content {
+                    text(c, &mut problems).map(String::into_bytes)
+                } else if let Some(s) = &f.source {
+                    self.role_file(def, "files", s, &mut problems)?
+                } else if let Some(t) = &f.template {
+                    match self.role_file(def, "templates", t, &mut problems)? {
+                        Some(bytes) => self.render_template_file(def, t, &bytes, ctx, &mut problems),
+                        None => None,
+                    }
+                } else {
+                    None
+                };
+                match (path, mode, content) {
+                    (Some(path), Some(mode), Some(content)) if problems.is_empty() => Kind::File {
+                        path,
+                        content,
+                        mode,
+                        owner: owner.unwrap_or(Principal::Id(0)),
+                        group: group.unwrap_or(Principal::Id(0)),
+                        secret: f.secret,
+                    },
+                    _ => return Ok(Err(problems)),
+                }
+            }
+            ResourceSpec::Directory(d) => {
+                let path = text(&d.path, &mut problems).and_then(|p| device_path(file, &d.path, &p, &mut problems));
+                let mode = mode(file, d.mode.as_ref(), 0o755, &mut problems);
+                let owner = d.owner.as_ref().and_then(|o| text(o, &mut problems)).map(principal);
+                let group = d.group.as_ref().and_then(|g| text(g, &mut problems)).map(principal);
+                match (path, mode) {
+                    (Some(path), Some(mode)) if problems.is_empty() => Kind::Directory {
+                        path,
+                        mode,
+                        owner: owner.unwrap_or(Principal::Id(0)),
+                        group: group.unwrap_or(Principal::Id(0)),
+                    },
+                    _ => return Ok(Err(problems)),
+                }
+            }
+            ResourceSpec::Symlink(l) => {
+                let path = text(&l.path, &mut problems).and_then(|p| device_path(file, &l.path, &p, &mut problems));
+                let target = text(&l.target, &mut problems);
+                if matches!(&target, Some(t) if t.is_empty()) {
+                    problems.push(invalid(file, l.target.span(), "expected the link's target, not an empty string"));
+                }
+                match (path, target) {
+                    (Some(path), Some(target)) if problems.is_empty() => Kind::Symlink { path, target: target.into() },
+                    _ => return Ok(Err(problems)),
+                }
+            }
+            ResourceSpec::Absent(a) => {
+                let path = text(&a.path, &mut problems).and_then(|p| device_path(file, &a.path, &p, &mut problems));
+                match path {
+                    Some(path) if path.components().count() < 3 => {
+                        problems.push(invalid(
+                            file,
+                            a.path.span(),
+                            format!("refusing to remove the top-level directory {}", path.display()),
+                        ));
+                        return Ok(Err(problems));
+                    }
+                    Some(path) if problems.is_empty() => Kind::Absent { path },
+                    _ => return Ok(Err(problems)),
+                }
+            }
+        };
+        Ok(Ok(kind))
+    }
+
+    /// Reads `files/<name>` or `templates/<name>` of a role; the name may not leave it.
+    fn role_file(
+        &self,
+        def: &RoleDef,
+        sub: &str,
+        name: &Spanned<String>,
+        problems: &mut Vec<Invalid>,
+    ) -> Result<Option<Vec<u8>>> {
+        let rel = Path::new(name.as_str());
+        let escapes = name.is_empty()
+            || rel.is_absolute()
+            || rel.components().any(|c| !matches!(c, Component::Normal(_)));
+        if escapes {
+            problems.push(invalid(
+                &def.file,
+                name.span(),
+                format!("`{}` leaves the role's {sub}/ directory: expected a relative path inside it, without `..`", name.as_str()),
+            ));
+            return Ok(None);
+        }
+        let path = format!("{}/{sub}/{}", def.dir, name.as_str());
+        let source = if def.builtin { self.fleet.builtin.expect("built-in role has a source") } else { self.fleet.repo };
+        match source.read(&path)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => {
+                let shown = if def.builtin { format!("builtin:{path}") } else { path };
+                problems.push(invalid(&def.file, name.span(), format!("{shown} does not exist")));
+                Ok(None)
+            }
+        }
+    }
+
+    fn render_template_file(
+        &self,
+        def: &RoleDef,
+        name: &Spanned<String>,
+        bytes: &[u8],
+        ctx: &Value,
+        problems: &mut Vec<Invalid>,
+    ) -> Option<Vec<u8>> {
+        let label = format!("{}{}/templates/{}", if def.builtin { "builtin:" } else { "" }, def.dir, name.as_str());
+        let Ok(src) = std::str::from_utf8(bytes) else {
+            problems.push(Invalid { pos: Pos { file: label, line: 0, column: 0 }, message: "a template must be UTF-8 text".into() });
+            return None;
+        };
+        match self.env.render_str(src, ctx) {
+            Ok(s) => Some(s.into_bytes()),
+            Err(e) => {
+                let (line, column) = match (e.line(), e.range()) {
+                    (_, Some(r)) => {
+                        let before = &src[..r.start.min(src.len())];
+                        (before.matches('\n').count() + 1, before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1)
+                    }
+                    (Some(l), None) => (l, 1),
+                    (None, None) => (0, 0),
+                };
+                problems.push(Invalid { pos: Pos { file: label, line, column }, message: template_message(&e, src) });
+                None
+            }
+        }
+    }
+}
+
+/// minijinja's error, with the name of an undefined variable spelled out.
+fn template_message(e: &minijinja::Error, src: &str) -> String {
+    match e.kind() {
+        minijinja::ErrorKind::UndefinedError => {
+            let expr = e.range().and_then(|r| src.get(r)).map(str::trim).unwrap_or("");
+            if expr.is_empty() {
+                "undefined variable in template: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params".into()
+            } else {
+                format!("undefined variable `{expr}`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params")
+            }
+        }
+        _ => format!("template error: {}", e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string())),
+    }
+}
+
+fn principal(s: String) -> Principal {
+    match s.parse::<u32>() {
+        Ok(id) => Principal::Id(id),
+        Err(_) if s == "root" => Principal::Id(0),
+        Err(_) => Principal::Name(s),
+    }
+}
+
+fn mode(file: &str, m: Option<&Spanned<String>>, default: u32, problems: &mut Vec<Invalid>) -> Option<u32> {
+    let Some(m) = m else { return Some(default) };
+    let s = m.as_str();
+    match u32::from_str_radix(s, 8) {
+        Ok(v) if (3..=4).contains(&s.len()) && v <= 0o7777 => Some(v),
+        _ => {
+            problems.push(invalid(file, m.span(), format!("`{s}` is not a file mode: expected octal digits in quotes, such as \"0644\"")));
+            None
+        }
+    }
+}
+
+/// A managed path: absolute, normalized, not the root itself.
+fn device_path(file: &str, at: &Spanned<String>, p: &str, problems: &mut Vec<Invalid>) -> Option<PathBuf> {
+    let path = Path::new(p);
+    let normal = path.is_absolute()
+        && path.components().skip(1).all(|c| matches!(c, Component::Normal(_)))
+        && path.components().count() > 1
+        && !p.ends_with('/');
+    if normal {
+        Some(path.to_path_buf())
+    } else {
+        problems.push(invalid(file, at.span(), format!("`{p}` is not a device path: expected an absolute path without `.`, `..` or a trailing /")));
+        None
+    }
+}

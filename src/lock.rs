@@ -1,0 +1,42 @@
+//! One run at a time per root: an exclusive flock on a file in the state directory,
+//! released by the kernel when the process ends, however it ends.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::error::{Error, Result};
+
+pub struct RunLock {
+    _lock: Flock<File>,
+}
+
+impl RunLock {
+    /// Takes the lock, waiting up to `wait` for another run to finish.
+    pub fn acquire(dir: &Path, wait: Duration) -> Result<RunLock> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the state directory", dir, e))?;
+        let path = dir.join("lock");
+        let start = Instant::now();
+        let mut file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open the lock file", &path, e))?;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(RunLock { _lock: lock }),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if start.elapsed() >= wait {
+                        return Err(Error::Locked { path, waited_secs: wait.as_secs() });
+                    }
+                    file = f;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err((_, e)) => return Err(Error::io("cannot lock", &path, e.into())),
+            }
+        }
+    }
+}

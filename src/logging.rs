@@ -1,0 +1,49 @@
+//! Logging: to the journal with structured fields (COMMIT, ROLE, RESOURCE) when the
+//! agent runs under systemd, human-readable lines on stderr otherwise.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct Stderr {
+    level: LevelFilter,
+}
+
+impl Log for Stderr {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        match record.level() {
+            Level::Error => eprintln!("error: {}", record.args()),
+            Level::Warn => eprintln!("warning: {}", record.args()),
+            Level::Info => eprintln!("{}", record.args()),
+            _ => eprintln!("{}: {}", record.level().as_str().to_lowercase(), record.args()),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// `verbosity`: 0 warnings only, 1 info (default), 2 debug.
+pub fn init(verbosity: u8) {
+    let level = match verbosity {
+        0 => LevelFilter::Warn,
+        1 => LevelFilter::Info,
+        _ => LevelFilter::Debug,
+    };
+    // systemd sets JOURNAL_STREAM when stderr is connected to the journal.
+    if std::env::var_os("JOURNAL_STREAM").is_some() && systemd_journal_logger::connected_to_journal() {
+        if let Ok(logger) = systemd_journal_logger::JournalLog::new() {
+            if logger.with_syslog_identifier("fleet-agent".into()).install().is_ok() {
+                log::set_max_level(level);
+                return;
+            }
+        }
+    }
+    if log::set_boxed_logger(Box::new(Stderr { level })).is_ok() {
+        log::set_max_level(level);
+    }
+}

@@ -1,0 +1,130 @@
+//! The desired state: typed resources, each with where it was declared. This is the
+//! value that `load` produces and `plan` compares against the machine. New kinds
+//! (apt sources, packages, services, users) are new variants here and a new phase in
+//! the run order; plan and apply dispatch on the kind.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::Pos;
+
+/// Everything one device should be, computed from one commit of the fleet repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct DesiredState {
+    pub device_id: String,
+    pub device_type: Option<String>,
+    pub groups: Vec<String>,
+    pub roles: Vec<String>,
+    pub resources: Vec<Resource>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resource {
+    pub role: String,
+    #[serde(serialize_with = "ser_pos")]
+    pub declared_at: Pos,
+    pub kind: Kind,
+}
+
+fn ser_pos<S: serde::Serializer>(pos: &Pos, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&pos.to_string())
+}
+
+/// A user or group, by name or numeric id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Principal {
+    Name(String),
+    Id(u32),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Name(n) => f.write_str(n),
+            Principal::Id(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Kind {
+    File {
+        path: PathBuf,
+        #[serde(skip)]
+        content: Vec<u8>,
+        mode: u32,
+        owner: Principal,
+        group: Principal,
+        /// Never printed, diffed or logged.
+        secret: bool,
+    },
+    Directory {
+        path: PathBuf,
+        mode: u32,
+        owner: Principal,
+        group: Principal,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    Absent {
+        path: PathBuf,
+    },
+}
+
+impl Kind {
+    /// The resource's identity: two resources with the same id conflict.
+    pub fn id(&self) -> String {
+        format!("path:{}", self.path().display())
+    }
+
+    pub fn path(&self) -> &PathBuf {
+        match self {
+            Kind::File { path, .. }
+            | Kind::Directory { path, .. }
+            | Kind::Symlink { path, .. }
+            | Kind::Absent { path } => path,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Kind::File { .. } => "file",
+            Kind::Directory { .. } => "directory",
+            Kind::Symlink { .. } => "symlink",
+            Kind::Absent { .. } => "absent",
+        }
+    }
+
+    /// A digest of everything this resource declares, recorded in the state.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.kind_name());
+        h.update([0]);
+        h.update(self.path().as_os_str().as_encoded_bytes());
+        h.update([0]);
+        match self {
+            Kind::File { content, mode, owner, group, .. } => {
+                h.update(sha256_hex(content));
+                h.update(format!("{mode:o}:{owner}:{group}"));
+            }
+            Kind::Directory { mode, owner, group, .. } => h.update(format!("{mode:o}:{owner}:{group}")),
+            Kind::Symlink { target, .. } => h.update(target.as_os_str().as_encoded_bytes()),
+            Kind::Absent { .. } => {}
+        }
+        hex(&h.finalize())
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(&Sha256::digest(data))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
