@@ -27,7 +27,7 @@ pub fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()>) {
         let path = change.path.display().to_string();
         info!(
             commit = commit, role = change.role.as_str(), resource = path.as_str();
-            "{:?} {} {}", change.action, change.kind, path
+            "{} {} {}", change.action.past_tense(), change.kind, path
         );
     }
     (done, Ok(()))

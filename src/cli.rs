@@ -12,7 +12,7 @@ use crate::error::{exit, Error, Result};
 use crate::host::Host;
 use crate::load::{Device, Fleet};
 use crate::lock::RunLock;
-use crate::source::{short, Source};
+use crate::source::Source;
 use crate::state::{self, Outcome, State};
 
 #[derive(Parser, Debug)]
@@ -150,7 +150,7 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
             (Source::Dir(dir), None, None, label)
         }
         None => {
-            synced = crate::sync::sync(host, &config)?;
+            synced = sync_followed(host, &mut config)?;
             let source = Source::commit(&synced.repo, synced.commit)?;
             let origin = format!("{}#{}", crate::transport::redact(&config.repo), config.branch);
             (source, Some(synced.commit.to_string()), synced.offline.clone(), origin)
@@ -161,8 +161,11 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
     // Load and validate.
     let builtin_dir = config.roles_dir.clone();
     let builtin = builtin_dir.is_dir().then(|| Source::Dir(builtin_dir));
-    let device = Device { id: config.device_id.clone(), device_type: config.device_type.clone() };
+    let mut device = Device { id: config.device_id.clone(), device_type: config.device_type.clone() };
     let desired = Fleet::load(&source, builtin.as_ref()).and_then(|fleet| {
+        if device.device_type.is_none() {
+            device.device_type = fleet.host_facts(&device.id)?.device_type;
+        }
         let desired = fleet.desired_state(&device)?;
         Ok((desired, fleet.settings.clone()))
     });
@@ -267,6 +270,25 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
     Ok(exit::OK)
 }
 
+/// Syncs the configured branch, then the branch the device's host_vars there tell it
+/// to follow instead, if any (decided on the configured branch only: no flip-flop).
+fn sync_followed(host: &Host, config: &mut Config) -> Result<crate::sync::Synced> {
+    let first = crate::sync::sync(host, config)?;
+    let follow = {
+        let source = Source::commit(&first.repo, first.commit)?;
+        Fleet::load(&source, None).ok().and_then(|f| f.host_facts(&config.device_id).ok()).and_then(|f| f.branch)
+    };
+    match follow {
+        Some(branch) if branch != config.branch => {
+            info!("host_vars/{}.yml: following branch {branch} instead of {}", config.device_id, config.branch);
+            config.branch = branch;
+            drop(first);
+            crate::sync::sync(host, config)
+        }
+        _ => Ok(first),
+    }
+}
+
 fn header(desired: &crate::resource::DesiredState, origin: &str, commit: &str) -> String {
     format!(
         "Device {} (type {}; groups: {}; roles: {})\nFleet repository {origin} at {commit}\n",
@@ -360,9 +382,4 @@ mod tests {
         assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::format_time(1_795_000_000), "2026-11-18T09:46:40Z");
     }
-}
-
-#[allow(dead_code)]
-fn _short(o: git2::Oid) -> String {
-    short(o)
 }

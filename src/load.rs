@@ -83,6 +83,17 @@ struct VarsDoc {
     vars: Option<IgnoredAny>,
     #[allow(dead_code)]
     roles: Option<IgnoredAny>,
+    /// host_vars only: the branch this device follows instead of the configured one.
+    branch: Option<Spanned<String>>,
+    /// host_vars only: the device's hardware type, when its agent.toml and Mender don't say.
+    device_type: Option<Spanned<String>>,
+}
+
+/// Facts about a device that its host_vars file states.
+#[derive(Debug, Clone, Default)]
+pub struct HostFacts {
+    pub branch: Option<String>,
+    pub device_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +181,7 @@ struct Layer {
     file: String,
     vars: Vec<(String, Node)>,
     roles: Vec<RoleRef>,
+    facts: HostFacts,
 }
 
 struct Group {
@@ -223,7 +235,7 @@ impl<'a> Fleet<'a> {
             )
         })?;
         let mut settings = Settings::default();
-        let mut all = Layer { file: FLEET_FILE.into(), vars: vec![], roles: vec![] };
+        let mut all = Layer { file: FLEET_FILE.into(), vars: vec![], roles: vec![], facts: HostFacts::default() };
         match yaml::parse(FLEET_FILE, &fleet_text).and_then(|n| Ok((yaml::typed::<FleetDoc>(FLEET_FILE, &n)?, n))) {
             Ok((doc, node)) => {
                 if *doc.format != FORMAT_VERSION {
@@ -290,6 +302,16 @@ impl<'a> Fleet<'a> {
             host_ids,
             roles: Default::default(),
         })
+    }
+
+    /// What the device's host_vars file says about it (branch, device type).
+    pub fn host_facts(&self, device_id: &str) -> Result<HostFacts> {
+        let mut problems = Vec::new();
+        let layer = read_vars_file(self.repo, &format!("host_vars/{device_id}.yml"), &mut problems)?;
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
+        Ok(layer.map(|l| l.facts).unwrap_or_default())
     }
 
     /// The groups a device belongs to, in inventory order.
@@ -416,7 +438,14 @@ impl<'a> Fleet<'a> {
             other => Err(other),
         };
         for id in &devices {
-            let device = Device { id: id.clone(), device_type: None };
+            let device_type = match self.host_facts(id) {
+                Ok(f) => f.device_type,
+                Err(e) => {
+                    push_all(&mut problems, e)?;
+                    None
+                }
+            };
+            let device = Device { id: id.clone(), device_type };
             if let Err(e) = self.desired_state(&device) {
                 push_all(&mut problems, e)?;
             }
@@ -562,13 +591,32 @@ fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Layer {
         None => vec![],
         Some(n) => read_role_refs(file, n, problems),
     };
-    Layer { file: file.to_string(), vars, roles }
+    Layer { file: file.to_string(), vars, roles, facts: HostFacts::default() }
 }
 
 fn read_vars_file(repo: &Source, file: &str, problems: &mut Vec<Invalid>) -> Result<Option<Layer>> {
     let Some(text) = repo.read(file)? else { return Ok(None) };
-    match yaml::parse(file, &text).and_then(|n| yaml::typed::<VarsDoc>(file, &n).map(|_| n)) {
-        Ok(node) => Ok(Some(read_layer(file, &node, problems))),
+    match yaml::parse(file, &text).and_then(|n| Ok((yaml::typed::<VarsDoc>(file, &n)?, n))) {
+        Ok((doc, node)) => {
+            let mut layer = read_layer(file, &node, problems);
+            let host_only = [("branch", &doc.branch), ("device_type", &doc.device_type)];
+            for (key, value) in host_only {
+                if let (Some(v), false) = (value, file.starts_with("host_vars/")) {
+                    problems.push(invalid(file, v.span(), format!("`{key}` belongs in a host_vars file")));
+                }
+            }
+            if let Some(b) = &doc.branch {
+                let ok = !b.is_empty() && git2::Reference::is_valid_name(&format!("refs/heads/{}", b.as_str()));
+                if !ok {
+                    problems.push(invalid(file, b.span(), format!("`{}` is not a branch name", b.as_str())));
+                }
+            }
+            layer.facts = HostFacts {
+                branch: doc.branch.map(|b| b.to_string()),
+                device_type: doc.device_type.map(|t| t.to_string()),
+            };
+            Ok(Some(layer))
+        }
         Err(p) => {
             problems.push(p);
             Ok(None)

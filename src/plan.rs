@@ -21,6 +21,16 @@ pub enum Action {
     Remove,
 }
 
+impl Action {
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Action::Create => "created",
+            Action::Change => "changed",
+            Action::Remove => "removed",
+        }
+    }
+}
+
 /// One primitive change of the machine, through the `Host` seam.
 #[derive(Debug, Clone)]
 pub enum Op {

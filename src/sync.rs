@@ -66,10 +66,13 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
         }
     };
     let Some(local_tip) = local_tip else {
-        // A clone of another branch (the device was moved to another group).
-        drop(repo);
-        discard(&dir)?;
-        return initial_clone(&dir, config);
+        // First fetch of this branch into the clone (the device follows another branch).
+        if let Err(message) = fetch(&repo, config, &refname, !is_local(&config.repo)) {
+            return Err(Error::Unreachable { url: redact(&config.repo), message });
+        }
+        let commit = repo.refname_to_id(&refname).map_err(|e| Error::git("cannot read the fetched branch", e))?;
+        info!("fetched branch {} at {}", config.branch, short(commit));
+        return Ok(Synced { repo, commit, offline: None });
     };
 
     let remote_tip = match remote_tip(&repo, config) {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing fleet-agent needs on a Debian machine:
+# git (test repositories and its smart-HTTP backend), python3 (the test HTTP server),
+# a C compiler (libgit2 is built from source), and the Rust toolchain if missing.
+set -euo pipefail
+need=()
+command -v git >/dev/null || need+=(git)
+command -v python3 >/dev/null || need+=(python3)
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v make >/dev/null || need+=(make)
+command -v curl >/dev/null || need+=(curl)
+[ -x /usr/bin/time ] || need+=(time)
+[ -x /usr/lib/git-core/git-http-backend ] || need+=(git)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "installing Rust with rustup" >&2
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
