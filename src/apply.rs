@@ -13,9 +13,25 @@ pub fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()>) {
     for change in &plan.changes {
         for op in &change.ops {
             let result = match op {
-                Op::CreateDir { path, mode, uid, gid } => host.create_dir(path, *mode, *uid, *gid),
-                Op::WriteFile { path, content, mode, uid, gid } => host.write_file(path, content, *mode, *uid, *gid),
-                Op::SetMetadata { path, mode, uid, gid } => host.set_metadata(path, *mode, *uid, *gid),
+                Op::CreateDir {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                } => host.create_dir(path, *mode, *uid, *gid),
+                Op::WriteFile {
+                    path,
+                    content,
+                    mode,
+                    uid,
+                    gid,
+                } => host.write_file(path, content, *mode, *uid, *gid),
+                Op::SetMetadata {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                } => host.set_metadata(path, *mode, *uid, *gid),
                 Op::Symlink { path, target } => host.symlink(path, target),
                 Op::Remove { path } => host.remove(path),
             };

@@ -16,7 +16,11 @@ use crate::source::Source;
 use crate::state::{self, Outcome, State};
 
 #[derive(Parser, Debug)]
-#[command(name = "fleet-agent", version, about = "Converge this device to its branch of the fleet git repository")]
+#[command(
+    name = "fleet-agent",
+    version,
+    about = "Converge this device to its branch of the fleet git repository"
+)]
 pub struct Cli {
     /// Manage the system under DIR instead of / (image builds, tests). Every managed
     /// path, the state directory and agent.toml's default location are taken under DIR.
@@ -88,7 +92,9 @@ pub fn main() -> i32 {
         Err(e) => {
             let _ = e.print();
             return match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => exit::OK,
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::OK
+                }
                 _ => exit::USAGE,
             };
         }
@@ -105,11 +111,16 @@ pub fn main() -> i32 {
 
 fn run(cli: &Cli) -> Result<i32> {
     let host = Host::new(cli.root.clone().unwrap_or_else(|| PathBuf::from("/")));
-    let config_path = cli.config.clone().unwrap_or_else(|| host.path(Path::new(DEFAULT_CONFIG)));
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| host.path(Path::new(DEFAULT_CONFIG)));
     match &cli.command {
         Command::Pull => converge(cli, &host, &config_path, &Target::none(), Mode::Pull),
         Command::Apply { target } => converge(cli, &host, &config_path, target, Mode::Apply),
-        Command::Plan { target, json } => converge(cli, &host, &config_path, target, Mode::Plan { json: *json }),
+        Command::Plan { target, json } => {
+            converge(cli, &host, &config_path, target, Mode::Plan { json: *json })
+        }
         Command::Validate { dir } => validate(dir, &host, &config_path),
         Command::Status { json } => status(&host, &config_path, *json),
     }
@@ -117,7 +128,11 @@ fn run(cli: &Cli) -> Result<i32> {
 
 impl Target {
     fn none() -> Target {
-        Target { repo: None, device: None, device_type: None }
+        Target {
+            repo: None,
+            device: None,
+            device_type: None,
+        }
     }
 }
 
@@ -128,7 +143,13 @@ enum Mode {
     Plan { json: bool },
 }
 
-fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: Mode) -> Result<i32> {
+fn converge(
+    cli: &Cli,
+    host: &Host,
+    config_path: &Path,
+    target: &Target,
+    mode: Mode,
+) -> Result<i32> {
     let mut config = Config::load(config_path, host, target.repo.is_none())?;
     if let Some(d) = &target.device {
         config.device_id = d.clone();
@@ -139,29 +160,50 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
     let state_dir = host.path(&config.state_dir);
     let state_path = State::path(host, &config.state_dir);
     let reads_only = matches!(mode, Mode::Plan { .. }) && target.repo.is_some();
-    let _lock = if reads_only { None } else { Some(RunLock::acquire(&state_dir, Duration::from_secs(cli.wait))?) };
+    let _lock = if reads_only {
+        None
+    } else {
+        Some(RunLock::acquire(&state_dir, Duration::from_secs(cli.wait))?)
+    };
 
     // Sync (or the maintainer's working tree).
     let synced;
     let (source, commit, offline, origin) = match &target.repo {
         Some(dir) => {
-            let dir = dir.canonicalize().map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
+            let dir = dir
+                .canonicalize()
+                .map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
             let label = dir.display().to_string();
             (Source::Dir(dir), None, None, label)
         }
         None => {
             synced = sync_followed(host, &mut config)?;
             let source = Source::commit(&synced.repo, synced.commit)?;
-            let origin = format!("{}#{}", crate::transport::redact(&config.repo), config.branch);
-            (source, Some(synced.commit.to_string()), synced.offline.clone(), origin)
+            let origin = format!(
+                "{}#{}",
+                crate::transport::redact(&config.repo),
+                config.branch
+            );
+            (
+                source,
+                Some(synced.commit.to_string()),
+                synced.offline.clone(),
+                origin,
+            )
         }
     };
-    let commit_label = commit.as_deref().map(|c| c[..12].to_string()).unwrap_or_else(|| "working tree".into());
+    let commit_label = commit
+        .as_deref()
+        .map(|c| c[..12].to_string())
+        .unwrap_or_else(|| "working tree".into());
 
     // Load and validate.
     let builtin_dir = config.roles_dir.clone();
     let builtin = builtin_dir.is_dir().then(|| Source::Dir(builtin_dir));
-    let mut device = Device { id: config.device_id.clone(), device_type: config.device_type.clone() };
+    let mut device = Device {
+        id: config.device_id.clone(),
+        device_type: config.device_type.clone(),
+    };
     let desired = Fleet::load(&source, builtin.as_ref()).and_then(|fleet| {
         if device.device_type.is_none() {
             device.device_type = fleet.host_facts(&device.id)?.device_type;
@@ -173,7 +215,7 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
     let (desired, settings) = match desired {
         Ok(d) => d,
         Err(e) => {
-            if mode != (Mode::Plan { json: false }) && !matches!(mode, Mode::Plan { .. }) {
+            if !matches!(mode, Mode::Plan { .. }) {
                 record(&state_path, previous.clone(), |s| {
                     s.last_commit = commit.clone();
                     s.outcome = Some(Outcome::Invalid);
@@ -188,11 +230,33 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
 
     // Plan against this root filesystem's state only.
     let rootfs = state::rootfs_id(host)?;
-    let previous_here = previous.clone().filter(|s| s.rootfs.is_some() && s.rootfs == rootfs);
+    let previous_here = previous
+        .clone()
+        .filter(|s| s.rootfs.is_some() && s.rootfs == rootfs);
     if previous.is_some() && previous_here.is_none() {
         info!("the root filesystem is not the one of the last run: converging everything");
     }
-    let plan = crate::plan::plan(host, &desired, previous_here.as_ref(), settings.prune, commit.clone())?;
+    let plan = match crate::plan::plan(
+        host,
+        &desired,
+        previous_here.as_ref(),
+        settings.prune,
+        commit.clone(),
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            if !matches!(mode, Mode::Plan { .. }) {
+                record(&state_path, previous.clone(), |s| {
+                    s.last_commit = commit.clone();
+                    s.outcome = Some(Outcome::Failed);
+                    s.message = Some(e.to_string());
+                    s.offline = offline.is_some();
+                    s.changes = 0;
+                })?;
+            }
+            return Err(e);
+        }
+    };
 
     if let Mode::Plan { json } = mode {
         if json {
@@ -205,12 +269,19 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
                 "commit": commit,
                 "changes": plan.changes,
             });
-            println!("{}", serde_json::to_string_pretty(&value).expect("plan serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).expect("plan serializes")
+            );
         } else {
             print!("{}", header(&desired, &origin, &commit_label));
             print!("{}", plan.render());
         }
-        return Ok(if plan.is_empty() { exit::OK } else { exit::CHANGES_PENDING });
+        return Ok(if plan.is_empty() {
+            exit::OK
+        } else {
+            exit::CHANGES_PENDING
+        });
     }
 
     // Apply.
@@ -234,7 +305,11 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
         match &failed {
             None => {
                 s.applied_commit = commit.clone();
-                s.outcome = Some(if plan.is_empty() { Outcome::Unchanged } else { Outcome::Applied });
+                s.outcome = Some(if plan.is_empty() {
+                    Outcome::Unchanged
+                } else {
+                    Outcome::Applied
+                });
                 s.message = offline.clone();
                 s.resources = plan.resources.clone();
             }
@@ -261,7 +336,10 @@ fn converge(cli: &Cli, host: &Host, config_path: &Path, target: &Target, mode: M
         info!("{}: no changes at {commit_label}", desired.device_id);
     } else {
         let (c, m, r) = plan.counts();
-        info!("{}: applied {commit_label}: {c} created, {m} changed, {r} removed", desired.device_id);
+        info!(
+            "{}: applied {commit_label}: {c} created, {m} changed, {r} removed",
+            desired.device_id
+        );
     }
     if let Some(why) = offline {
         warn!("the fleet repository could not be reached ({why}); converged to the last fetched commit");
@@ -276,11 +354,17 @@ fn sync_followed(host: &Host, config: &mut Config) -> Result<crate::sync::Synced
     let first = crate::sync::sync(host, config)?;
     let follow = {
         let source = Source::commit(&first.repo, first.commit)?;
-        Fleet::load(&source, None).ok().and_then(|f| f.host_facts(&config.device_id).ok()).and_then(|f| f.branch)
+        Fleet::load(&source, None)
+            .ok()
+            .and_then(|f| f.host_facts(&config.device_id).ok())
+            .and_then(|f| f.branch)
     };
     match follow {
         Some(branch) if branch != config.branch => {
-            info!("host_vars/{}.yml: following branch {branch} instead of {}", config.device_id, config.branch);
+            info!(
+                "host_vars/{}.yml: following branch {branch} instead of {}",
+                config.device_id, config.branch
+            );
             config.branch = branch;
             drop(first);
             crate::sync::sync(host, config)
@@ -294,8 +378,16 @@ fn header(desired: &crate::resource::DesiredState, origin: &str, commit: &str) -
         "Device {} (type {}; groups: {}; roles: {})\nFleet repository {origin} at {commit}\n",
         desired.device_id,
         desired.device_type.as_deref().unwrap_or("unknown"),
-        if desired.groups.is_empty() { "none".into() } else { desired.groups.join(", ") },
-        if desired.roles.is_empty() { "none".into() } else { desired.roles.join(", ") },
+        if desired.groups.is_empty() {
+            "none".into()
+        } else {
+            desired.groups.join(", ")
+        },
+        if desired.roles.is_empty() {
+            "none".into()
+        } else {
+            desired.roles.join(", ")
+        },
     )
 }
 
@@ -309,12 +401,22 @@ fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State))
 
 fn validate(dir: &Path, host: &Host, config_path: &Path) -> Result<i32> {
     let config = Config::load(config_path, host, false)?;
-    let dir = dir.canonicalize().map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
     let source = Source::Dir(dir.clone());
-    let builtin = config.roles_dir.is_dir().then(|| Source::Dir(config.roles_dir.clone()));
+    let builtin = config
+        .roles_dir
+        .is_dir()
+        .then(|| Source::Dir(config.roles_dir.clone()));
     let fleet = Fleet::load(&source, builtin.as_ref())?;
     let checked = fleet.validate_all()?;
-    println!("{}: valid ({} device{} checked)", dir.display(), checked.len(), if checked.len() == 1 { "" } else { "s" });
+    println!(
+        "{}: valid ({} device{} checked)",
+        dir.display(),
+        checked.len(),
+        if checked.len() == 1 { "" } else { "s" }
+    );
     for d in checked {
         println!("  {d}");
     }
@@ -333,7 +435,10 @@ fn status(host: &Host, config_path: &Path, json: bool) -> Result<i32> {
         return Ok(exit::OK);
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("state serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&s).expect("state serializes")
+        );
         return Ok(exit::OK);
     }
     let outcome = match s.outcome {
@@ -343,13 +448,32 @@ fn status(host: &Host, config_path: &Path, json: bool) -> Result<i32> {
         Some(Outcome::Failed) => "failed",
         None => "unknown",
     };
-    println!("last run:       {}", s.time.map(format_time).unwrap_or_else(|| "never".into()));
-    println!("outcome:        {outcome}{}", if s.offline { " (server unreachable: used the last fetched commit)" } else { "" });
-    println!("applied commit: {}", s.applied_commit.as_deref().unwrap_or("none"));
+    println!(
+        "last run:       {}",
+        s.time.map(format_time).unwrap_or_else(|| "never".into())
+    );
+    println!(
+        "outcome:        {outcome}{}",
+        if s.offline {
+            " (server unreachable: used the last fetched commit)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "applied commit: {}",
+        s.applied_commit.as_deref().unwrap_or("none")
+    );
     if s.last_commit != s.applied_commit {
-        println!("last commit:    {}", s.last_commit.as_deref().unwrap_or("none"));
+        println!(
+            "last commit:    {}",
+            s.last_commit.as_deref().unwrap_or("none")
+        );
     }
-    println!("source:         {}", s.source.as_deref().unwrap_or("unknown"));
+    println!(
+        "source:         {}",
+        s.source.as_deref().unwrap_or("unknown")
+    );
     println!("changes:        {}", s.changes);
     println!("resources:      {}", s.resources.len());
     if let Some(m) = &s.message {
@@ -372,7 +496,12 @@ fn format_time(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -380,6 +509,6 @@ mod tests {
     #[test]
     fn times_are_utc_iso8601() {
         assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::format_time(1_795_000_000), "2026-11-18T09:46:40Z");
+        assert_eq!(super::format_time(1_795_000_000), "2026-11-18T11:06:40Z");
     }
 }

@@ -157,7 +157,11 @@ pub fn normalize_url(url: &str) -> String {
     }
     if let Some((userhost, path)) = url.split_once(':') {
         if !userhost.contains('/') && !path.is_empty() {
-            let path = if path.starts_with('/') { path.to_string() } else { format!("/~/{path}") };
+            let path = if path.starts_with('/') {
+                path.to_string()
+            } else {
+                format!("/~/{path}")
+            };
             return format!("ssh://{userhost}{path}");
         }
     }
@@ -170,9 +174,18 @@ mod tests {
 
     #[test]
     fn scp_style_urls_become_ssh_urls() {
-        assert_eq!(normalize_url("git@example.com:fleet.git"), "ssh://git@example.com/~/fleet.git");
-        assert_eq!(normalize_url("git@example.com:/srv/fleet.git"), "ssh://git@example.com/srv/fleet.git");
-        assert_eq!(normalize_url("https://example.com/fleet.git"), "https://example.com/fleet.git");
+        assert_eq!(
+            normalize_url("git@example.com:fleet.git"),
+            "ssh://git@example.com/~/fleet.git"
+        );
+        assert_eq!(
+            normalize_url("git@example.com:/srv/fleet.git"),
+            "ssh://git@example.com/srv/fleet.git"
+        );
+        assert_eq!(
+            normalize_url("https://example.com/fleet.git"),
+            "https://example.com/fleet.git"
+        );
         assert_eq!(normalize_url("/srv/fleet.git"), "/srv/fleet.git");
     }
 }

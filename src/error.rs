@@ -61,11 +61,22 @@ pub enum Error {
     /// fetched commit exists and is used instead.
     Unreachable { url: String, message: String },
     /// The local clone or a git operation failed.
-    Git { context: String, source: git2::Error },
+    Git {
+        context: String,
+        source: git2::Error,
+    },
     /// A read or a change of the machine failed.
-    Io { context: String, path: PathBuf, source: std::io::Error },
+    Io {
+        context: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A command run on the machine failed.
-    Command { command: String, status: String, stderr: String },
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
     /// Another run holds the lock.
     Locked { path: PathBuf, waited_secs: u64 },
     /// Anything else, said in words.
@@ -84,16 +95,30 @@ impl Error {
         }
     }
 
-    pub fn io(context: impl Into<String>, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), path: path.into(), source }
+    pub fn io(
+        context: impl Into<String>,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            context: context.into(),
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn git(context: impl Into<String>, source: git2::Error) -> Self {
-        Error::Git { context: context.into(), source }
+        Error::Git {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn invalid(pos: Pos, message: impl Into<String>) -> Self {
-        Error::Invalid(vec![Invalid { pos, message: message.into() }])
+        Error::Invalid(vec![Invalid {
+            pos,
+            message: message.into(),
+        }])
     }
 }
 

@@ -58,12 +58,21 @@ impl Host {
                 let ft = m.file_type();
                 let mode = m.mode() & 0o7777;
                 Ok(if ft.is_symlink() {
-                    let target = fs::read_link(&real).map_err(|e| Error::io("cannot read the link", &real, e))?;
+                    let target = fs::read_link(&real)
+                        .map_err(|e| Error::io("cannot read the link", &real, e))?;
                     Existing::Symlink { target }
                 } else if ft.is_file() {
-                    Existing::File { mode, uid: m.uid(), gid: m.gid() }
+                    Existing::File {
+                        mode,
+                        uid: m.uid(),
+                        gid: m.gid(),
+                    }
                 } else if ft.is_dir() {
-                    Existing::Directory { mode, uid: m.uid(), gid: m.gid() }
+                    Existing::Directory {
+                        mode,
+                        uid: m.uid(),
+                        gid: m.gid(),
+                    }
                 } else {
                     Existing::Other
                 })
@@ -100,7 +109,14 @@ impl Host {
 
     /// Writes a file atomically with its final mode and owner already set when it
     /// appears under its name: an interrupted write leaves the old file or none.
-    pub fn write_file(&self, device_path: &Path, content: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
+    pub fn write_file(
+        &self,
+        device_path: &Path,
+        content: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
         write_atomic(&self.path(device_path), content, mode, Some((uid, gid)))
     }
 
@@ -200,17 +216,21 @@ impl Host {
 
     fn lookup_name(&self, db: &str, id: u32) -> Option<String> {
         let text = fs::read_to_string(self.path(Path::new(db))).ok()?;
-        text.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.len() > 2 && fields[2].parse() == Ok(id)).then(|| fields[0].to_string())
-        })
-        .or_else(|| (id == 0).then(|| "root".to_string()))
+        text.lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.len() > 2 && fields[2].parse() == Ok(id)).then(|| fields[0].to_string())
+            })
+            .or_else(|| (id == 0).then(|| "root".to_string()))
     }
 }
 
 /// A temporary name beside the target, so that the final rename stays on one filesystem.
 fn temp_name(real: &Path) -> PathBuf {
-    let name = real.file_name().unwrap_or(OsStr::new("file")).to_string_lossy();
+    let name = real
+        .file_name()
+        .unwrap_or(OsStr::new("file"))
+        .to_string_lossy();
     real.with_file_name(format!(".{name}.fleet-agent-tmp"))
 }
 
@@ -230,13 +250,22 @@ impl OpenMode for fs::OpenOptions {
 
 /// Writes a file atomically with its final mode (and owner) already set when it appears
 /// under its name: an interrupted write leaves the old file or none, never a part.
-pub fn write_atomic(path: &Path, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     let tmp = temp_name(path);
     let result = (|| -> std::io::Result<()> {
         // A temporary file left by a run that was killed.
         let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode_0600().open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0600()
+            .open(&tmp)?;
         f.write_all(content)?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;

@@ -106,7 +106,7 @@ struct RoleDoc {
     #[allow(dead_code)]
     include: Option<IgnoredAny>,
     #[serde(default)]
-    resources: Vec<Spanned<ResourceSpec>>,
+    resources: Vec<ResourceSpec>,
 }
 
 #[derive(Deserialize)]
@@ -122,6 +122,8 @@ struct ParamDoc {
 }
 
 /// A resource as written in role.yml; every string is a template.
+// Parsed once per role and kept only while loading: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum ResourceSpec {
@@ -205,8 +207,12 @@ struct RoleDef {
     builtin: bool,
     params: Vec<ParamDef>,
     includes: Vec<RoleRef>,
-    resources: Vec<Spanned<ResourceSpec>>,
+    /// Each resource with the position of its kind (`- file:`).
+    resources: Vec<(Pos, ResourceSpec)>,
 }
+
+/// A role, or why it cannot be used.
+type RoleLookup = Result<Rc<RoleDef>, Vec<Invalid>>;
 
 /// A parsed fleet repository: everything that does not depend on the device.
 pub struct Fleet<'a> {
@@ -217,7 +223,7 @@ pub struct Fleet<'a> {
     groups: Vec<Group>,
     group_layers: HashMap<String, Layer>,
     host_ids: Vec<String>,
-    roles: std::cell::RefCell<HashMap<String, Result<Rc<RoleDef>, Vec<Invalid>>>>,
+    roles: std::cell::RefCell<HashMap<String, RoleLookup>>,
 }
 
 const FLEET_FILE: &str = "fleet.yml";
@@ -230,13 +236,27 @@ impl<'a> Fleet<'a> {
         let mut problems = Vec::new();
         let fleet_text = repo.read(FLEET_FILE)?.ok_or_else(|| {
             Error::invalid(
-                Pos { file: FLEET_FILE.into(), line: 0, column: 0 },
-                format!("missing: a fleet repository has a {FLEET_FILE} at its top (in {})", repo.label()),
+                Pos {
+                    file: FLEET_FILE.into(),
+                    line: 0,
+                    column: 0,
+                },
+                format!(
+                    "missing: a fleet repository has a {FLEET_FILE} at its top (in {})",
+                    repo.label()
+                ),
             )
         })?;
         let mut settings = Settings::default();
-        let mut all = Layer { file: FLEET_FILE.into(), vars: vec![], roles: vec![], facts: HostFacts::default() };
-        match yaml::parse(FLEET_FILE, &fleet_text).and_then(|n| Ok((yaml::typed::<FleetDoc>(FLEET_FILE, &n)?, n))) {
+        let mut all = Layer {
+            file: FLEET_FILE.into(),
+            vars: vec![],
+            roles: vec![],
+            facts: HostFacts::default(),
+        };
+        match yaml::parse(FLEET_FILE, &fleet_text)
+            .and_then(|n| Ok((yaml::typed::<FleetDoc>(FLEET_FILE, &n)?, n)))
+        {
             Ok((doc, node)) => {
                 if *doc.format != FORMAT_VERSION {
                     problems.push(invalid(
@@ -269,11 +289,17 @@ impl<'a> Fleet<'a> {
         let mut group_layers = HashMap::new();
         let all_name = "all".to_string();
         for name in repo.list("group_vars")?.unwrap_or_default() {
-            let Some(group) = name.strip_suffix(".yml") else { continue };
+            let Some(group) = name.strip_suffix(".yml") else {
+                continue;
+            };
             let file = format!("group_vars/{name}");
             if group != all_name && !groups.iter().any(|g: &Group| g.name == group) {
                 problems.push(Invalid {
-                    pos: Pos { file: file.clone(), line: 0, column: 0 },
+                    pos: Pos {
+                        file: file.clone(),
+                        line: 0,
+                        column: 0,
+                    },
                     message: format!("there is no group `{group}` in {INVENTORY_FILE}"),
                 });
                 continue;
@@ -307,7 +333,11 @@ impl<'a> Fleet<'a> {
     /// What the device's host_vars file says about it (branch, device type).
     pub fn host_facts(&self, device_id: &str) -> Result<HostFacts> {
         let mut problems = Vec::new();
-        let layer = read_vars_file(self.repo, &format!("host_vars/{device_id}.yml"), &mut problems)?;
+        let layer = read_vars_file(
+            self.repo,
+            &format!("host_vars/{device_id}.yml"),
+            &mut problems,
+        )?;
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
@@ -319,8 +349,13 @@ impl<'a> Fleet<'a> {
         self.groups
             .iter()
             .filter(|g| {
-                g.patterns.iter().any(|(p, _)| glob_match::glob_match(p, &device.id))
-                    || device.device_type.as_ref().is_some_and(|t| g.device_types.contains(t))
+                g.patterns
+                    .iter()
+                    .any(|(p, _)| glob_match::glob_match(p, &device.id))
+                    || device
+                        .device_type
+                        .as_ref()
+                        .is_some_and(|t| g.device_types.contains(t))
             })
             .map(|g| g.name.clone())
             .collect()
@@ -445,21 +480,34 @@ impl<'a> Fleet<'a> {
                     None
                 }
             };
-            let device = Device { id: id.clone(), device_type };
+            let device = Device {
+                id: id.clone(),
+                device_type,
+            };
             if let Err(e) = self.desired_state(&device) {
                 push_all(&mut problems, e)?;
             }
             checked.push(id.clone());
         }
         for g in &self.groups {
-            let device = Device { id: format!("(a device of group {})", g.name), device_type: None };
+            let device = Device {
+                id: format!("(a device of group {})", g.name),
+                device_type: None,
+            };
             if let Err(e) = self.desired_state_in(&device, vec![g.name.clone()]) {
                 push_all(&mut problems, e)?;
             }
             checked.push(device.id);
         }
         for name in self.repo.list("roles")?.unwrap_or_default() {
-            if let Err(ps) = self.role(&name, &Pos { file: format!("roles/{name}"), line: 0, column: 0 })? {
+            if let Err(ps) = self.role(
+                &name,
+                &Pos {
+                    file: format!("roles/{name}"),
+                    line: 0,
+                    column: 0,
+                },
+            )? {
                 for p in ps {
                     if !problems.contains(&p) {
                         problems.push(p);
@@ -475,18 +523,22 @@ impl<'a> Fleet<'a> {
     }
 
     /// A role by name: the fleet repository's roles/<name> first, then the built-in one.
-    fn role(&self, name: &str, used_at: &Pos) -> Result<Result<Rc<RoleDef>, Vec<Invalid>>> {
+    fn role(&self, name: &str, used_at: &Pos) -> Result<RoleLookup> {
         if let Some(r) = self.roles.borrow().get(name) {
             return Ok(r.clone());
         }
         let loaded = self.load_role(name, used_at)?;
-        self.roles.borrow_mut().insert(name.to_string(), loaded.clone());
+        self.roles
+            .borrow_mut()
+            .insert(name.to_string(), loaded.clone());
         Ok(loaded)
     }
 
-    fn load_role(&self, name: &str, used_at: &Pos) -> Result<Result<Rc<RoleDef>, Vec<Invalid>>> {
+    fn load_role(&self, name: &str, used_at: &Pos) -> Result<RoleLookup> {
         let valid_name = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid_name {
             return Ok(Err(vec![Invalid {
                 pos: used_at.clone(),
@@ -542,12 +594,34 @@ impl<'a> Fleet<'a> {
                             }
                         };
                         let required = required || default.is_none();
-                        params.push(ParamDef { name: k.as_str().to_string(), required, default });
+                        params.push(ParamDef {
+                            name: k.as_str().to_string(),
+                            required,
+                            default,
+                        });
                     }
                 }
-                None => problems.push(invalid(&file, pnode.span(), "expected a mapping of parameter names")),
+                None => problems.push(invalid(
+                    &file,
+                    pnode.span(),
+                    "expected a mapping of parameter names",
+                )),
             }
         }
+        // Positions of the resources: the key naming each one's kind.
+        let positions = map
+            .get_sequence("resources")
+            .map(|seq| {
+                seq.iter()
+                    .map(
+                        |item| match item.as_mapping().and_then(|m| m.keys().next()) {
+                            Some(k) => yaml::pos(&file, k.span()),
+                            None => yaml::pos(&file, item.span()),
+                        },
+                    )
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
         let includes = match map.get_node("include") {
             Some(n) => read_role_refs(&file, n, &mut problems),
             None => vec![],
@@ -562,7 +636,7 @@ impl<'a> Fleet<'a> {
             builtin,
             params,
             includes,
-            resources: doc.resources,
+            resources: positions.into_iter().zip(doc.resources).collect(),
         })))
     }
 }
@@ -580,10 +654,17 @@ fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Layer {
     let map = node.as_mapping().expect("top level is a mapping");
     let vars = match map.get_node("vars") {
         None => vec![],
-        Some(Node::Mapping(m)) => m.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect(),
+        Some(Node::Mapping(m)) => m
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+            .collect(),
         Some(Node::Scalar(s)) if s.as_str().is_empty() => vec![],
         Some(n) => {
-            problems.push(invalid(file, n.span(), "expected a mapping of variable names to values"));
+            problems.push(invalid(
+                file,
+                n.span(),
+                "expected a mapping of variable names to values",
+            ));
             vec![]
         }
     };
@@ -591,24 +672,40 @@ fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Layer {
         None => vec![],
         Some(n) => read_role_refs(file, n, problems),
     };
-    Layer { file: file.to_string(), vars, roles, facts: HostFacts::default() }
+    Layer {
+        file: file.to_string(),
+        vars,
+        roles,
+        facts: HostFacts::default(),
+    }
 }
 
 fn read_vars_file(repo: &Source, file: &str, problems: &mut Vec<Invalid>) -> Result<Option<Layer>> {
-    let Some(text) = repo.read(file)? else { return Ok(None) };
+    let Some(text) = repo.read(file)? else {
+        return Ok(None);
+    };
     match yaml::parse(file, &text).and_then(|n| Ok((yaml::typed::<VarsDoc>(file, &n)?, n))) {
         Ok((doc, node)) => {
             let mut layer = read_layer(file, &node, problems);
             let host_only = [("branch", &doc.branch), ("device_type", &doc.device_type)];
             for (key, value) in host_only {
                 if let (Some(v), false) = (value, file.starts_with("host_vars/")) {
-                    problems.push(invalid(file, v.span(), format!("`{key}` belongs in a host_vars file")));
+                    problems.push(invalid(
+                        file,
+                        v.span(),
+                        format!("`{key}` belongs in a host_vars file"),
+                    ));
                 }
             }
             if let Some(b) = &doc.branch {
-                let ok = !b.is_empty() && git2::Reference::is_valid_name(&format!("refs/heads/{}", b.as_str()));
+                let ok = !b.is_empty()
+                    && git2::Reference::is_valid_name(&format!("refs/heads/{}", b.as_str()));
                 if !ok {
-                    problems.push(invalid(file, b.span(), format!("`{}` is not a branch name", b.as_str())));
+                    problems.push(invalid(
+                        file,
+                        b.span(),
+                        format!("`{}` is not a branch name", b.as_str()),
+                    ));
                 }
             }
             layer.facts = HostFacts {
@@ -627,21 +724,35 @@ fn read_vars_file(repo: &Source, file: &str, problems: &mut Vec<Invalid>) -> Res
 fn read_groups(node: &Node, problems: &mut Vec<Invalid>) -> Vec<Group> {
     let file = INVENTORY_FILE;
     let map = node.as_mapping().expect("top level is a mapping");
-    let Some(gnode) = map.get_node("groups") else { return vec![] };
+    let Some(gnode) = map.get_node("groups") else {
+        return vec![];
+    };
     let Some(gmap) = gnode.as_mapping() else {
-        problems.push(invalid(file, gnode.span(), "expected a mapping of group names"));
+        problems.push(invalid(
+            file,
+            gnode.span(),
+            "expected a mapping of group names",
+        ));
         return vec![];
     };
     let mut groups = Vec::new();
     for (name, g) in gmap.iter() {
         if name.as_str() == "all" {
-            problems.push(invalid(file, name.span(), "`all` is the implicit group of every device; choose another name"));
+            problems.push(invalid(
+                file,
+                name.span(),
+                "`all` is the implicit group of every device; choose another name",
+            ));
             continue;
         }
         match yaml::typed::<GroupDoc>(file, g) {
             Ok(doc) => groups.push(Group {
                 name: name.as_str().to_string(),
-                patterns: doc.devices.iter().map(|d| (d.to_string(), yaml::pos(file, d.span()))).collect(),
+                patterns: doc
+                    .devices
+                    .iter()
+                    .map(|d| (d.to_string(), yaml::pos(file, d.span())))
+                    .collect(),
                 device_types: doc.device_types,
             }),
             Err(p) => problems.push(p),
@@ -671,16 +782,31 @@ fn read_role_refs(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Vec<R
                     refs.push(r)
                 }
             }
-            Node::Sequence(s) => problems.push(invalid(file, s.span(), "expected a role name or {role: NAME, params: {...}}")),
+            Node::Sequence(s) => problems.push(invalid(
+                file,
+                s.span(),
+                "expected a role name or {role: NAME, params: {...}}",
+            )),
         }
     }
     refs
 }
 
-fn read_role_ref_map(file: &str, m: &MarkedMappingNode, problems: &mut Vec<Invalid>) -> Option<RoleRef> {
+fn read_role_ref_map(
+    file: &str,
+    m: &MarkedMappingNode,
+    problems: &mut Vec<Invalid>,
+) -> Option<RoleRef> {
     for (k, _) in m.iter() {
         if !["role", "params"].contains(&k.as_str()) {
-            problems.push(invalid(file, k.span(), format!("unknown key `{}`, expected one of: role, params", k.as_str())));
+            problems.push(invalid(
+                file,
+                k.span(),
+                format!(
+                    "unknown key `{}`, expected one of: role, params",
+                    k.as_str()
+                ),
+            ));
             return None;
         }
     }
@@ -695,11 +821,19 @@ fn read_role_ref_map(file: &str, m: &MarkedMappingNode, problems: &mut Vec<Inval
             .map(|(k, v)| (k.as_str().to_string(), yaml::pos(file, k.span()), v.clone()))
             .collect(),
         Some(n) => {
-            problems.push(invalid(file, n.span(), "expected a mapping of parameter names to values"));
+            problems.push(invalid(
+                file,
+                n.span(),
+                "expected a mapping of parameter names to values",
+            ));
             return None;
         }
     };
-    Some(RoleRef { name: name.as_str().to_string(), pos: yaml::pos(file, name.span()), params })
+    Some(RoleRef {
+        name: name.as_str().to_string(),
+        pos: yaml::pos(file, name.span()),
+        params,
+    })
 }
 
 // ---------------------------------------------------------------- expanding roles
@@ -721,8 +855,16 @@ impl Expander<'_, '_> {
     /// Expands a role reference with the context of whoever names it; includes first.
     fn expand(&mut self, r: &RoleRef, caller: &Value, stack: &mut Vec<String>) -> Result<()> {
         if let Some(i) = stack.iter().position(|n| n == &r.name) {
-            let cycle = stack[i..].iter().chain([&r.name]).cloned().collect::<Vec<_>>().join(" → ");
-            self.problems.push(Invalid { pos: r.pos.clone(), message: format!("roles include each other: {cycle}") });
+            let cycle = stack[i..]
+                .iter()
+                .chain([&r.name])
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" → ");
+            self.problems.push(Invalid {
+                pos: r.pos.clone(),
+                message: format!("roles include each other: {cycle}"),
+            });
             return Ok(());
         }
         let def = match self.fleet.role(&r.name, &r.pos)? {
@@ -742,7 +884,12 @@ impl Expander<'_, '_> {
         let mut ok = true;
         for (name, pos, node) in &r.params {
             if !def.params.iter().any(|p| &p.name == name) {
-                let known = def.params.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+                let known = def
+                    .params
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 self.problems.push(Invalid {
                     pos: pos.clone(),
                     message: format!(
@@ -803,7 +950,8 @@ impl Expander<'_, '_> {
             }
             return Ok(());
         }
-        self.instances.insert(def.name.clone(), (key, r.pos.clone()));
+        self.instances
+            .insert(def.name.clone(), (key, r.pos.clone()));
 
         // The role's context: variables, shadowed by its parameters.
         let mut ctx_map = self.vars.clone();
@@ -818,20 +966,27 @@ impl Expander<'_, '_> {
         stack.pop();
 
         self.roles.push(def.name.clone());
-        for spec in &def.resources {
-            let pos = yaml::pos(&def.file, spec.span());
+        for (pos, spec) in &def.resources {
+            let pos = pos.clone();
             match self.resource(&def, spec, &ctx)? {
                 Ok(kind) => {
                     let id = kind.id();
                     if let Some(prev) = self.claimed.get(&id) {
                         self.problems.push(Invalid {
                             pos: pos.clone(),
-                            message: format!("{} is also managed by the resource at {prev}", kind.path().display()),
+                            message: format!(
+                                "{} is also managed by the resource at {prev}",
+                                kind.path().display()
+                            ),
                         });
                         continue;
                     }
                     self.claimed.insert(id, pos.clone());
-                    self.resources.push(Resource { role: def.name.clone(), declared_at: pos, kind });
+                    self.resources.push(Resource {
+                        role: def.name.clone(),
+                        declared_at: pos,
+                        kind,
+                    });
                 }
                 Err(ps) => self.problems.extend(ps),
             }
@@ -842,13 +997,21 @@ impl Expander<'_, '_> {
     /// A node as a value, every string in it rendered as a template.
     fn render_node(&self, file: &str, node: &Node, ctx: &Value) -> Result<Value, Invalid> {
         match node {
-            Node::Scalar(s) if !s.may_coerce() || matches!(yaml::to_value(node).kind(), minijinja::value::ValueKind::String) => {
+            Node::Scalar(s)
+                if !s.may_coerce()
+                    || matches!(
+                        yaml::to_value(node).kind(),
+                        minijinja::value::ValueKind::String
+                    ) =>
+            {
                 self.render_scalar(file, s, ctx).map(Value::from)
             }
             Node::Scalar(_) => Ok(yaml::to_value(node)),
-            Node::Sequence(seq) => {
-                seq.iter().map(|n| self.render_node(file, n, ctx)).collect::<Result<Vec<_>, _>>().map(Value::from)
-            }
+            Node::Sequence(seq) => seq
+                .iter()
+                .map(|n| self.render_node(file, n, ctx))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::from),
             Node::Mapping(m) => m
                 .iter()
                 .map(|(k, v)| Ok((k.as_str().to_string(), self.render_node(file, v, ctx)?)))
@@ -857,7 +1020,12 @@ impl Expander<'_, '_> {
         }
     }
 
-    fn render_scalar(&self, file: &str, s: &MarkedScalarNode, ctx: &Value) -> Result<String, Invalid> {
+    fn render_scalar(
+        &self,
+        file: &str,
+        s: &MarkedScalarNode,
+        ctx: &Value,
+    ) -> Result<String, Invalid> {
         self.render(file, s.span(), s.as_str(), ctx)
     }
 
@@ -884,25 +1052,38 @@ impl Expander<'_, '_> {
     fn resource(
         &self,
         def: &RoleDef,
-        spec: &Spanned<ResourceSpec>,
+        spec: &ResourceSpec,
         ctx: &Value,
     ) -> Result<Result<Kind, Vec<Invalid>>> {
         let file = def.file.as_str();
         let mut problems = Vec::new();
-        let text = |s: &Spanned<String>, problems: &mut Vec<Invalid>| match self.spanned(file, s, ctx) {
-            Ok(t) => Some(t),
-            Err(p) => {
-                problems.push(p);
-                None
-            }
-        };
-        let kind = match &**spec {
+        let text =
+            |s: &Spanned<String>, problems: &mut Vec<Invalid>| match self.spanned(file, s, ctx) {
+                Ok(t) => Some(t),
+                Err(p) => {
+                    problems.push(p);
+                    None
+                }
+            };
+        let kind = match spec {
             ResourceSpec::File(f) => {
-                let path = text(&f.path, &mut problems).and_then(|p| device_path(file, &f.path, &p, &mut problems));
+                let path = text(&f.path, &mut problems)
+                    .and_then(|p| device_path(file, &f.path, &p, &mut problems));
                 let mode = mode(file, f.mode.as_ref(), 0o644, &mut problems);
-                let owner = f.owner.as_ref().and_then(|o| text(o, &mut problems)).map(principal);
-                let group = f.group.as_ref().and_then(|g| text(g, &mut problems)).map(principal);
-                let given = [&f.content, &f.source, &f.template].iter().filter(|x| x.is_some()).count();
+                let owner = f
+                    .owner
+                    .as_ref()
+                    .and_then(|o| text(o, &mut problems))
+                    .map(principal);
+                let group = f
+                    .group
+                    .as_ref()
+                    .and_then(|g| text(g, &mut problems))
+                    .map(principal);
+                let given = [&f.content, &f.source, &f.template]
+                    .iter()
+                    .filter(|x| x.is_some())
+                    .count();
                 let content = if given != 1 {
                     problems.push(invalid(
                         file,
@@ -916,7 +1097,9 @@ impl Expander<'_, '_> {
                     self.role_file(def, "files", s, &mut problems)?
                 } else if let Some(t) = &f.template {
                     match self.role_file(def, "templates", t, &mut problems)? {
-                        Some(bytes) => self.render_template_file(def, t, &bytes, ctx, &mut problems),
+                        Some(bytes) => {
+                            self.render_template_file(def, t, &bytes, ctx, &mut problems)
+                        }
                         None => None,
                     }
                 } else {
@@ -935,10 +1118,19 @@ impl Expander<'_, '_> {
                 }
             }
             ResourceSpec::Directory(d) => {
-                let path = text(&d.path, &mut problems).and_then(|p| device_path(file, &d.path, &p, &mut problems));
+                let path = text(&d.path, &mut problems)
+                    .and_then(|p| device_path(file, &d.path, &p, &mut problems));
                 let mode = mode(file, d.mode.as_ref(), 0o755, &mut problems);
-                let owner = d.owner.as_ref().and_then(|o| text(o, &mut problems)).map(principal);
-                let group = d.group.as_ref().and_then(|g| text(g, &mut problems)).map(principal);
+                let owner = d
+                    .owner
+                    .as_ref()
+                    .and_then(|o| text(o, &mut problems))
+                    .map(principal);
+                let group = d
+                    .group
+                    .as_ref()
+                    .and_then(|g| text(g, &mut problems))
+                    .map(principal);
                 match (path, mode) {
                     (Some(path), Some(mode)) if problems.is_empty() => Kind::Directory {
                         path,
@@ -950,24 +1142,36 @@ impl Expander<'_, '_> {
                 }
             }
             ResourceSpec::Symlink(l) => {
-                let path = text(&l.path, &mut problems).and_then(|p| device_path(file, &l.path, &p, &mut problems));
+                let path = text(&l.path, &mut problems)
+                    .and_then(|p| device_path(file, &l.path, &p, &mut problems));
                 let target = text(&l.target, &mut problems);
                 if matches!(&target, Some(t) if t.is_empty()) {
-                    problems.push(invalid(file, l.target.span(), "expected the link's target, not an empty string"));
+                    problems.push(invalid(
+                        file,
+                        l.target.span(),
+                        "expected the link's target, not an empty string",
+                    ));
                 }
                 match (path, target) {
-                    (Some(path), Some(target)) if problems.is_empty() => Kind::Symlink { path, target: target.into() },
+                    (Some(path), Some(target)) if problems.is_empty() => Kind::Symlink {
+                        path,
+                        target: target.into(),
+                    },
                     _ => return Ok(Err(problems)),
                 }
             }
             ResourceSpec::Absent(a) => {
-                let path = text(&a.path, &mut problems).and_then(|p| device_path(file, &a.path, &p, &mut problems));
+                let path = text(&a.path, &mut problems)
+                    .and_then(|p| device_path(file, &a.path, &p, &mut problems));
                 match path {
                     Some(path) if path.components().count() < 3 => {
                         problems.push(invalid(
                             file,
                             a.path.span(),
-                            format!("refusing to remove the top-level directory {}", path.display()),
+                            format!(
+                                "refusing to remove the top-level directory {}",
+                                path.display()
+                            ),
                         ));
                         return Ok(Err(problems));
                     }
@@ -1000,12 +1204,24 @@ impl Expander<'_, '_> {
             return Ok(None);
         }
         let path = format!("{}/{sub}/{}", def.dir, name.as_str());
-        let source = if def.builtin { self.fleet.builtin.expect("built-in role has a source") } else { self.fleet.repo };
+        let source = if def.builtin {
+            self.fleet.builtin.expect("built-in role has a source")
+        } else {
+            self.fleet.repo
+        };
         match source.read(&path)? {
             Some(bytes) => Ok(Some(bytes)),
             None => {
-                let shown = if def.builtin { format!("builtin:{path}") } else { path };
-                problems.push(invalid(&def.file, name.span(), format!("{shown} does not exist")));
+                let shown = if def.builtin {
+                    format!("builtin:{path}")
+                } else {
+                    path
+                };
+                problems.push(invalid(
+                    &def.file,
+                    name.span(),
+                    format!("{shown} does not exist"),
+                ));
                 Ok(None)
             }
         }
@@ -1019,9 +1235,21 @@ impl Expander<'_, '_> {
         ctx: &Value,
         problems: &mut Vec<Invalid>,
     ) -> Option<Vec<u8>> {
-        let label = format!("{}{}/templates/{}", if def.builtin { "builtin:" } else { "" }, def.dir, name.as_str());
+        let label = format!(
+            "{}{}/templates/{}",
+            if def.builtin { "builtin:" } else { "" },
+            def.dir,
+            name.as_str()
+        );
         let Ok(src) = std::str::from_utf8(bytes) else {
-            problems.push(Invalid { pos: Pos { file: label, line: 0, column: 0 }, message: "a template must be UTF-8 text".into() });
+            problems.push(Invalid {
+                pos: Pos {
+                    file: label,
+                    line: 0,
+                    column: 0,
+                },
+                message: "a template must be UTF-8 text".into(),
+            });
             return None;
         };
         match self.env.render_str(src, ctx) {
@@ -1030,12 +1258,22 @@ impl Expander<'_, '_> {
                 let (line, column) = match (e.line(), e.range()) {
                     (_, Some(r)) => {
                         let before = &src[..r.start.min(src.len())];
-                        (before.matches('\n').count() + 1, before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1)
+                        (
+                            before.matches('\n').count() + 1,
+                            before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1,
+                        )
                     }
                     (Some(l), None) => (l, 1),
                     (None, None) => (0, 0),
                 };
-                problems.push(Invalid { pos: Pos { file: label, line, column }, message: template_message(&e, src) });
+                problems.push(Invalid {
+                    pos: Pos {
+                        file: label,
+                        line,
+                        column,
+                    },
+                    message: template_message(&e, src),
+                });
                 None
             }
         }
@@ -1046,14 +1284,23 @@ impl Expander<'_, '_> {
 fn template_message(e: &minijinja::Error, src: &str) -> String {
     match e.kind() {
         minijinja::ErrorKind::UndefinedError => {
-            let expr = e.range().and_then(|r| src.get(r)).map(str::trim).unwrap_or("");
+            let expr = e
+                .range()
+                .and_then(|r| src.get(r))
+                .map(str::trim)
+                .unwrap_or("");
             if expr.is_empty() {
                 "undefined variable in template: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params".into()
             } else {
                 format!("undefined variable `{expr}`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params")
             }
         }
-        _ => format!("template error: {}", e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string())),
+        _ => format!(
+            "template error: {}",
+            e.detail()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.kind().to_string())
+        ),
     }
 }
 
@@ -1065,23 +1312,42 @@ fn principal(s: String) -> Principal {
     }
 }
 
-fn mode(file: &str, m: Option<&Spanned<String>>, default: u32, problems: &mut Vec<Invalid>) -> Option<u32> {
+fn mode(
+    file: &str,
+    m: Option<&Spanned<String>>,
+    default: u32,
+    problems: &mut Vec<Invalid>,
+) -> Option<u32> {
     let Some(m) = m else { return Some(default) };
     let s = m.as_str();
     match u32::from_str_radix(s, 8) {
         Ok(v) if (3..=4).contains(&s.len()) && v <= 0o7777 => Some(v),
         _ => {
-            problems.push(invalid(file, m.span(), format!("`{s}` is not a file mode: expected octal digits in quotes, such as \"0644\"")));
+            problems.push(invalid(
+                file,
+                m.span(),
+                format!(
+                    "`{s}` is not a file mode: expected octal digits in quotes, such as \"0644\""
+                ),
+            ));
             None
         }
     }
 }
 
 /// A managed path: absolute, normalized, not the root itself.
-fn device_path(file: &str, at: &Spanned<String>, p: &str, problems: &mut Vec<Invalid>) -> Option<PathBuf> {
+fn device_path(
+    file: &str,
+    at: &Spanned<String>,
+    p: &str,
+    problems: &mut Vec<Invalid>,
+) -> Option<PathBuf> {
     let path = Path::new(p);
     let normal = path.is_absolute()
-        && path.components().skip(1).all(|c| matches!(c, Component::Normal(_)))
+        && path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, Component::Normal(_)))
         && path.components().count() > 1
         && !p.ends_with('/');
     if normal {

@@ -16,7 +16,8 @@ pub struct RunLock {
 impl RunLock {
     /// Takes the lock, waiting up to `wait` for another run to finish.
     pub fn acquire(dir: &Path, wait: Duration) -> Result<RunLock> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the state directory", dir, e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io("cannot create the state directory", dir, e))?;
         let path = dir.join("lock");
         let start = Instant::now();
         let mut file = File::options()
@@ -30,7 +31,10 @@ impl RunLock {
                 Ok(lock) => return Ok(RunLock { _lock: lock }),
                 Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
                     if start.elapsed() >= wait {
-                        return Err(Error::Locked { path, waited_secs: wait.as_secs() });
+                        return Err(Error::Locked {
+                            path,
+                            waited_secs: wait.as_secs(),
+                        });
                     }
                     file = f;
                     std::thread::sleep(Duration::from_millis(100));

@@ -20,7 +20,11 @@ impl Log for Stderr {
             Level::Error => eprintln!("error: {}", record.args()),
             Level::Warn => eprintln!("warning: {}", record.args()),
             Level::Info => eprintln!("{}", record.args()),
-            _ => eprintln!("{}: {}", record.level().as_str().to_lowercase(), record.args()),
+            _ => eprintln!(
+                "{}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            ),
         }
     }
 
@@ -35,9 +39,15 @@ pub fn init(verbosity: u8) {
         _ => LevelFilter::Debug,
     };
     // systemd sets JOURNAL_STREAM when stderr is connected to the journal.
-    if std::env::var_os("JOURNAL_STREAM").is_some() && systemd_journal_logger::connected_to_journal() {
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && systemd_journal_logger::connected_to_journal()
+    {
         if let Ok(logger) = systemd_journal_logger::JournalLog::new() {
-            if logger.with_syslog_identifier("fleet-agent".into()).install().is_ok() {
+            if logger
+                .with_syslog_identifier("fleet-agent".into())
+                .install()
+                .is_ok()
+            {
                 log::set_max_level(level);
                 return;
             }

@@ -2,7 +2,7 @@
 //! before anything is changed, with its before and after. A failed read of the machine
 //! is an error, never "no change". `apply` executes exactly the operations here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -34,11 +34,32 @@ impl Action {
 /// One primitive change of the machine, through the `Host` seam.
 #[derive(Debug, Clone)]
 pub enum Op {
-    CreateDir { path: PathBuf, mode: u32, uid: u32, gid: u32 },
-    WriteFile { path: PathBuf, content: Vec<u8>, mode: u32, uid: u32, gid: u32 },
-    SetMetadata { path: PathBuf, mode: u32, uid: u32, gid: u32 },
-    Symlink { path: PathBuf, target: PathBuf },
-    Remove { path: PathBuf },
+    CreateDir {
+        path: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    WriteFile {
+        path: PathBuf,
+        content: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    SetMetadata {
+        path: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    Remove {
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,7 +129,10 @@ impl Plan {
         if self.is_empty() {
             let _ = writeln!(out, "No changes: the device already matches.");
         } else {
-            let _ = writeln!(out, "Plan: {create} to create, {change} to change, {remove} to remove.");
+            let _ = writeln!(
+                out,
+                "Plan: {create} to create, {change} to change, {remove} to remove."
+            );
         }
         out
     }
@@ -116,12 +140,22 @@ impl Plan {
 
 /// Computes the plan for a desired state. `previous` is the state of the last run on
 /// this root filesystem (None when unknown: then nothing is pruned).
-pub fn plan(host: &Host, desired: &DesiredState, previous: Option<&State>, prune: bool, commit: Option<String>) -> Result<Plan> {
+pub fn plan(
+    host: &Host,
+    desired: &DesiredState,
+    previous: Option<&State>,
+    prune: bool,
+    commit: Option<String>,
+) -> Result<Plan> {
     let mut changes = Vec::new();
     let mut resources = BTreeMap::new();
+    // Directories that changes earlier in the plan create.
+    let mut planned = HashSet::new();
     for r in &desired.resources {
-        let created_before = previous.and_then(|s| s.resources.get(&r.kind.id())).is_some_and(|s| s.created);
-        if let Some(c) = plan_resource(host, r)? {
+        let created_before = previous
+            .and_then(|s| s.resources.get(&r.kind.id()))
+            .is_some_and(|s| s.created);
+        if let Some(c) = plan_resource(host, r, &mut planned)? {
             resources.insert(
                 r.kind.id(),
                 ResourceState {
@@ -165,12 +199,19 @@ pub fn plan(host: &Host, desired: &DesiredState, previous: Option<&State>, prune
                     diff: None,
                     secret: false,
                     creates: false,
-                    ops: vec![Op::Remove { path: s.path.clone() }],
+                    ops: vec![Op::Remove {
+                        path: s.path.clone(),
+                    }],
                 });
             }
         }
     }
-    Ok(Plan { device_id: desired.device_id.clone(), commit, changes, resources })
+    Ok(Plan {
+        device_id: desired.device_id.clone(),
+        commit,
+        changes,
+        resources,
+    })
 }
 
 fn kind_label(kind: &str) -> &'static str {
@@ -185,7 +226,11 @@ fn resolve(host: &Host, r: &Resource, p: &Principal, group: bool) -> Result<u32>
     match p {
         Principal::Id(id) => Ok(*id),
         Principal::Name(name) => {
-            let found = if group { host.gid(name)? } else { host.uid(name)? };
+            let found = if group {
+                host.gid(name)?
+            } else {
+                host.uid(name)?
+            };
             found.ok_or_else(|| {
                 Error::Other(format!(
                     "{}: the {} `{name}` does not exist on the device (for {})",
@@ -204,15 +249,34 @@ fn describe_owner(host: &Host, uid: u32, gid: u32) -> String {
     format!("{u}:{g}")
 }
 
-fn parents(host: &Host, path: &Path, ops: &mut Vec<Op>, details: &mut Vec<String>) -> Result<()> {
+/// Creates the missing parents of a path, except those an earlier change creates.
+fn parents(
+    host: &Host,
+    path: &Path,
+    planned: &mut HashSet<PathBuf>,
+    ops: &mut Vec<Op>,
+    details: &mut Vec<String>,
+) -> Result<()> {
     for dir in host.missing_parents(path)? {
+        if !planned.insert(dir.clone()) {
+            continue;
+        }
         details.push(format!("creates parent {} (0755 root:root)", dir.display()));
-        ops.push(Op::CreateDir { path: dir, mode: 0o755, uid: 0, gid: 0 });
+        ops.push(Op::CreateDir {
+            path: dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        });
     }
     Ok(())
 }
 
-fn plan_resource(host: &Host, r: &Resource) -> Result<Option<Change>> {
+fn plan_resource(
+    host: &Host,
+    r: &Resource,
+    planned: &mut HashSet<PathBuf>,
+) -> Result<Option<Change>> {
     let existing = host.inspect(r.kind.path())?;
     let mut details = Vec::new();
     let mut ops = Vec::new();
@@ -227,20 +291,41 @@ fn plan_resource(host: &Host, r: &Resource) -> Result<Option<Change>> {
         )))
     };
     let action = match &r.kind {
-        Kind::File { path, content, mode, owner, group, secret: is_secret } => {
+        Kind::File {
+            path,
+            content,
+            mode,
+            owner,
+            group,
+            secret: is_secret,
+        } => {
             secret = *is_secret;
             let uid = resolve(host, r, owner, false)?;
             let gid = resolve(host, r, group, true)?;
-            let write = Op::WriteFile { path: path.clone(), content: content.clone(), mode: *mode, uid, gid };
+            let write = Op::WriteFile {
+                path: path.clone(),
+                content: content.clone(),
+                mode: *mode,
+                uid,
+                gid,
+            };
             match existing.clone() {
                 Existing::Missing => {
-                    parents(host, path, &mut ops, &mut details)?;
-                    details.push(format!("mode {mode:04o}, owner {}, {} bytes", describe_owner(host, uid, gid), content.len()));
+                    parents(host, path, planned, &mut ops, &mut details)?;
+                    details.push(format!(
+                        "mode {mode:04o}, owner {}, {} bytes",
+                        describe_owner(host, uid, gid),
+                        content.len()
+                    ));
                     diff = content_diff(path, b"", content, secret, &mut details);
                     ops.push(write);
                     Some(Action::Create)
                 }
-                Existing::File { mode: m, uid: u, gid: g } => {
+                Existing::File {
+                    mode: m,
+                    uid: u,
+                    gid: g,
+                } => {
                     let current = host.read(path)?;
                     if current != *content {
                         diff = content_diff(path, &current, content, secret, &mut details);
@@ -249,7 +334,12 @@ fn plan_resource(host: &Host, r: &Resource) -> Result<Option<Change>> {
                         Some(Action::Change)
                     } else if (m, u, g) != (*mode, uid, gid) {
                         meta_details(host, (m, u, g), (*mode, uid, gid), &mut details);
-                        ops.push(Op::SetMetadata { path: path.clone(), mode: *mode, uid, gid });
+                        ops.push(Op::SetMetadata {
+                            path: path.clone(),
+                            mode: *mode,
+                            uid,
+                            gid,
+                        });
                         Some(Action::Change)
                     } else {
                         None
@@ -265,19 +355,42 @@ fn plan_resource(host: &Host, r: &Resource) -> Result<Option<Change>> {
                 Existing::Other => return conflict("a special file"),
             }
         }
-        Kind::Directory { path, mode, owner, group } => {
+        Kind::Directory {
+            path,
+            mode,
+            owner,
+            group,
+        } => {
             let uid = resolve(host, r, owner, false)?;
             let gid = resolve(host, r, group, true)?;
             match existing {
                 Existing::Missing => {
-                    parents(host, path, &mut ops, &mut details)?;
-                    details.push(format!("mode {mode:04o}, owner {}", describe_owner(host, uid, gid)));
-                    ops.push(Op::CreateDir { path: path.clone(), mode: *mode, uid, gid });
+                    parents(host, path, planned, &mut ops, &mut details)?;
+                    details.push(format!(
+                        "mode {mode:04o}, owner {}",
+                        describe_owner(host, uid, gid)
+                    ));
+                    planned.insert(path.clone());
+                    ops.push(Op::CreateDir {
+                        path: path.clone(),
+                        mode: *mode,
+                        uid,
+                        gid,
+                    });
                     Some(Action::Create)
                 }
-                Existing::Directory { mode: m, uid: u, gid: g } if (m, u, g) != (*mode, uid, gid) => {
+                Existing::Directory {
+                    mode: m,
+                    uid: u,
+                    gid: g,
+                } if (m, u, g) != (*mode, uid, gid) => {
                     meta_details(host, (m, u, g), (*mode, uid, gid), &mut details);
-                    ops.push(Op::SetMetadata { path: path.clone(), mode: *mode, uid, gid });
+                    ops.push(Op::SetMetadata {
+                        path: path.clone(),
+                        mode: *mode,
+                        uid,
+                        gid,
+                    });
                     Some(Action::Change)
                 }
                 Existing::Directory { .. } => None,
@@ -287,10 +400,13 @@ fn plan_resource(host: &Host, r: &Resource) -> Result<Option<Change>> {
             }
         }
         Kind::Symlink { path, target } => {
-            let op = Op::Symlink { path: path.clone(), target: target.clone() };
+            let op = Op::Symlink {
+                path: path.clone(),
+                target: target.clone(),
+            };
             match existing.clone() {
                 Existing::Missing => {
-                    parents(host, path, &mut ops, &mut details)?;
+                    parents(host, path, planned, &mut ops, &mut details)?;
                     details.push(format!("→ {}", target.display()));
                     ops.push(op);
                     Some(Action::Create)
@@ -302,7 +418,10 @@ fn plan_resource(host: &Host, r: &Resource) -> Result<Option<Change>> {
                     Some(Action::Change)
                 }
                 Existing::File { .. } => {
-                    details.push(format!("replaces a file with a link → {}", target.display()));
+                    details.push(format!(
+                        "replaces a file with a link → {}",
+                        target.display()
+                    ));
                     ops.push(op);
                     Some(Action::Change)
                 }
@@ -341,16 +460,31 @@ fn plan_resource(host: &Host, r: &Resource) -> Result<Option<Change>> {
     }))
 }
 
-fn meta_details(host: &Host, (m, u, g): (u32, u32, u32), (mode, uid, gid): (u32, u32, u32), details: &mut Vec<String>) {
+fn meta_details(
+    host: &Host,
+    (m, u, g): (u32, u32, u32),
+    (mode, uid, gid): (u32, u32, u32),
+    details: &mut Vec<String>,
+) {
     if m != mode {
         details.push(format!("mode {m:04o} → {mode:04o}"));
     }
     if (u, g) != (uid, gid) {
-        details.push(format!("owner {} → {}", describe_owner(host, u, g), describe_owner(host, uid, gid)));
+        details.push(format!(
+            "owner {} → {}",
+            describe_owner(host, u, g),
+            describe_owner(host, uid, gid)
+        ));
     }
 }
 
-fn content_diff(path: &Path, old: &[u8], new: &[u8], secret: bool, details: &mut Vec<String>) -> Option<String> {
+fn content_diff(
+    path: &Path,
+    old: &[u8],
+    new: &[u8],
+    secret: bool,
+    details: &mut Vec<String>,
+) -> Option<String> {
     if secret {
         if !old.is_empty() {
             details.push("content changed (secret: not shown)".into());
@@ -370,7 +504,11 @@ fn content_diff(path: &Path, old: &[u8], new: &[u8], secret: bool, details: &mut
             Some(d)
         }
         _ => {
-            details.push(format!("binary content: sha256 {} → {}", &sha256_hex(old)[..12], &sha256_hex(new)[..12]));
+            details.push(format!(
+                "binary content: sha256 {} → {}",
+                &sha256_hex(old)[..12],
+                &sha256_hex(new)[..12]
+            ));
             None
         }
     }

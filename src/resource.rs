@@ -109,11 +109,19 @@ impl Kind {
         h.update(self.path().as_os_str().as_encoded_bytes());
         h.update([0]);
         match self {
-            Kind::File { content, mode, owner, group, .. } => {
+            Kind::File {
+                content,
+                mode,
+                owner,
+                group,
+                ..
+            } => {
                 h.update(sha256_hex(content));
                 h.update(format!("{mode:o}:{owner}:{group}"));
             }
-            Kind::Directory { mode, owner, group, .. } => h.update(format!("{mode:o}:{owner}:{group}")),
+            Kind::Directory {
+                mode, owner, group, ..
+            } => h.update(format!("{mode:o}:{owner}:{group}")),
             Kind::Symlink { target, .. } => h.update(target.as_os_str().as_encoded_bytes()),
             Kind::Absent { .. } => {}
         }

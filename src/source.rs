@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub enum Source<'r> {
-    Commit { repo: &'r git2::Repository, tree: git2::Tree<'r>, label: String },
+    Commit {
+        repo: &'r git2::Repository,
+        tree: git2::Tree<'r>,
+        label: String,
+    },
     Dir(PathBuf),
 }
 
@@ -18,7 +22,11 @@ impl<'r> Source<'r> {
             .find_commit(commit)
             .and_then(|c| c.tree())
             .map_err(|e| Error::git(format!("cannot read commit {commit}"), e))?;
-        Ok(Source::Commit { repo, tree, label: short(commit) })
+        Ok(Source::Commit {
+            repo,
+            tree,
+            label: short(commit),
+        })
     }
 
     /// A human label: the short commit id or the directory.
@@ -41,16 +49,21 @@ impl<'r> Source<'r> {
                 if entry.kind() != Some(git2::ObjectType::Blob) {
                     return Ok(None);
                 }
-                let blob = repo
-                    .find_blob(entry.id())
-                    .map_err(|e| Error::git(format!("cannot read {rel} from the local clone"), e))?;
+                let blob = repo.find_blob(entry.id()).map_err(|e| {
+                    Error::git(format!("cannot read {rel} from the local clone"), e)
+                })?;
                 Ok(Some(blob.content().to_vec()))
             }
             Source::Dir(dir) => {
                 let p = dir.join(rel);
                 match std::fs::read(&p) {
                     Ok(b) => Ok(Some(b)),
-                    Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory) => {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory
+                        ) =>
+                    {
                         Ok(None)
                     }
                     Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => Ok(None),
@@ -68,15 +81,19 @@ impl<'r> Source<'r> {
                     tree.clone()
                 } else {
                     match tree.get_path(Path::new(rel)) {
-                        Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => repo
-                            .find_tree(e.id())
-                            .map_err(|e| Error::git(format!("cannot read {rel} from the local clone"), e))?,
+                        Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => {
+                            repo.find_tree(e.id()).map_err(|e| {
+                                Error::git(format!("cannot read {rel} from the local clone"), e)
+                            })?
+                        }
                         Ok(_) => return Ok(None),
                         Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
                         Err(e) => return Err(Error::git(format!("cannot look up {rel}"), e)),
                     }
                 };
-                sub.iter().filter_map(|e| e.name().ok().map(str::to_string)).collect::<Vec<_>>()
+                sub.iter()
+                    .filter_map(|e| e.name().ok().map(str::to_string))
+                    .collect::<Vec<_>>()
             }
             Source::Dir(dir) => {
                 let p = dir.join(rel);

@@ -75,18 +75,28 @@ impl State {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                warn!("cannot read the state file {}: {e}; converging everything", path.display());
+                warn!(
+                    "cannot read the state file {}: {e}; converging everything",
+                    path.display()
+                );
                 return None;
             }
         };
         match serde_json::from_slice::<State>(&bytes) {
             Ok(s) if s.version == VERSION => Some(s),
             Ok(s) => {
-                warn!("state file {} has version {}; converging everything", path.display(), s.version);
+                warn!(
+                    "state file {} has version {}; converging everything",
+                    path.display(),
+                    s.version
+                );
                 None
             }
             Err(e) => {
-                warn!("state file {} is damaged ({e}); converging everything", path.display());
+                warn!(
+                    "state file {} is damaged ({e}); converging everything",
+                    path.display()
+                );
                 None
             }
         }
@@ -95,7 +105,8 @@ impl State {
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.version = VERSION;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create the state directory", dir, e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io("cannot create the state directory", dir, e))?;
         }
         let mut json = serde_json::to_vec_pretty(self).expect("state serializes");
         json.push(b'\n');
@@ -113,7 +124,9 @@ pub fn rootfs_id(host: &Host) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("cannot read", &marker, e)),
     };
-    let dev = std::fs::metadata(host.root()).map_err(|e| Error::io("cannot inspect", host.root(), e))?.dev();
+    let dev = std::fs::metadata(host.root())
+        .map_err(|e| Error::io("cannot inspect", host.root(), e))?
+        .dev();
     Ok(Some(format!("{id}@{dev:x}")))
 }
 
@@ -135,7 +148,10 @@ pub fn ensure_rootfs_id(host: &Host) -> Result<String> {
 
 fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).is_err() {
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .is_err()
+    {
         // No /dev/urandom (odd chroot): time and pid are unique enough for a marker.
         let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
         let d = crate::resource::sha256_hex(seed.as_bytes());
@@ -146,5 +162,8 @@ fn getrandom(buf: &mut [u8]) {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

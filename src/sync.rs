@@ -36,8 +36,13 @@ pub fn setup_transports(host: &Host, config: &Config) -> Result<()> {
     let basic_auth = match &c.token_file {
         Some(f) => {
             let p = host.path(f);
-            let token = std::fs::read_to_string(&p).map_err(|e| Error::io("cannot read the token file", &p, e))?;
-            Some(format!("{}:{}", c.username.as_deref().unwrap_or("fleet-agent"), token.trim()))
+            let token = std::fs::read_to_string(&p)
+                .map_err(|e| Error::io("cannot read the token file", &p, e))?;
+            Some(format!(
+                "{}:{}",
+                c.username.as_deref().unwrap_or("fleet-agent"),
+                token.trim()
+            ))
         }
         None => None,
     };
@@ -45,8 +50,14 @@ pub fn setup_transports(host: &Host, config: &Config) -> Result<()> {
         basic_auth,
         timeout: std::time::Duration::from_secs(config.http.timeout_secs),
         ssh_command: c.ssh_command.clone().unwrap_or_else(|| "ssh".into()),
-        ssh_key: c.ssh_key.as_ref().map(|k| host.path(k).display().to_string()),
-        known_hosts: c.known_hosts.as_ref().map(|k| host.path(k).display().to_string()),
+        ssh_key: c
+            .ssh_key
+            .as_ref()
+            .map(|k| host.path(k).display().to_string()),
+        known_hosts: c
+            .known_hosts
+            .as_ref()
+            .map(|k| host.path(k).display().to_string()),
     })
     .map_err(|e| Error::git("cannot set up the git transports", e))
 }
@@ -59,7 +70,10 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
         Ok(found) => found,
         Err(why) => {
             if dir.exists() {
-                warn!("the local clone {} is damaged ({why}); cloning again", dir.display());
+                warn!(
+                    "the local clone {} is damaged ({why}); cloning again",
+                    dir.display()
+                );
                 discard(&dir)?;
             }
             return initial_clone(&dir, config);
@@ -68,29 +82,61 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
     let Some(local_tip) = local_tip else {
         // First fetch of this branch into the clone (the device follows another branch).
         if let Err(message) = fetch(&repo, config, &refname, !is_local(&config.repo)) {
-            return Err(Error::Unreachable { url: redact(&config.repo), message });
+            return Err(Error::Unreachable {
+                url: redact(&config.repo),
+                message,
+            });
         }
-        let commit = repo.refname_to_id(&refname).map_err(|e| Error::git("cannot read the fetched branch", e))?;
+        let commit = repo
+            .refname_to_id(&refname)
+            .map_err(|e| Error::git("cannot read the fetched branch", e))?;
         info!("fetched branch {} at {}", config.branch, short(commit));
-        return Ok(Synced { repo, commit, offline: None });
+        return Ok(Synced {
+            repo,
+            commit,
+            offline: None,
+        });
     };
 
     let remote_tip = match remote_tip(&repo, config) {
         Ok(tip) => tip,
         Err(message) => {
-            warn!("{message}; staying on the last fetched commit {}", short(local_tip));
-            return Ok(Synced { repo, commit: local_tip, offline: Some(message) });
+            warn!(
+                "{message}; staying on the last fetched commit {}",
+                short(local_tip)
+            );
+            return Ok(Synced {
+                repo,
+                commit: local_tip,
+                offline: Some(message),
+            });
         }
     };
     if remote_tip == local_tip {
-        return Ok(Synced { repo, commit: local_tip, offline: None });
+        return Ok(Synced {
+            repo,
+            commit: local_tip,
+            offline: None,
+        });
     }
     if let Err(message) = fetch(&repo, config, &refname, false) {
-        warn!("{message}; staying on the last fetched commit {}", short(local_tip));
-        return Ok(Synced { repo, commit: local_tip, offline: Some(message) });
+        warn!(
+            "{message}; staying on the last fetched commit {}",
+            short(local_tip)
+        );
+        return Ok(Synced {
+            repo,
+            commit: local_tip,
+            offline: Some(message),
+        });
     }
-    let new_tip = repo.refname_to_id(&refname).map_err(|e| Error::git("cannot read the fetched branch", e))?;
-    if !repo.graph_descendant_of(new_tip, local_tip).unwrap_or(false) {
+    let new_tip = repo
+        .refname_to_id(&refname)
+        .map_err(|e| Error::git("cannot read the fetched branch", e))?;
+    if !repo
+        .graph_descendant_of(new_tip, local_tip)
+        .unwrap_or(false)
+    {
         warn!(
             "branch {} was force-pushed: {} is not a descendant of {}; following the server",
             config.branch,
@@ -100,7 +146,11 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
     } else {
         info!("fetched {} → {}", short(local_tip), short(new_tip));
     }
-    Ok(Synced { repo, commit: new_tip, offline: None })
+    Ok(Synced {
+        repo,
+        commit: new_tip,
+        offline: None,
+    })
 }
 
 /// Opens the clone and checks that its tip commit and tree can be read.
@@ -111,26 +161,49 @@ fn open_clone(dir: &Path, refname: &str) -> std::result::Result<(Repository, Opt
         Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok((repo, None)),
         Err(e) => return Err(e.message().to_string()),
     };
-    repo.find_commit(tip).and_then(|c| c.tree()).map_err(|e| e.message().to_string())?;
+    repo.find_commit(tip)
+        .and_then(|c| c.tree())
+        .map_err(|e| e.message().to_string())?;
     Ok((repo, Some(tip)))
 }
 
 /// The server's tip of the branch: a refs-only request.
 fn remote_tip(repo: &Repository, config: &Config) -> std::result::Result<Oid, String> {
     let url = &config.repo;
-    let mut remote = repo.remote_anonymous(url).map_err(|e| e.message().to_string())?;
-    remote
-        .connect(Direction::Fetch)
-        .map_err(|e| format!("cannot reach the fleet repository {}: {}", redact(url), e.message()))?;
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(|e| e.message().to_string())?;
+    remote.connect(Direction::Fetch).map_err(|e| {
+        format!(
+            "cannot reach the fleet repository {}: {}",
+            redact(url),
+            e.message()
+        )
+    })?;
     let wanted = format!("refs/heads/{}", config.branch);
-    let heads = remote.list().map_err(|e| format!("cannot list the refs of {}: {}", redact(url), e.message()))?;
+    let heads = remote
+        .list()
+        .map_err(|e| format!("cannot list the refs of {}: {}", redact(url), e.message()))?;
     let tip = heads.iter().find(|h| h.name() == wanted).map(|h| h.oid());
     let _ = remote.disconnect();
-    tip.ok_or_else(|| format!("the fleet repository {} has no branch `{}`", redact(url), config.branch))
+    tip.ok_or_else(|| {
+        format!(
+            "the fleet repository {} has no branch `{}`",
+            redact(url),
+            config.branch
+        )
+    })
 }
 
-fn fetch(repo: &Repository, config: &Config, refname: &str, shallow: bool) -> std::result::Result<(), String> {
-    let mut remote = repo.remote_anonymous(&config.repo).map_err(|e| e.message().to_string())?;
+fn fetch(
+    repo: &Repository,
+    config: &Config,
+    refname: &str,
+    shallow: bool,
+) -> std::result::Result<(), String> {
+    let mut remote = repo
+        .remote_anonymous(&config.repo)
+        .map_err(|e| e.message().to_string())?;
     let mut options = FetchOptions::new();
     options.download_tags(AutotagOption::None);
     if shallow {
@@ -139,20 +212,32 @@ fn fetch(repo: &Repository, config: &Config, refname: &str, shallow: bool) -> st
     let refspec = format!("+refs/heads/{}:{refname}", config.branch);
     remote
         .fetch(&[refspec.as_str()], Some(&mut options), None)
-        .map_err(|e| format!("cannot fetch from {}: {}", redact(&config.repo), e.message()))?;
-    repo.refname_to_id(refname)
-        .map(|_| ())
-        .map_err(|_| format!("the fleet repository {} has no branch `{}`", redact(&config.repo), config.branch))
+        .map_err(|e| {
+            format!(
+                "cannot fetch from {}: {}",
+                redact(&config.repo),
+                e.message()
+            )
+        })?;
+    repo.refname_to_id(refname).map(|_| ()).map_err(|_| {
+        format!(
+            "the fleet repository {} has no branch `{}`",
+            redact(&config.repo),
+            config.branch
+        )
+    })
 }
 
 /// Clones into a new directory and renames it into place: a clone interrupted half way
 /// is never mistaken for a good one.
 fn initial_clone(dir: &Path, config: &Config) -> Result<Synced> {
     let parent = dir.parent().expect("clone dir has a parent");
-    std::fs::create_dir_all(parent).map_err(|e| Error::io("cannot create the state directory", parent, e))?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| Error::io("cannot create the state directory", parent, e))?;
     let tmp = dir.with_extension("git.new");
     discard(&tmp)?;
-    let repo = Repository::init_bare(&tmp).map_err(|e| Error::git(format!("cannot create {}", tmp.display()), e))?;
+    let repo = Repository::init_bare(&tmp)
+        .map_err(|e| Error::git(format!("cannot create {}", tmp.display()), e))?;
     let refname = tracking_ref(&config.branch);
     // Shallow where the transport allows (smart HTTP, ssh); libgit2's local transport
     // does not, so file:// and paths fetch whole.
@@ -160,15 +245,31 @@ fn initial_clone(dir: &Path, config: &Config) -> Result<Synced> {
     if let Err(message) = fetch(&repo, config, &refname, shallow) {
         drop(repo);
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(Error::Unreachable { url: redact(&config.repo), message });
+        return Err(Error::Unreachable {
+            url: redact(&config.repo),
+            message,
+        });
     }
     drop(repo);
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io("cannot move the new clone into place at", dir, e))?;
+    std::fs::rename(&tmp, dir)
+        .map_err(|e| Error::io("cannot move the new clone into place at", dir, e))?;
     let _ = crate::host::sync_dir(parent);
-    let repo = Repository::open_bare(dir).map_err(|e| Error::git("cannot open the new clone", e))?;
-    let commit = repo.refname_to_id(&refname).map_err(|e| Error::git("cannot read the fetched branch", e))?;
-    info!("cloned {} branch {} at {}", redact(&config.repo), config.branch, short(commit));
-    Ok(Synced { repo, commit, offline: None })
+    let repo =
+        Repository::open_bare(dir).map_err(|e| Error::git("cannot open the new clone", e))?;
+    let commit = repo
+        .refname_to_id(&refname)
+        .map_err(|e| Error::git("cannot read the fetched branch", e))?;
+    info!(
+        "cloned {} branch {} at {}",
+        redact(&config.repo),
+        config.branch,
+        short(commit)
+    );
+    Ok(Synced {
+        repo,
+        commit,
+        offline: None,
+    })
 }
 
 fn is_local(url: &str) -> bool {

@@ -33,8 +33,16 @@ pub fn register(settings: TransportSettings) -> Result<(), GitError> {
             // so it is not concurrent with transport creation.
             unsafe {
                 git2::transport::register("http", |remote| Transport::smart(remote, true, Http))
-                    .and_then(|()| git2::transport::register("https", |remote| Transport::smart(remote, true, Http)))
-                    .and_then(|()| git2::transport::register("ssh", |remote| Transport::smart(remote, false, Ssh)))
+                    .and_then(|()| {
+                        git2::transport::register("https", |remote| {
+                            Transport::smart(remote, true, Http)
+                        })
+                    })
+                    .and_then(|()| {
+                        git2::transport::register("ssh", |remote| {
+                            Transport::smart(remote, false, Ssh)
+                        })
+                    })
                     .map_err(|e| e.message().to_string())
             }
         })
@@ -43,7 +51,9 @@ pub fn register(settings: TransportSettings) -> Result<(), GitError> {
 }
 
 fn settings() -> &'static TransportSettings {
-    SETTINGS.get().expect("transport settings are set before registration")
+    SETTINGS
+        .get()
+        .expect("transport settings are set before registration")
 }
 
 fn net_error(message: impl Into<String>) -> GitError {
@@ -55,16 +65,36 @@ fn net_error(message: impl Into<String>) -> GitError {
 struct Http;
 
 impl SmartSubtransport for Http {
-    fn action(&self, url: &str, action: Service) -> Result<Box<dyn SmartSubtransportStream>, GitError> {
+    fn action(
+        &self,
+        url: &str,
+        action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, GitError> {
         let base = url.trim_end_matches('/');
         let (method_post, url, content_type) = match action {
-            Service::UploadPackLs => (false, format!("{base}/info/refs?service=git-upload-pack"), None),
-            Service::UploadPack => (true, format!("{base}/git-upload-pack"), Some("application/x-git-upload-pack-request")),
+            Service::UploadPackLs => (
+                false,
+                format!("{base}/info/refs?service=git-upload-pack"),
+                None,
+            ),
+            Service::UploadPack => (
+                true,
+                format!("{base}/git-upload-pack"),
+                Some("application/x-git-upload-pack-request"),
+            ),
             Service::ReceivePackLs | Service::ReceivePack => {
-                return Err(net_error("fleet-agent only fetches; pushing is not supported"))
+                return Err(net_error(
+                    "fleet-agent only fetches; pushing is not supported",
+                ))
             }
         };
-        Ok(Box::new(HttpStream { post: method_post, url, content_type, body: Vec::new(), response: None }))
+        Ok(Box::new(HttpStream {
+            post: method_post,
+            url,
+            content_type,
+            body: Vec::new(),
+            response: None,
+        }))
     }
 
     fn close(&self) -> Result<(), GitError> {
@@ -89,7 +119,11 @@ fn agent() -> &'static ureq::Agent {
             .timeout_connect(timeout)
             .timeout_per_read(timeout)
             .timeout_recv_response(timeout)
-            .user_agent(concat!("git/2.0 (fleet-agent ", env!("CARGO_PKG_VERSION"), ")"))
+            .user_agent(concat!(
+                "git/2.0 (fleet-agent ",
+                env!("CARGO_PKG_VERSION"),
+                ")"
+            ))
             .build()
             .into()
     })
@@ -97,24 +131,31 @@ fn agent() -> &'static ureq::Agent {
 
 impl HttpStream {
     fn send(&mut self) -> std::io::Result<()> {
-        let auth = settings().basic_auth.as_ref().map(|a| format!("Basic {}", base64(a.as_bytes())));
+        let auth = settings()
+            .basic_auth
+            .as_ref()
+            .map(|a| format!("Basic {}", base64(a.as_bytes())));
         let result = if self.post {
             let mut req = agent()
                 .post(&self.url)
                 .header("Accept", "application/x-git-upload-pack-result")
-                .header("Content-Type", self.content_type.unwrap_or("application/octet-stream"));
+                .header(
+                    "Content-Type",
+                    self.content_type.unwrap_or("application/octet-stream"),
+                );
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
             req.send(&self.body[..])
         } else {
-            let mut req = agent().get(&self.url).header("Accept", "*/*").header("Git-Protocol", "version=1");
+            let mut req = agent().get(&self.url).header("Accept", "*/*");
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
             req.call()
         };
-        let response = result.map_err(|e| std::io::Error::other(format!("{}: {e}", redact(&self.url))))?;
+        let response =
+            result.map_err(|e| std::io::Error::other(format!("{}: {e}", redact(&self.url))))?;
         let status = response.status().as_u16();
         if status != 200 {
             let why = match status {
@@ -122,7 +163,10 @@ impl HttpStream {
                 404 => "no git repository at this address",
                 _ => "the server refused",
             };
-            return Err(std::io::Error::other(format!("{}: HTTP {status}: {why}", redact(&self.url))));
+            return Err(std::io::Error::other(format!(
+                "{}: HTTP {status}: {why}",
+                redact(&self.url)
+            )));
         }
         if !self.post {
             let ct = response
@@ -166,7 +210,9 @@ impl Write for HttpStream {
 /// The URL without any user:password part, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
+            format!("{}{}", &url[..s + 3], &url[at + 1..])
+        }
         _ => url.to_string(),
     }
 }
@@ -175,7 +221,11 @@ fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -193,11 +243,19 @@ fn base64(data: &[u8]) -> String {
 struct Ssh;
 
 impl SmartSubtransport for Ssh {
-    fn action(&self, url: &str, action: Service) -> Result<Box<dyn SmartSubtransportStream>, GitError> {
+    fn action(
+        &self,
+        url: &str,
+        action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, GitError> {
         if action != Service::UploadPackLs {
-            return Err(net_error("fleet-agent only fetches; pushing is not supported"));
+            return Err(net_error(
+                "fleet-agent only fetches; pushing is not supported",
+            ));
         }
-        let rest = url.strip_prefix("ssh://").ok_or_else(|| net_error(format!("not an ssh:// URL: {url}")))?;
+        let rest = url
+            .strip_prefix("ssh://")
+            .ok_or_else(|| net_error(format!("not an ssh:// URL: {url}")))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
@@ -210,7 +268,12 @@ impl SmartSubtransport for Ssh {
         }
         let s = settings();
         let mut cmd = Command::new(&s.ssh_command);
-        cmd.args(["-o", "BatchMode=yes", "-o", &format!("ConnectTimeout={}", s.timeout.as_secs().max(1))]);
+        cmd.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            &format!("ConnectTimeout={}", s.timeout.as_secs().max(1)),
+        ]);
         if let Some(p) = port {
             cmd.args(["-p", p]);
         }
@@ -218,7 +281,12 @@ impl SmartSubtransport for Ssh {
             cmd.args(["-i", k, "-o", "IdentitiesOnly=yes"]);
         }
         if let Some(kh) = &s.known_hosts {
-            cmd.args(["-o", &format!("UserKnownHostsFile={kh}"), "-o", "StrictHostKeyChecking=yes"]);
+            cmd.args([
+                "-o",
+                &format!("UserKnownHostsFile={kh}"),
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ]);
         }
         cmd.arg(host).arg(format!("git-upload-pack '{path}'"));
         let mut child = cmd
@@ -229,7 +297,11 @@ impl SmartSubtransport for Ssh {
             .map_err(|e| net_error(format!("cannot run {}: {e}", s.ssh_command)))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
-        Ok(Box::new(SshStream { child: Mutex::new(child), stdin, stdout }))
+        Ok(Box::new(SshStream {
+            child: Mutex::new(child),
+            stdin,
+            stdout,
+        }))
     }
 
     fn close(&self) -> Result<(), GitError> {
@@ -296,14 +368,23 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
     }
 
     #[test]
     fn credentials_are_not_shown() {
-        assert_eq!(redact("https://u:secret@example.com/f.git"), "https://example.com/f.git");
+        assert_eq!(
+            redact("https://u:secret@example.com/f.git"),
+            "https://example.com/f.git"
+        );
         assert_eq!(redact("https://example.com/a@b"), "https://example.com/a@b");
     }
 }

@@ -9,40 +9,77 @@ use crate::error::{Invalid, Pos};
 
 pub fn pos(file: &str, span: &Span) -> Pos {
     match span.start() {
-        Some(m) => Pos { file: file.to_string(), line: m.line(), column: m.column() },
-        None => Pos { file: file.to_string(), line: 0, column: 0 },
+        Some(m) => Pos {
+            file: file.to_string(),
+            line: m.line(),
+            column: m.column(),
+        },
+        None => Pos {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+        },
     }
 }
 
 pub fn invalid(file: &str, span: &Span, message: impl Into<String>) -> Invalid {
-    Invalid { pos: pos(file, span), message: message.into() }
+    Invalid {
+        pos: pos(file, span),
+        message: message.into(),
+    }
 }
 
 /// Parses a YAML document whose top level is a mapping; an empty file is an empty mapping.
 pub fn parse(file: &str, text: &[u8]) -> Result<Node, Invalid> {
     let text = std::str::from_utf8(text).map_err(|e| Invalid {
-        pos: Pos { file: file.to_string(), line: 0, column: 0 },
+        pos: Pos {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+        },
         message: format!("not UTF-8 text: {e}"),
     })?;
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return Ok(Node::Mapping(marked_yaml::types::MarkedMappingNode::new_empty(Span::new_blank())));
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Ok(Node::Mapping(
+            marked_yaml::types::MarkedMappingNode::new_empty(Span::new_blank()),
+        ));
     }
-    let options = LoaderOptions::default().error_on_duplicate_keys(true).toplevel_mapping();
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .toplevel_mapping();
     marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
         use marked_yaml::LoadError::*;
         let (marker, message) = match &e {
-            TopLevelMustBeMapping(m) => (*m, "expected a mapping (key: value) at the top level".to_string()),
+            TopLevelMustBeMapping(m) => (
+                *m,
+                "expected a mapping (key: value) at the top level".to_string(),
+            ),
             TopLevelMustBeSequence(m) => (*m, "expected a sequence at the top level".to_string()),
             UnexpectedAnchor(m) => (*m, "YAML anchors and aliases are not supported".to_string()),
             MappingKeyMustBeScalar(m) => (*m, "mapping keys must be plain strings".to_string()),
             UnexpectedTag(m) => (*m, "YAML tags (!tag) are not supported".to_string()),
             ScanError(m, err) => (*m, format!("YAML syntax error: {}", err.info())),
             DuplicateKey(inner) => (
-                *inner.key.span().start().expect("parsed keys have a position"),
+                *inner
+                    .key
+                    .span()
+                    .start()
+                    .expect("parsed keys have a position"),
                 format!("duplicate key `{}`", inner.key.as_str()),
             ),
         };
-        Invalid { pos: Pos { file: file.to_string(), line: marker.line(), column: marker.column() }, message }
+        Invalid {
+            pos: Pos {
+                file: file.to_string(),
+                line: marker.line(),
+                column: marker.column(),
+            },
+            message,
+        }
     })
 }
 
@@ -52,19 +89,49 @@ pub fn typed<T: DeserializeOwned>(file: &str, node: &Node) -> Result<T, Invalid>
         use marked_yaml::Error::*;
         let message = match &*e {
             UnknownFieldError(field, expected, _) => {
-                format!("unknown key `{field}`, expected one of: {}", expected.join(", "))
+                format!(
+                    "unknown key `{field}`, expected one of: {}",
+                    expected.join(", ")
+                )
             }
             NotBoolean(_) => "expected true or false".to_string(),
             IntegerParseFailure(..) => "expected a whole number".to_string(),
             FloatParseFailure(..) => "expected a number".to_string(),
             Other(m, _) => m.replace("invalid type: string", "invalid type: text"),
         };
-        let pos = match e.start_mark() {
-            Some(m) => Pos { file: file.to_string(), line: m.line(), column: m.column() },
-            None => pos(file, node.span()),
+        // marked-yaml places an unknown key at its mapping; find the key itself.
+        let found = match &*e {
+            UnknownFieldError(field, _, _) => find_key(node, field).map(|s| pos(file, s)),
+            Other(m, _) if m.starts_with("unknown variant `") => m["unknown variant `".len()..]
+                .split('`')
+                .next()
+                .and_then(|name| find_key(node, name))
+                .map(|s| pos(file, s)),
+            _ => None,
+        };
+        let pos = match (found, e.start_mark()) {
+            (Some(p), _) => p,
+            (None, Some(m)) => Pos {
+                file: file.to_string(),
+                line: m.line(),
+                column: m.column(),
+            },
+            (None, None) => pos(file, node.span()),
         };
         Invalid { pos, message }
     })
+}
+
+/// The first mapping key named `name`, depth first.
+fn find_key<'n>(node: &'n Node, name: &str) -> Option<&'n Span> {
+    match node {
+        Node::Scalar(_) => None,
+        Node::Sequence(seq) => seq.iter().find_map(|n| find_key(n, name)),
+        Node::Mapping(map) => map
+            .iter()
+            .find_map(|(k, _)| (k.as_str() == name).then(|| k.span()))
+            .or_else(|| map.iter().find_map(|(_, v)| find_key(v, name))),
+    }
 }
 
 /// Converts a node to a template value with the core-schema typing of plain scalars.
@@ -84,7 +151,9 @@ pub fn to_value(node: &Node) -> minijinja::Value {
                     if let Ok(i) = text.parse::<i64>() {
                         Value::from(i)
                     } else if let Ok(f) = text.parse::<f64>().map_err(|_| ()).and_then(|f| {
-                        if text.chars().any(|c| c.is_ascii_digit()) && !text.contains(char::is_alphabetic) {
+                        if text.chars().any(|c| c.is_ascii_digit())
+                            && !text.contains(char::is_alphabetic)
+                        {
                             Ok(f)
                         } else {
                             Err(())
@@ -98,6 +167,9 @@ pub fn to_value(node: &Node) -> minijinja::Value {
             }
         }
         Node::Sequence(seq) => Value::from(seq.iter().map(to_value).collect::<Vec<_>>()),
-        Node::Mapping(map) => Value::from_iter(map.iter().map(|(k, v)| (k.as_str().to_string(), to_value(v)))),
+        Node::Mapping(map) => Value::from_iter(
+            map.iter()
+                .map(|(k, v)| (k.as_str().to_string(), to_value(v))),
+        ),
     }
 }

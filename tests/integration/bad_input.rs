@@ -1,0 +1,170 @@
+//! Bad input: each class of mistake in a fleet repository gives a message naming
+//! file:line:column and what was expected, and the device is left exactly as it was.
+
+use crate::support::*;
+
+const WEB_ROLE: &str = "roles/web/role.yml";
+
+fn role(resources: &str) -> String {
+    format!("resources:\n{resources}")
+}
+
+/// (what, files changed on top of the basic fleet, expected message)
+fn cases() -> Vec<(&'static str, Vec<(&'static str, String)>, &'static str)> {
+    vec![
+        ("YAML syntax", vec![("fleet.yml", "format: 1\nroles: [web\n".into())], "fleet.yml:3:1: YAML syntax error"),
+        (
+            "unknown key",
+            vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      content: x\n      mdoe: \"0644\"\n"))],
+            "roles/web/role.yml:5:7: unknown key `mdoe`, expected one of: path, content, source, template, mode, owner, group, secret",
+        ),
+        (
+            "unknown resource kind",
+            vec![(WEB_ROLE, role("  - filee:\n      path: /etc/x\n"))],
+            "roles/web/role.yml:2:5: unknown variant `filee`, expected one of `file`, `directory`, `symlink`, `absent`",
+        ),
+        ("wrong type", vec![("fleet.yml", "format: one\nroles: [web]\n".into())], "fleet.yml:1:9: expected a whole number"),
+        ("unsupported format", vec![("fleet.yml", "format: 2\nroles: [web]\n".into())], "fleet.yml:1:9: format 2 is not supported"),
+        (
+            "undefined variable",
+            vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      content: \"{{ nope }}\"\n"))],
+            "roles/web/role.yml:4:16: undefined variable `nope`",
+        ),
+        (
+            "undefined variable in a template file",
+            vec![("roles/web/templates/web.conf.j2", "listen = {{ listen }}\nname = {{ device.nmae }}\n".into())],
+            "roles/web/templates/web.conf.j2:2:11: undefined variable `device.nmae`",
+        ),
+        (
+            "missing source file",
+            vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      source: nothere.conf\n"))],
+            "roles/web/role.yml:4:15: roles/web/files/nothere.conf does not exist",
+        ),
+        (
+            "path escaping the role directory",
+            vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      source: ../../../fleet.yml\n"))],
+            "roles/web/role.yml:4:15: `../../../fleet.yml` leaves the role's files/ directory",
+        ),
+        (
+            "missing role",
+            vec![("fleet.yml", "format: 1\nroles:\n  - web\n  - nope\n".into())],
+            "fleet.yml:4:5: no role `nope`: expected roles/nope/role.yml",
+        ),
+        (
+            "missing required parameter",
+            vec![("roles/app/role.yml", "params:\n  url:\n    required: true\n".into()), ("group_vars/shop.yml", "roles: [app]\n".into())],
+            "group_vars/shop.yml:1:9: role `app` needs the parameter `url`",
+        ),
+        (
+            "unknown parameter",
+            vec![("group_vars/shop.yml", "roles:\n  - role: web\n    params:\n      lisen: 1\n".into())],
+            "group_vars/shop.yml:4:7: role `web` has no parameter `lisen` (its parameters: listen)",
+        ),
+        (
+            "not a file mode",
+            vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      content: x\n      mode: \"999\"\n"))],
+            "roles/web/role.yml:5:13: `999` is not a file mode",
+        ),
+        (
+            "relative device path",
+            vec![(WEB_ROLE, role("  - file:\n      path: etc/x\n      content: x\n"))],
+            "roles/web/role.yml:3:13: `etc/x` is not a device path",
+        ),
+        (
+            "two resources on one path",
+            vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      content: a\n  - absent:\n      path: /etc/x\n"))],
+            "roles/web/role.yml:5:5: /etc/x is also managed by the resource at roles/web/role.yml:2:5",
+        ),
+        (
+            "roles that include each other",
+            vec![
+                ("roles/a/role.yml", "include: [b]\n".into()),
+                ("roles/b/role.yml", "include: [a]\n".into()),
+                ("group_vars/shop.yml", "roles: [a]\n".into()),
+            ],
+            "roles/b/role.yml:1:11: roles include each other: a → b → a",
+        ),
+        (
+            "group_vars of no group",
+            vec![("group_vars/shops.yml", "vars: {}\n".into())],
+            "group_vars/shops.yml: there is no group `shops` in inventory.yml",
+        ),
+        (
+            "a user the device does not have",
+            vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      content: x\n      owner: kiosk\n"))],
+            "roles/web/role.yml:2:5: the user `kiosk` does not exist on the device",
+        ),
+    ]
+}
+
+#[test]
+fn each_class_of_bad_input_is_reported_where_it_is_and_nothing_changes() {
+    let mut table = String::new();
+    for (what, files, expected) in cases() {
+        let repo = FleetRepo::new(&basic_fleet());
+        let dev = Device::new(&repo.url(), "pi-0001", "");
+        assert_eq!(
+            dev.run(&["pull"]).code,
+            0,
+            "{what}: the good commit applies"
+        );
+        // Drift that a valid run would correct: an invalid one must not touch it either.
+        std::fs::write(dev.path("/etc/web/motd"), "local edit\n").unwrap();
+        let before = dev.snapshot();
+
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+        repo.commit(&files, what);
+        let run = dev.run(&["pull"]);
+        assert_eq!(run.code, 1, "{what}: {run:?}");
+        assert!(
+            run.stderr.contains(expected),
+            "{what}: expected `{expected}` in\n{run:?}"
+        );
+        assert_eq!(
+            dev.snapshot(),
+            before,
+            "{what}: the device is left exactly as it was"
+        );
+        let state = dev.state();
+        let outcome = state["outcome"].as_str().unwrap();
+        assert!(
+            outcome == "invalid" || outcome == "failed",
+            "{what}: {outcome}"
+        );
+        let plan = dev.run(&["plan"]);
+        assert_eq!(plan.code, 1, "{what}: plan exits 1 on an error");
+        table.push_str(&format!("| {what} | `{expected}` |\n"));
+    }
+    println!("{table}");
+}
+
+#[test]
+fn validate_reports_every_problem_at_once() {
+    let mut files = basic_fleet();
+    files.push((WEB_ROLE, "resources:\n  - file:\n      path: /etc/x\n      content: \"{{ nope }}\"\n  - file:\n      path: /etc/y\n      source: missing\n"));
+    files.push((
+        "roles/unused/role.yml",
+        "resources:\n  - directory: {path: /x, colour: red}\n",
+    ));
+    files.push(("host_vars/pi-0002.yml", "vars: [not, a, mapping]\n"));
+    let repo = FleetRepo::new(&files);
+    let out = to_run(
+        std::process::Command::new(BIN)
+            .args(["validate", repo.work.to_str().unwrap()])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    for expected in [
+        "roles/web/role.yml:4:16: undefined variable `nope`",
+        "roles/web/role.yml:7:15: roles/web/files/missing does not exist",
+        "roles/unused/role.yml:2:27: unknown key `colour`",
+        "host_vars/pi-0002.yml:1:7: expected a mapping of variable names to values",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "expected `{expected}` in\n{out:?}"
+        );
+    }
+    assert!(out.stderr.contains("(4 problems)"), "{out:?}");
+}

@@ -1,0 +1,252 @@
+//! Git sync: file:// and smart HTTP on 127.0.0.1, no-op polls, force-push, damaged
+//! clones, an unreachable server, credentials, ssh through the ssh client, branch follow.
+
+use crate::support::*;
+
+/// A fleet repo served over smart HTTP, and a device pulling from it.
+fn served(token: Option<&str>) -> (FleetRepo, GitHttpServer, Device) {
+    let repo = FleetRepo::new(&basic_fleet());
+    let server = GitHttpServer::start(repo.server.parent().unwrap(), token);
+    let extra = match token {
+        Some(_) => "[credentials]\ntoken_file = \"/etc/fleet-agent/token\"\n".to_string(),
+        None => String::new(),
+    };
+    let dev = Device::new(&server.url("fleet.git"), "pi-0001", &extra);
+    if let Some(t) = token {
+        std::fs::write(dev.path("/etc/fleet-agent/token"), format!("{t}\n")).unwrap();
+    }
+    (repo, server, dev)
+}
+
+#[test]
+fn pull_over_smart_http_and_a_no_op_poll_asks_for_refs_only() {
+    let (repo, server, dev) = served(None);
+    let first = dev.run(&["pull"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(dev.read("/etc/web/motd"), "hello shop from pi-0001\n");
+    let reqs = server.take_requests();
+    assert!(
+        reqs.iter().any(|r| r == "POST /fleet.git/git-upload-pack"),
+        "{reqs:?}"
+    );
+    // The first clone over HTTP is shallow: one commit.
+    let clone = dev.path("/var/lib/fleet-agent/repo.git");
+    assert!(
+        clone.join("shallow").exists(),
+        "shallow clone over smart HTTP"
+    );
+
+    let noop = dev.run(&["pull"]);
+    assert_eq!(noop.code, 0, "{noop:?}");
+    let reqs = server.take_requests();
+    assert_eq!(
+        reqs,
+        vec!["GET /fleet.git/info/refs?service=git-upload-pack".to_string()],
+        "a no-op poll is one refs request"
+    );
+
+    repo.commit(
+        &[("group_vars/shop.yml", "vars:\n  greeting: hello again\n")],
+        "greeting",
+    );
+    let update = dev.run(&["pull"]);
+    assert_eq!(update.code, 0, "{update:?}");
+    assert_eq!(dev.read("/etc/web/motd"), "hello again from pi-0001\n");
+    let reqs = server.take_requests();
+    assert!(reqs.iter().any(|r| r.starts_with("POST")), "{reqs:?}");
+}
+
+#[test]
+fn token_authentication_over_http() {
+    let (_repo, _server, dev) = served(Some("t0ken"));
+    let ok = dev.run(&["pull"]);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(!ok.text().contains("t0ken"));
+
+    let (_repo2, _server2, bad) = served(Some("t0ken"));
+    std::fs::write(bad.path("/etc/fleet-agent/token"), "wrong\n").unwrap();
+    let denied = bad.run(&["pull"]);
+    assert_eq!(denied.code, 3, "{denied:?}");
+    assert!(
+        denied.stderr.contains("HTTP 401: authentication failed"),
+        "{denied:?}"
+    );
+    assert!(
+        !denied.text().contains("wrong"),
+        "the token is never printed"
+    );
+}
+
+#[test]
+fn a_force_pushed_branch_is_followed_with_a_warning() {
+    let repo = FleetRepo::new(&basic_fleet());
+    let dev = Device::new(&repo.url(), "pi-0001", "");
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    // Rewrite history: a new root commit with other content, force-pushed.
+    git(&repo.work, &["checkout", "-q", "--orphan", "rewritten"]);
+    let mut files = basic_fleet();
+    files[2] = ("group_vars/shop.yml", "vars:\n  greeting: rewritten\n");
+    let tip = repo.commit(&files, "rewritten history");
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("was force-pushed"), "{run:?}");
+    assert_eq!(dev.read("/etc/web/motd"), "rewritten from pi-0001\n");
+    assert_eq!(dev.state()["applied_commit"], tip);
+}
+
+#[test]
+fn a_damaged_clone_is_detected_and_cloned_again() {
+    let repo = FleetRepo::new(&basic_fleet());
+    let dev = Device::new(&repo.url(), "pi-0001", "");
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    let clone = dev.path("/var/lib/fleet-agent/repo.git");
+    // Half-written: objects lost (a power cut on a careless filesystem).
+    std::fs::remove_dir_all(clone.join("objects")).unwrap();
+    std::fs::create_dir(clone.join("objects")).unwrap();
+    std::fs::remove_file(dev.path("/etc/web/motd")).unwrap();
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("damaged") && run.stderr.contains("cloning again"),
+        "{run:?}"
+    );
+    assert_eq!(dev.read("/etc/web/motd"), "hello shop from pi-0001\n");
+
+    // Garbage where the clone's HEAD and config should be.
+    std::fs::write(clone.join("HEAD"), "garbage").unwrap();
+    std::fs::write(clone.join("config"), "[[[").unwrap();
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("cloning again"), "{run:?}");
+    // A clone interrupted before it was moved into place is discarded too.
+    std::fs::create_dir_all(dev.path("/var/lib/fleet-agent/repo.git.new/objects")).unwrap();
+    std::fs::remove_dir_all(&clone).unwrap();
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    assert!(!dev.path("/var/lib/fleet-agent/repo.git.new").exists());
+}
+
+#[test]
+fn an_unreachable_server_keeps_the_last_commit_and_exits_3() {
+    let (repo, server, dev) = served(None);
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    let applied = dev.state()["applied_commit"].clone();
+    repo.commit(
+        &[("group_vars/shop.yml", "vars:\n  greeting: unseen\n")],
+        "not fetched",
+    );
+    drop(server);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Drift is still corrected from the last fetched commit while offline.
+    std::fs::write(dev.path("/etc/web/motd"), "drifted\n").unwrap();
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot reach the fleet repository"),
+        "{run:?}"
+    );
+    assert_eq!(dev.read("/etc/web/motd"), "hello shop from pi-0001\n");
+    let state = dev.state();
+    assert_eq!(state["applied_commit"], applied);
+    assert_eq!(state["offline"], true);
+    let status = dev.run(&["status"]);
+    assert!(status.stdout.contains("server unreachable"), "{status:?}");
+
+    // Never reached at all: nothing to fall back on, nothing applied.
+    let fresh = Device::new("http://127.0.0.1:9/fleet.git", "pi-0001", "");
+    let run = fresh.run(&["pull"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(!fresh.path("/etc/web").exists());
+}
+
+#[test]
+fn ssh_urls_go_through_the_ssh_client() {
+    let repo = FleetRepo::new(&basic_fleet());
+    // A stand-in for ssh that runs the remote command locally: what crosses the pipe is
+    // the real git protocol spoken by the real git-upload-pack.
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = tmp.path().join("fake-ssh");
+    let log = tmp.path().join("ssh.log");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nfor last; do :; done\nexec sh -c \"$last\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let url = format!("git@fleet.example.com:{}", repo.server.display());
+    let dev = Device::new(&url, "pi-0001", &format!("[credentials]\nssh_command = \"{}\"\nssh_key = \"/etc/fleet-agent/id_ed25519\"\nknown_hosts = \"/etc/fleet-agent/known_hosts\"\n", fake.display()));
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(dev.read("/etc/web/motd"), "hello shop from pi-0001\n");
+    let args = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        args.contains("BatchMode=yes") && args.contains("StrictHostKeyChecking=yes"),
+        "{args}"
+    );
+    assert!(
+        args.contains(&format!(
+            "-i {}",
+            dev.path("/etc/fleet-agent/id_ed25519").display()
+        )),
+        "{args}"
+    );
+    assert!(
+        args.contains(&format!(
+            "git@fleet.example.com git-upload-pack '{}'",
+            repo.server.display()
+        )),
+        "{args}"
+    );
+    assert!(
+        dev.path("/var/lib/fleet-agent/repo.git/shallow").exists(),
+        "shallow over ssh"
+    );
+    assert_eq!(dev.run(&["pull"]).code, 0);
+}
+
+#[test]
+fn a_device_follows_the_branch_its_host_vars_name() {
+    let repo = FleetRepo::new(&basic_fleet());
+    git(&repo.work, &["push", "-q", "origin", "HEAD:production"]);
+    repo.commit(
+        &[("group_vars/shop.yml", "vars:\n  greeting: from main\n")],
+        "main only",
+    );
+    // production says: pi-0009 follows main.
+    git(&repo.work, &["fetch", "-q", "origin"]);
+    git(
+        &repo.work,
+        &["checkout", "-q", "-b", "prod", "origin/production"],
+    );
+    std::fs::create_dir_all(repo.work.join("host_vars")).unwrap();
+    std::fs::write(repo.work.join("host_vars/pi-0009.yml"), "branch: main\n").unwrap();
+    git(&repo.work, &["add", "-A"]);
+    git(&repo.work, &["commit", "-q", "-m", "pi-0009 follows main"]);
+    git(&repo.work, &["push", "-q", "origin", "HEAD:production"]);
+
+    let on_production = |id: &str| {
+        let dev = Device::new(&repo.url(), id, "");
+        let text = std::fs::read_to_string(&dev.config)
+            .unwrap()
+            .replace("branch = \"main\"", "branch = \"production\"");
+        std::fs::write(&dev.config, text).unwrap();
+        dev
+    };
+    let follower = on_production("pi-0009");
+    let run = follower.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("following branch main instead of production"),
+        "{run:?}"
+    );
+    assert_eq!(follower.read("/etc/web/motd"), "from main from pi-0009\n");
+    assert_eq!(follower.run(&["pull"]).code, 0, "and stays there");
+    assert_eq!(follower.read("/etc/web/motd"), "from main from pi-0009\n");
+
+    let other = on_production("pi-0001");
+    assert_eq!(other.run(&["pull"]).code, 0);
+    assert_eq!(other.read("/etc/web/motd"), "hello shop from pi-0001\n");
+}
