@@ -9,8 +9,10 @@ fn role(resources: &str) -> String {
     format!("resources:\n{resources}")
 }
 
-/// (what, files changed on top of the basic fleet, expected message)
-fn cases() -> Vec<(&'static str, Vec<(&'static str, String)>, &'static str)> {
+/// What is wrong, the files changed on top of the basic fleet, the expected message.
+type Case = (&'static str, Vec<(&'static str, String)>, &'static str);
+
+fn cases() -> Vec<Case> {
     vec![
         ("YAML syntax", vec![("fleet.yml", "format: 1\nroles: [web\n".into())], "fleet.yml:3:1: YAML syntax error"),
         (

@@ -73,11 +73,6 @@ impl FleetRepo {
         self.commit_all(message)
     }
 
-    pub fn remove(&self, path: &str) -> String {
-        std::fs::remove_file(self.work.join(path)).unwrap();
-        self.commit_all(&format!("remove {path}"))
-    }
-
     fn commit_all(&self, message: &str) -> String {
         git(&self.work, &["add", "-A"]);
         git(
