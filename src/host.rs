@@ -89,6 +89,12 @@ impl Host {
         fs::read(&real).map_err(|e| Error::io("cannot read", &real, e))
     }
 
+    pub fn dir_is_empty(&self, device_path: &Path) -> Result<bool> {
+        let real = self.path(device_path);
+        let mut entries = fs::read_dir(&real).map_err(|e| Error::io("cannot list", &real, e))?;
+        Ok(entries.next().is_none())
+    }
+
     /// Missing ancestors of a device path, outermost first.
     pub fn missing_parents(&self, device_path: &Path) -> Result<Vec<PathBuf>> {
         let mut missing = Vec::new();

@@ -577,13 +577,19 @@ impl<'a> Fleet<'a> {
                         let (required, default) = match v {
                             // `name:` alone (null) declares a parameter without default, required.
                             Node::Scalar(s) if s.as_str().is_empty() => (true, None),
-                            Node::Mapping(m) => match yaml::typed::<ParamDoc>(&file, v) {
-                                Ok(d) => (d.required, m.get_node("default").cloned()),
-                                Err(p) => {
-                                    problems.push(p);
-                                    continue;
+                            Node::Mapping(m) => {
+                                match yaml::typed::<ParamDoc>(&file, v) {
+                                    Ok(d) if d.required && m.get_node("default").is_some() => {
+                                        problems.push(invalid(&file, k.span(), "a parameter is either required or has a default, not both"));
+                                        continue;
+                                    }
+                                    Ok(d) => (d.required, m.get_node("default").cloned()),
+                                    Err(p) => {
+                                        problems.push(p);
+                                        continue;
+                                    }
                                 }
-                            },
+                            }
                             _ => {
                                 problems.push(invalid(
                                     &file,
@@ -593,7 +599,6 @@ impl<'a> Fleet<'a> {
                                 continue;
                             }
                         };
-                        let required = required || default.is_none();
                         params.push(ParamDef {
                             name: k.as_str().to_string(),
                             required,

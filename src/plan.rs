@@ -188,7 +188,18 @@ pub fn plan(
             .collect();
         gone.sort_by(|a, b| b.path.cmp(&a.path));
         for s in gone {
-            if host.inspect(&s.path)? != Existing::Missing {
+            let existing = host.inspect(&s.path)?;
+            if let Existing::Directory { .. } = existing {
+                // What others put in a directory the agent made is not the agent's to delete.
+                if !host.dir_is_empty(&s.path)? {
+                    log::warn!(
+                        "{} is no longer declared but is not empty: left in place",
+                        s.path.display()
+                    );
+                    continue;
+                }
+            }
+            if existing != Existing::Missing {
                 changes.push(Change {
                     action: Action::Remove,
                     kind: kind_label(&s.kind),

@@ -101,11 +101,13 @@ pub fn typed<T: DeserializeOwned>(file: &str, node: &Node) -> Result<T, Invalid>
         };
         // marked-yaml places an unknown key at its mapping; find the key itself.
         let found = match &*e {
-            UnknownFieldError(field, _, _) => find_key(node, field).map(|s| pos(file, s)),
+            UnknownFieldError(field, expected, _) => {
+                find_key(node, field, expected).map(|s| pos(file, s))
+            }
             Other(m, _) if m.starts_with("unknown variant `") => m["unknown variant `".len()..]
                 .split('`')
                 .next()
-                .and_then(|name| find_key(node, name))
+                .and_then(|name| find_key(node, name, &[]))
                 .map(|s| pos(file, s)),
             _ => None,
         };
@@ -122,15 +124,22 @@ pub fn typed<T: DeserializeOwned>(file: &str, node: &Node) -> Result<T, Invalid>
     })
 }
 
-/// The first mapping key named `name`, depth first.
-fn find_key<'n>(node: &'n Node, name: &str) -> Option<&'n Span> {
+/// The key `name` in the first mapping (depth first) that has it and whose other keys
+/// are all `expected` (the mapping the error is about); with no `expected`, the first.
+fn find_key<'n>(node: &'n Node, name: &str, expected: &[&str]) -> Option<&'n Span> {
     match node {
         Node::Scalar(_) => None,
-        Node::Sequence(seq) => seq.iter().find_map(|n| find_key(n, name)),
-        Node::Mapping(map) => map
-            .iter()
-            .find_map(|(k, _)| (k.as_str() == name).then(|| k.span()))
-            .or_else(|| map.iter().find_map(|(_, v)| find_key(v, name))),
+        Node::Sequence(seq) => seq.iter().find_map(|n| find_key(n, name, expected)),
+        Node::Mapping(map) => {
+            let fits = expected.is_empty()
+                || map
+                    .keys()
+                    .all(|k| k.as_str() == name || expected.contains(&k.as_str()));
+            let here = map
+                .iter()
+                .find_map(|(k, _)| (fits && k.as_str() == name).then(|| k.span()));
+            here.or_else(|| map.iter().find_map(|(_, v)| find_key(v, name, expected)))
+        }
     }
 }
 
@@ -171,5 +180,62 @@ pub fn to_value(node: &Node) -> minijinja::Value {
             map.iter()
                 .map(|(k, v)| (k.as_str().to_string(), to_value(v))),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_scalars_stay_strings_and_plain_ones_are_typed() {
+        let node = parse(
+            "t.yml",
+            b"a: \"0644\"\nb: 12\nc: \"true\"\nd: true\ne: ~\nf: \"1.10\"\ng: 1.5\n",
+        )
+        .unwrap();
+        let v = to_value(&node);
+        let kind = |k: &str| v.get_attr(k).unwrap().kind();
+        use minijinja::value::ValueKind::*;
+        assert_eq!(
+            [
+                kind("a"),
+                kind("b"),
+                kind("c"),
+                kind("d"),
+                kind("e"),
+                kind("f"),
+                kind("g")
+            ],
+            [String, Number, String, Bool, None, String, Number]
+        );
+        assert_eq!(v.get_attr("f").unwrap().as_str(), Some("1.10"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_found_in_the_mapping_that_has_it() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            path: String,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            description: String,
+            items: Vec<Inner>,
+        }
+        let node = parse(
+            "r.yml",
+            b"description: top\nitems:\n  - path: /x\n    description: misplaced\n",
+        )
+        .unwrap();
+        let err = typed::<Outer>("r.yml", &node).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "r.yml:4:5: unknown key `description`, expected one of: path"
+        );
     }
 }
