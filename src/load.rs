@@ -121,7 +121,7 @@ struct ParamDoc {
     default: Option<IgnoredAny>,
 }
 
-/// A resource as written in role.yml; every string is a template.
+/// A resource as written in role.yml; paths, content, owners and targets are templates.
 // Parsed once per role and kept only while loading: variant sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Deserialize)]

@@ -48,9 +48,11 @@ pub fn parse(file: &str, text: &[u8]) -> Result<Node, Invalid> {
             marked_yaml::types::MarkedMappingNode::new_empty(Span::new_blank()),
         ));
     }
+    // prevent_coercion: quoted scalars stay strings ("0644", "1.10", "true").
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
-        .toplevel_mapping();
+        .toplevel_mapping()
+        .prevent_coercion(true);
     marked_yaml::parse_yaml_with_options(0, text, options).map_err(|e| {
         use marked_yaml::LoadError::*;
         let (marker, message) = match &e {
