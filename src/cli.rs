@@ -85,6 +85,22 @@ struct Target {
     device_type: Option<String>,
 }
 
+/// Prints to stdout; a reader that went away (`| head`) is not an error worth a panic.
+/// (SIGPIPE stays ignored, as Rust sets it: the ssh transport writes to a child's pipe.)
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+macro_rules! outp {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Entry point: returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -240,7 +256,10 @@ fn converge(
         host,
         &desired,
         previous_here.as_ref(),
-        settings.prune,
+        crate::plan::Options {
+            prune: settings.prune,
+            apt_lists_max_age: Duration::from_secs(settings.apt_lists_max_age_minutes * 60),
+        },
         commit.clone(),
     ) {
         Ok(p) => p,
@@ -269,13 +288,13 @@ fn converge(
                 "commit": commit,
                 "changes": plan.changes,
             });
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&value).expect("plan serializes")
             );
         } else {
-            print!("{}", header(&desired, &origin, &commit_label));
-            print!("{}", plan.render());
+            outp!("{}", header(&desired, &origin, &commit_label));
+            outp!("{}", plan.render());
         }
         return Ok(if plan.is_empty() {
             exit::OK
@@ -286,8 +305,8 @@ fn converge(
 
     // Apply.
     if mode == Mode::Apply {
-        print!("{}", header(&desired, &origin, &commit_label));
-        print!("{}", plan.render());
+        outp!("{}", header(&desired, &origin, &commit_label));
+        outp!("{}", plan.render());
     }
     let (done, result) = if plan.is_empty() {
         (0, Ok(()))
@@ -318,13 +337,13 @@ fn converge(
                 s.message = Some(m.clone());
                 // Keep what is known: the resources applied before the failure count.
                 for c in plan.changes.iter().take(done) {
-                    let id = format!("path:{}", c.path.display());
-                    match plan.resources.get(&id) {
+                    let Some(id) = &c.resource_id else { continue };
+                    match plan.resources.get(id) {
                         Some(r) => {
-                            s.resources.insert(id, r.clone());
+                            s.resources.insert(id.clone(), r.clone());
                         }
                         None => {
-                            s.resources.remove(&id);
+                            s.resources.remove(id);
                         }
                     }
                 }
@@ -411,14 +430,14 @@ fn validate(dir: &Path, host: &Host, config_path: &Path) -> Result<i32> {
         .then(|| Source::Dir(config.roles_dir.clone()));
     let fleet = Fleet::load(&source, builtin.as_ref())?;
     let checked = fleet.validate_all()?;
-    println!(
+    out!(
         "{}: valid ({} device{} checked)",
         dir.display(),
         checked.len(),
         if checked.len() == 1 { "" } else { "s" }
     );
     for d in checked {
-        println!("  {d}");
+        out!("  {d}");
     }
     Ok(exit::OK)
 }
@@ -428,14 +447,14 @@ fn status(host: &Host, config_path: &Path, json: bool) -> Result<i32> {
     let path = State::path(host, &config.state_dir);
     let Some(s) = State::load(&path) else {
         if json {
-            println!("null");
+            out!("null");
         } else {
-            println!("no run recorded yet ({})", path.display());
+            out!("no run recorded yet ({})", path.display());
         }
         return Ok(exit::OK);
     };
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&s).expect("state serializes")
         );
@@ -448,11 +467,11 @@ fn status(host: &Host, config_path: &Path, json: bool) -> Result<i32> {
         Some(Outcome::Failed) => "failed",
         None => "unknown",
     };
-    println!(
+    out!(
         "last run:       {}",
         s.time.map(format_time).unwrap_or_else(|| "never".into())
     );
-    println!(
+    out!(
         "outcome:        {outcome}{}",
         if s.offline {
             " (server unreachable: used the last fetched commit)"
@@ -460,24 +479,24 @@ fn status(host: &Host, config_path: &Path, json: bool) -> Result<i32> {
             ""
         }
     );
-    println!(
+    out!(
         "applied commit: {}",
         s.applied_commit.as_deref().unwrap_or("none")
     );
     if s.last_commit != s.applied_commit {
-        println!(
+        out!(
             "last commit:    {}",
             s.last_commit.as_deref().unwrap_or("none")
         );
     }
-    println!(
+    out!(
         "source:         {}",
         s.source.as_deref().unwrap_or("unknown")
     );
-    println!("changes:        {}", s.changes);
-    println!("resources:      {}", s.resources.len());
+    out!("changes:        {}", s.changes);
+    out!("resources:      {}", s.resources.len());
     if let Some(m) = &s.message {
-        println!("message:        {m}");
+        out!("message:        {m}");
     }
     Ok(exit::OK)
 }

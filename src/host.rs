@@ -40,6 +40,51 @@ impl Host {
         self.root == Path::new("/")
     }
 
+    /// Whether systemd manages the running system (not an image build, chroot or --root).
+    pub fn systemd_running(&self) -> bool {
+        self.is_live() && Path::new("/run/systemd/system").is_dir()
+    }
+
+    /// Runs a command of the managed system: in a chroot of the root when `in_root` and
+    /// the root is not `/`. Returns the exit code, stdout and stderr.
+    pub fn run_status(&self, argv: &[&str], in_root: bool) -> Result<(i32, String, String)> {
+        let mut cmd = if in_root && !self.is_live() {
+            let mut c = std::process::Command::new("chroot");
+            c.arg(&self.root).args(argv);
+            c
+        } else {
+            let mut c = std::process::Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        };
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .env("LC_ALL", "C")
+            .stdin(std::process::Stdio::null());
+        let out = cmd.output().map_err(|e| Error::Command {
+            command: argv.join(" "),
+            status: format!("cannot run: {e}"),
+            stderr: String::new(),
+        })?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs a command that must succeed; its stderr is kept in the error.
+    pub fn run_output(&self, argv: &[&str], in_root: bool) -> Result<String> {
+        let (code, stdout, stderr) = self.run_status(argv, in_root)?;
+        if code != 0 {
+            return Err(Error::Command {
+                command: argv.join(" "),
+                status: format!("exit code {code}"),
+                stderr,
+            });
+        }
+        Ok(stdout)
+    }
+
     /// The real location of a device path (absolute, as the fleet repository names it).
     pub fn path(&self, device_path: &Path) -> PathBuf {
         let mut p = self.root.clone();

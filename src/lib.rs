@@ -14,6 +14,7 @@ pub mod resource;
 pub mod source;
 pub mod state;
 pub mod sync;
+pub mod system;
 pub mod transport;
 pub mod yaml;
 

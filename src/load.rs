@@ -14,7 +14,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::error::{Error, Invalid, Pos, Result};
-use crate::resource::{DesiredState, Kind, Principal, Resource};
+use crate::resource::{DesiredState, Enablement, Kind, PackageState, Principal, Resource};
 use crate::source::Source;
 use crate::yaml::{self, invalid};
 
@@ -50,11 +50,17 @@ struct FleetDoc {
 pub struct Settings {
     /// Remove files, directories and links the agent created once no role declares them.
     pub prune: bool,
+    /// Package lists older than this many minutes are refreshed (apt-get update) before
+    /// a run that installs or removes packages.
+    pub apt_lists_max_age_minutes: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { prune: true }
+        Settings {
+            prune: true,
+            apt_lists_max_age_minutes: 60,
+        }
     }
 }
 
@@ -131,6 +137,79 @@ enum ResourceSpec {
     Directory(DirectorySpec),
     Symlink(SymlinkSpec),
     Absent(AbsentSpec),
+    #[serde(rename = "apt_source")]
+    AptSource(AptSourceSpec),
+    Package(PackageSpec),
+    Service(ServiceSpec),
+    User(UserSpec),
+    Group(GroupSpec),
+}
+
+/// A deb822 source: /etc/apt/sources.list.d/<name>.sources signed by a key from the
+/// role's files/, installed as /etc/apt/keyrings/<name>.gpg (or .asc when armored).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AptSourceSpec {
+    name: Spanned<String>,
+    uris: Vec<Spanned<String>>,
+    suites: Vec<Spanned<String>>,
+    #[serde(default)]
+    components: Vec<Spanned<String>>,
+    #[serde(default)]
+    architectures: Vec<Spanned<String>>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PackageSpec {
+    name: Spanned<String>,
+    /// present (default) or absent.
+    state: Option<Spanned<String>>,
+    version: Option<Spanned<String>>,
+    #[serde(default)]
+    recommends: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSpec {
+    name: Spanned<String>,
+    /// true, false or masked.
+    enabled: Option<Spanned<String>>,
+    /// started or stopped.
+    state: Option<Spanned<String>>,
+    #[serde(default)]
+    restart_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    reload_on: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserSpec {
+    name: Spanned<String>,
+    #[serde(default = "yes")]
+    system: bool,
+    uid: Option<u32>,
+    home: Option<Spanned<String>>,
+    shell: Option<Spanned<String>>,
+    #[serde(default)]
+    groups: Vec<Spanned<String>>,
+    comment: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupSpec {
+    name: Spanned<String>,
+    #[serde(default = "yes")]
+    system: bool,
+    gid: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -974,24 +1053,26 @@ impl Expander<'_, '_> {
         for (pos, spec) in &def.resources {
             let pos = pos.clone();
             match self.resource(&def, spec, &ctx)? {
-                Ok(kind) => {
-                    let id = kind.id();
-                    if let Some(prev) = self.claimed.get(&id) {
-                        self.problems.push(Invalid {
-                            pos: pos.clone(),
-                            message: format!(
-                                "{} is also managed by the resource at {prev}",
-                                kind.path().display()
-                            ),
+                Ok(kinds) => {
+                    for kind in kinds {
+                        let id = kind.id();
+                        if let Some(prev) = self.claimed.get(&id) {
+                            self.problems.push(Invalid {
+                                pos: pos.clone(),
+                                message: format!(
+                                    "{} is also managed by the resource at {prev}",
+                                    kind.subject()
+                                ),
+                            });
+                            continue;
+                        }
+                        self.claimed.insert(id, pos.clone());
+                        self.resources.push(Resource {
+                            role: def.name.clone(),
+                            declared_at: pos.clone(),
+                            kind,
                         });
-                        continue;
                     }
-                    self.claimed.insert(id, pos.clone());
-                    self.resources.push(Resource {
-                        role: def.name.clone(),
-                        declared_at: pos,
-                        kind,
-                    });
                 }
                 Err(ps) => self.problems.extend(ps),
             }
@@ -1059,7 +1140,7 @@ impl Expander<'_, '_> {
         def: &RoleDef,
         spec: &ResourceSpec,
         ctx: &Value,
-    ) -> Result<Result<Kind, Vec<Invalid>>> {
+    ) -> Result<Result<Vec<Kind>, Vec<Invalid>>> {
         let file = def.file.as_str();
         let mut problems = Vec::new();
         let text =
@@ -1184,8 +1265,237 @@ impl Expander<'_, '_> {
                     _ => return Ok(Err(problems)),
                 }
             }
+            ResourceSpec::AptSource(a) => return self.apt_source(def, a, ctx),
+            ResourceSpec::Package(p) => {
+                let name = text(&p.name, &mut problems);
+                let state = match p.state.as_ref().map(|s| (s, s.as_str())) {
+                    None | Some((_, "present")) => PackageState::Present,
+                    Some((_, "absent")) => PackageState::Absent,
+                    Some((s, other)) => {
+                        problems.push(invalid(
+                            file,
+                            s.span(),
+                            format!("`{other}` is not a package state: expected present or absent"),
+                        ));
+                        PackageState::Present
+                    }
+                };
+                let version = p.version.as_ref().and_then(|v| text(v, &mut problems));
+                if let (Some(v), PackageState::Absent) = (&p.version, state) {
+                    problems.push(invalid(
+                        file,
+                        v.span(),
+                        "a version goes with state: present",
+                    ));
+                }
+                if let Some(n) = &name {
+                    if !valid_package_name(n) {
+                        problems.push(invalid(
+                            file,
+                            p.name.span(),
+                            format!("`{n}` is not a Debian package name"),
+                        ));
+                    }
+                }
+                match name {
+                    Some(name) if problems.is_empty() => Kind::Package {
+                        name,
+                        state,
+                        version,
+                        recommends: p.recommends,
+                    },
+                    _ => return Ok(Err(problems)),
+                }
+            }
+            ResourceSpec::Service(sv) => {
+                let unit = text(&sv.name, &mut problems).map(|u| {
+                    if u.contains('.') {
+                        u
+                    } else {
+                        format!("{u}.service")
+                    }
+                });
+                let enabled = match sv.enabled.as_ref().map(|e| (e, e.as_str())) {
+                    None => None,
+                    Some((_, "true" | "yes")) => Some(Enablement::Enabled),
+                    Some((_, "false" | "no")) => Some(Enablement::Disabled),
+                    Some((_, "masked")) => Some(Enablement::Masked),
+                    Some((e, other)) => {
+                        problems.push(invalid(
+                            file,
+                            e.span(),
+                            format!(
+                                "`{other}` is not an enablement: expected true, false or masked"
+                            ),
+                        ));
+                        None
+                    }
+                };
+                let running = match sv.state.as_ref().map(|e| (e, e.as_str())) {
+                    None => None,
+                    Some((_, "started")) => Some(true),
+                    Some((_, "stopped")) => Some(false),
+                    Some((e, other)) => {
+                        problems.push(invalid(
+                            file,
+                            e.span(),
+                            format!(
+                                "`{other}` is not a service state: expected started or stopped"
+                            ),
+                        ));
+                        None
+                    }
+                };
+                let paths = |list: &[Spanned<String>], problems: &mut Vec<Invalid>| {
+                    list.iter()
+                        .filter_map(|p| {
+                            text(p, problems).and_then(|t| device_path(file, p, &t, problems))
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let restart_on = paths(&sv.restart_on, &mut problems);
+                let reload_on = paths(&sv.reload_on, &mut problems);
+                match unit {
+                    Some(unit) if problems.is_empty() => Kind::Service {
+                        unit,
+                        enabled,
+                        running,
+                        restart_on,
+                        reload_on,
+                    },
+                    _ => return Ok(Err(problems)),
+                }
+            }
+            ResourceSpec::Group(g) => {
+                let name = text(&g.name, &mut problems);
+                if let Some(n) = &name {
+                    check_account_name(file, &g.name, n, &mut problems);
+                }
+                match name {
+                    Some(name) if problems.is_empty() => Kind::Group {
+                        name,
+                        system: g.system,
+                        gid: g.gid,
+                    },
+                    _ => return Ok(Err(problems)),
+                }
+            }
+            ResourceSpec::User(u) => {
+                let name = text(&u.name, &mut problems);
+                if let Some(n) = &name {
+                    check_account_name(file, &u.name, n, &mut problems);
+                }
+                let home = u.home.as_ref().and_then(|h| {
+                    text(h, &mut problems).and_then(|t| device_path(file, h, &t, &mut problems))
+                });
+                let shell = u.shell.as_ref().and_then(|s| text(s, &mut problems));
+                let groups = u
+                    .groups
+                    .iter()
+                    .filter_map(|g| text(g, &mut problems))
+                    .collect();
+                let comment = u.comment.as_ref().and_then(|c| text(c, &mut problems));
+                match name {
+                    Some(name) if problems.is_empty() => Kind::User {
+                        name,
+                        system: u.system,
+                        uid: u.uid,
+                        home,
+                        shell,
+                        groups,
+                        comment,
+                    },
+                    _ => return Ok(Err(problems)),
+                }
+            }
         };
-        Ok(Ok(kind))
+        Ok(Ok(vec![kind]))
+    }
+
+    /// An apt source becomes two files: its signing key and its deb822 .sources file.
+    fn apt_source(
+        &self,
+        def: &RoleDef,
+        a: &AptSourceSpec,
+        ctx: &Value,
+    ) -> Result<Result<Vec<Kind>, Vec<Invalid>>> {
+        let file = def.file.as_str();
+        let mut problems = Vec::new();
+        let list = |items: &[Spanned<String>], problems: &mut Vec<Invalid>| -> Vec<String> {
+            items
+                .iter()
+                .filter_map(|i| {
+                    self.spanned(file, i, ctx)
+                        .map_err(|p| problems.push(p))
+                        .ok()
+                })
+                .collect()
+        };
+        let name = self
+            .spanned(file, &a.name, ctx)
+            .map_err(|p| problems.push(p))
+            .ok();
+        let uris = list(&a.uris, &mut problems);
+        let suites = list(&a.suites, &mut problems);
+        let components = list(&a.components, &mut problems);
+        let architectures = list(&a.architectures, &mut problems);
+        if let Some(n) = &name {
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                problems.push(invalid(
+                    file,
+                    a.name.span(),
+                    format!("`{n}` is not a source name: letters, digits, - _ ."),
+                ));
+            }
+        }
+        if uris.is_empty() && problems.is_empty() {
+            problems.push(invalid(
+                file,
+                a.name.span(),
+                "an apt source needs at least one of `uris`",
+            ));
+        }
+        let key = self.role_file(def, "files", &a.key, &mut problems)?;
+        let (Some(name), Some(key), true) = (name, key, problems.is_empty()) else {
+            return Ok(Err(problems));
+        };
+        let armored = key.starts_with(b"-----BEGIN PGP");
+        let key_path = PathBuf::from(format!(
+            "/etc/apt/keyrings/{name}.{}",
+            if armored { "asc" } else { "gpg" }
+        ));
+        let mut sources = format!(
+            "# Managed by fleet-agent (role {})\nTypes: deb\nURIs: {}\nSuites: {}\n",
+            def.name,
+            uris.join(" "),
+            suites.join(" ")
+        );
+        if !components.is_empty() {
+            sources.push_str(&format!("Components: {}\n", components.join(" ")));
+        }
+        if !architectures.is_empty() {
+            sources.push_str(&format!("Architectures: {}\n", architectures.join(" ")));
+        }
+        sources.push_str(&format!("Signed-By: {}\n", key_path.display()));
+        let meta = |path: PathBuf, content: Vec<u8>| Kind::File {
+            path,
+            content,
+            mode: 0o644,
+            owner: Principal::Id(0),
+            group: Principal::Id(0),
+            secret: false,
+        };
+        Ok(Ok(vec![
+            meta(key_path, key),
+            meta(
+                PathBuf::from(format!("/etc/apt/sources.list.d/{name}.sources")),
+                sources.into_bytes(),
+            ),
+        ]))
     }
 
     /// Reads `files/<name>` or `templates/<name>` of a role; the name may not leave it.
@@ -1306,6 +1616,32 @@ fn template_message(e: &minijinja::Error, src: &str) -> String {
                 .map(str::to_string)
                 .unwrap_or_else(|| e.kind().to_string())
         ),
+    }
+}
+
+fn valid_package_name(n: &str) -> bool {
+    n.len() >= 2
+        && n.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
+fn check_account_name(file: &str, at: &Spanned<String>, n: &str, problems: &mut Vec<Invalid>) {
+    let ok = !n.is_empty()
+        && n.len() <= 32
+        && n.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c));
+    if !ok {
+        problems.push(invalid(
+            file,
+            at.span(),
+            format!("`{n}` is not a user or group name: lowercase letters, digits, - and _"),
+        ));
     }
 }
 

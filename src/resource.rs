@@ -49,6 +49,38 @@ impl std::fmt::Display for Principal {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageState {
+    Present,
+    Absent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enablement {
+    Enabled,
+    Disabled,
+    Masked,
+}
+
+/// The run order: a run applies every change of one phase before the next phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// apt sources and their signing keys (files under /etc/apt).
+    Sources,
+    AptUpdate,
+    Packages,
+    Groups,
+    Users,
+    Files,
+    DaemonReload,
+    Services,
+    /// Restarts and reloads of services whose files changed.
+    Handlers,
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Kind {
@@ -75,20 +107,71 @@ pub enum Kind {
     Absent {
         path: PathBuf,
     },
+    Package {
+        name: String,
+        state: PackageState,
+        /// An exact version or a glob (`1.2.*`).
+        version: Option<String>,
+        recommends: bool,
+    },
+    Service {
+        unit: String,
+        enabled: Option<Enablement>,
+        /// Some(true): started, Some(false): stopped.
+        running: Option<bool>,
+        restart_on: Vec<PathBuf>,
+        reload_on: Vec<PathBuf>,
+    },
+    Group {
+        name: String,
+        system: bool,
+        gid: Option<u32>,
+    },
+    User {
+        name: String,
+        system: bool,
+        uid: Option<u32>,
+        home: Option<PathBuf>,
+        shell: Option<String>,
+        groups: Vec<String>,
+        comment: Option<String>,
+    },
 }
+
+/// Where apt looks for sources and keys: files there are planned in the sources phase.
+pub const APT_DIRS: [&str; 2] = ["/etc/apt/sources.list.d/", "/etc/apt/keyrings/"];
 
 impl Kind {
     /// The resource's identity: two resources with the same id conflict.
     pub fn id(&self) -> String {
-        format!("path:{}", self.path().display())
+        match self {
+            Kind::Package { name, .. } => format!("package:{name}"),
+            Kind::Service { unit, .. } => format!("service:{unit}"),
+            Kind::Group { name, .. } => format!("group:{name}"),
+            Kind::User { name, .. } => format!("user:{name}"),
+            _ => format!("path:{}", self.subject()),
+        }
     }
 
-    pub fn path(&self) -> &PathBuf {
+    /// The path of a file-like resource.
+    pub fn path(&self) -> Option<&PathBuf> {
         match self {
             Kind::File { path, .. }
             | Kind::Directory { path, .. }
             | Kind::Symlink { path, .. }
-            | Kind::Absent { path } => path,
+            | Kind::Absent { path } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// What the resource is about, for people: a path, a package, a unit, a name.
+    pub fn subject(&self) -> String {
+        match self {
+            Kind::Package { name, .. } | Kind::Group { name, .. } | Kind::User { name, .. } => {
+                name.clone()
+            }
+            Kind::Service { unit, .. } => unit.clone(),
+            _ => self.path().expect("file-like").display().to_string(),
         }
     }
 
@@ -98,6 +181,27 @@ impl Kind {
             Kind::Directory { .. } => "directory",
             Kind::Symlink { .. } => "symlink",
             Kind::Absent { .. } => "absent",
+            Kind::Package { .. } => "package",
+            Kind::Service { .. } => "service",
+            Kind::Group { .. } => "group",
+            Kind::User { .. } => "user",
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self {
+            Kind::Package { .. } => Phase::Packages,
+            Kind::Service { .. } => Phase::Services,
+            Kind::Group { .. } => Phase::Groups,
+            Kind::User { .. } => Phase::Users,
+            _ => {
+                let p = self.subject();
+                if APT_DIRS.iter().any(|d| p.starts_with(d)) {
+                    Phase::Sources
+                } else {
+                    Phase::Files
+                }
+            }
         }
     }
 
@@ -106,7 +210,7 @@ impl Kind {
         let mut h = Sha256::new();
         h.update(self.kind_name());
         h.update([0]);
-        h.update(self.path().as_os_str().as_encoded_bytes());
+        h.update(self.subject());
         h.update([0]);
         match self {
             Kind::File {
@@ -124,6 +228,7 @@ impl Kind {
             } => h.update(format!("{mode:o}:{owner}:{group}")),
             Kind::Symlink { target, .. } => h.update(target.as_os_str().as_encoded_bytes()),
             Kind::Absent { .. } => {}
+            other => h.update(serde_json::to_vec(other).expect("resources serialize")),
         }
         hex(&h.finalize())
     }

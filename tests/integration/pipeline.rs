@@ -96,7 +96,7 @@ fn a_change_is_planned_as_a_diff_then_applied() {
     assert_eq!(json.code, 2);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(v["changes"][0]["action"], "change");
-    assert_eq!(v["changes"][0]["path"], "/etc/web/web.conf");
+    assert_eq!(v["changes"][0]["subject"], "/etc/web/web.conf");
     assert_eq!(v["groups"][0], "shop");
 
     let apply = dev.run(&["apply"]);
