@@ -1,0 +1,136 @@
+//! A real Debian device for tests: scripts/device.sh boots a copy of a cached bookworm
+//! root filesystem with systemd-nspawn (systemd as PID 1, the host's network), the
+//! agent binary is installed into it, and everything is asserted with the device's own
+//! tools (dpkg-query, systemctl, journalctl). Also serves a signed apt repository
+//! (scripts/test-apt-repo.sh) on 127.0.0.1.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fleet-agent");
+pub const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+
+pub struct Booted {
+    pub name: String,
+    pub root: PathBuf,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl Booted {
+    /// Boots a fresh device with the agent installed at /usr/local/bin/fleet-agent.
+    pub fn start(name: &str) -> Booted {
+        let out = Command::new(format!("{SCRIPTS}/device.sh"))
+            .args(["start", name, "--no-debian-sources", "--watch-pid", &std::process::id().to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("device.sh runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "device {name} did not boot:\n{stdout}");
+        let root = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("ROOT="))
+            .map(PathBuf::from)
+            .expect("device.sh prints ROOT=");
+        let dev = Booted { name: name.to_string(), root };
+        let bin = dev.path("/usr/local/bin/fleet-agent");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(BIN, &bin).unwrap();
+        dev
+    }
+
+    pub fn path(&self, device_path: &str) -> PathBuf {
+        self.root.join(device_path.trim_start_matches('/'))
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> Out {
+        let out = Command::new(format!("{SCRIPTS}/device.sh"))
+            .args(["exec", &self.name, "--"])
+            .args(argv)
+            .output()
+            .expect("device.sh runs");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a command that must succeed and returns its trimmed stdout.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        assert_eq!(out.code, 0, "`{script}` in {}: {out:?}", self.name);
+        out.stdout.trim().to_string()
+    }
+
+    pub fn agent(&self, args: &[&str]) -> Out {
+        let mut argv = vec!["fleet-agent"];
+        argv.extend_from_slice(args);
+        self.exec(&argv)
+    }
+
+    pub fn spawn_agent(&self, args: &[&str]) -> Child {
+        Command::new(format!("{SCRIPTS}/device.sh"))
+            .args(["exec", &self.name, "--", "fleet-agent"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("device.sh runs")
+    }
+
+    pub fn write(&self, device_path: &str, content: &str) {
+        let p = self.path(device_path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+}
+
+impl Drop for Booted {
+    fn drop(&mut self) {
+        let _ = Command::new(format!("{SCRIPTS}/device.sh")).args(["stop", &self.name]).stdout(Stdio::null()).status();
+    }
+}
+
+/// A static HTTP server (python3 -m http.server) on 127.0.0.1 for an apt repository.
+pub struct StaticServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl StaticServer {
+    pub fn start(dir: &Path) -> StaticServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        StaticServer { child, port }
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
