@@ -615,6 +615,30 @@ impl Planner<'_> {
         }))
     }
 
+    /// groupadd, useradd, usermod: on a root that is not the running system, `--root`.
+    fn account_change(
+        &self,
+        r: &Resource,
+        action: Action,
+        details: Vec<String>,
+        mut argv: Vec<String>,
+    ) -> Change {
+        if !self.host.is_live() {
+            argv.insert(1, format!("--root={}", self.host.root().display()));
+        }
+        let mut c = change(
+            r,
+            action,
+            details,
+            vec![Op::Command {
+                argv,
+                in_root: false,
+            }],
+        );
+        c.creates = action == Action::Create;
+        c
+    }
+
     fn account(&mut self, r: &Resource) -> Result<Option<Change>> {
         match &r.kind {
             Kind::Group { name, system, gid } => {
@@ -643,17 +667,7 @@ impl Planner<'_> {
                             if *system { "system " } else { "" },
                             gid.map(|g| format!(", gid {g}")).unwrap_or_default()
                         )];
-                        let mut c = change(
-                            r,
-                            Action::Create,
-                            details,
-                            vec![Op::Command {
-                                argv: root_arg(self.host, argv),
-                                in_root: false,
-                            }],
-                        );
-                        c.creates = true;
-                        Ok(Some(c))
+                        Ok(Some(self.account_change(r, Action::Create, details, argv)))
                     }
                 }
             }
@@ -718,17 +732,7 @@ impl Planner<'_> {
                         if !groups.is_empty() {
                             details.push(format!("groups {}", groups.join(", ")));
                         }
-                        let mut c = change(
-                            r,
-                            Action::Create,
-                            details,
-                            vec![Op::Command {
-                                argv: root_arg(self.host, argv),
-                                in_root: false,
-                            }],
-                        );
-                        c.creates = true;
-                        Ok(Some(c))
+                        Ok(Some(self.account_change(r, Action::Create, details, argv)))
                     }
                     Some(u) => {
                         if let Some(want) = uid.filter(|w| *w != u.id) {
@@ -770,15 +774,7 @@ impl Planner<'_> {
                             return Ok(None);
                         }
                         argv.push(name.clone());
-                        Ok(Some(change(
-                            r,
-                            Action::Change,
-                            details,
-                            vec![Op::Command {
-                                argv: root_arg(self.host, argv),
-                                in_root: false,
-                            }],
-                        )))
+                        Ok(Some(self.account_change(r, Action::Change, details, argv)))
                     }
                 }
             }
@@ -1136,14 +1132,6 @@ impl Planner<'_> {
         }
         Ok(())
     }
-}
-
-/// `useradd --root DIR` and friends work on a root that is not the running system.
-fn root_arg(host: &Host, mut argv: Vec<String>) -> Vec<String> {
-    if !host.is_live() {
-        argv.insert(1, format!("--root={}", host.root().display()));
-    }
-    argv
 }
 
 const UNIT_DIRS: [&str; 4] = [

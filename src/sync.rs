@@ -98,8 +98,20 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
         });
     };
 
-    let remote_tip = match remote_tip(&repo, config) {
-        Ok(tip) => tip,
+    // A refs-only request first: an unchanged tip fetches nothing.
+    let updated = remote_tip(&repo, config).and_then(|tip| match tip == local_tip {
+        true => Ok(false),
+        false => fetch(&repo, config, &refname, false).map(|()| true),
+    });
+    match updated {
+        Ok(true) => {}
+        Ok(false) => {
+            return Ok(Synced {
+                repo,
+                commit: local_tip,
+                offline: None,
+            })
+        }
         Err(message) => {
             warn!(
                 "{message}; staying on the last fetched commit {}",
@@ -111,24 +123,6 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
                 offline: Some(message),
             });
         }
-    };
-    if remote_tip == local_tip {
-        return Ok(Synced {
-            repo,
-            commit: local_tip,
-            offline: None,
-        });
-    }
-    if let Err(message) = fetch(&repo, config, &refname, false) {
-        warn!(
-            "{message}; staying on the last fetched commit {}",
-            short(local_tip)
-        );
-        return Ok(Synced {
-            repo,
-            commit: local_tip,
-            offline: Some(message),
-        });
     }
     let new_tip = repo
         .refname_to_id(&refname)

@@ -23,7 +23,11 @@ pub struct Out {
 
 impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -31,18 +35,30 @@ impl Booted {
     /// Boots a fresh device with the agent installed at /usr/local/bin/fleet-agent.
     pub fn start(name: &str) -> Booted {
         let out = Command::new(format!("{SCRIPTS}/device.sh"))
-            .args(["start", name, "--no-debian-sources", "--watch-pid", &std::process::id().to_string()])
+            .args([
+                "start",
+                name,
+                "--no-debian-sources",
+                "--watch-pid",
+                &std::process::id().to_string(),
+            ])
             .stderr(Stdio::inherit())
             .output()
             .expect("device.sh runs");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "device {name} did not boot:\n{stdout}");
+        assert!(
+            out.status.success(),
+            "device {name} did not boot:\n{stdout}"
+        );
         let root = stdout
             .lines()
             .find_map(|l| l.strip_prefix("ROOT="))
             .map(PathBuf::from)
             .expect("device.sh prints ROOT=");
-        let dev = Booted { name: name.to_string(), root };
+        let dev = Booted {
+            name: name.to_string(),
+            root,
+        };
         let bin = dev.path("/usr/local/bin/fleet-agent");
         std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
         std::fs::copy(BIN, &bin).unwrap();
@@ -98,7 +114,10 @@ impl Booted {
 
 impl Drop for Booted {
     fn drop(&mut self) {
-        let _ = Command::new(format!("{SCRIPTS}/device.sh")).args(["stop", &self.name]).stdout(Stdio::null()).status();
+        let _ = Command::new(format!("{SCRIPTS}/device.sh"))
+            .args(["stop", &self.name])
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
@@ -110,9 +129,19 @@ pub struct StaticServer {
 
 impl StaticServer {
     pub fn start(dir: &Path) -> StaticServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

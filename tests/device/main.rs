@@ -18,7 +18,11 @@ fn apt_repo() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("fleet-test-apt-{}", std::process::id()));
-        let status = std::process::Command::new(format!("{SCRIPTS}/test-apt-repo.sh")).arg(&dir).stdout(std::process::Stdio::null()).status().unwrap();
+        let status = std::process::Command::new(format!("{SCRIPTS}/test-apt-repo.sh"))
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
         assert!(status.success(), "test-apt-repo.sh");
         dir
     })
@@ -29,8 +33,16 @@ const SERVICE_UNIT: &str = "[Unit]\nDescription=Fleet demo\n\n[Service]\nExecSta
 /// A fleet with one role that uses every device resource.
 fn device_fleet(apt_port: u16, greeting: &str, packages: &str) -> Vec<(String, String)> {
     vec![
-        ("fleet.yml".into(), format!("format: 1\nvars:\n  apt_port: {apt_port}\n  greeting: {greeting}\nroles: [app]\n")),
-        ("roles/app/files/fleet-demo.service".into(), SERVICE_UNIT.into()),
+        (
+            "fleet.yml".into(),
+            format!(
+                "format: 1\nvars:\n  apt_port: {apt_port}\n  greeting: {greeting}\nroles: [app]\n"
+            ),
+        ),
+        (
+            "roles/app/files/fleet-demo.service".into(),
+            SERVICE_UNIT.into(),
+        ),
         (
             "roles/app/role.yml".into(),
             format!(
@@ -70,7 +82,10 @@ fn device_fleet(apt_port: u16, greeting: &str, packages: &str) -> Vec<(String, S
 const PACKAGES: &str = "  - package: {name: fleet-test-hello, version: \"1.0*\"}\n  - package: {name: fleet-test-service}\n";
 
 fn commit(repo: &FleetRepo, files: &[(String, String)], message: &str) {
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     repo.commit(&refs, message);
 }
 
@@ -81,12 +96,19 @@ fn setup(name: &str) -> (Booted, FleetRepo, GitHttpServer, StaticServer) {
     let key = repo.work.join("roles/app/files/fleet-test.gpg");
     std::fs::create_dir_all(key.parent().unwrap()).unwrap();
     std::fs::copy(apt_repo().join("fleet-test-archive-keyring.gpg"), key).unwrap();
-    commit(&repo, &device_fleet(apt.port, "hello", PACKAGES), "device fleet");
+    commit(
+        &repo,
+        &device_fleet(apt.port, "hello", PACKAGES),
+        "device fleet",
+    );
     let git = GitHttpServer::start(repo.server.parent().unwrap(), None);
     let dev = Booted::start(name);
     dev.write(
         "/etc/fleet-agent/agent.toml",
-        &format!("repo = \"{}\"\nbranch = \"main\"\ndevice_id = \"{name}\"\n", git.url("fleet.git")),
+        &format!(
+            "repo = \"{}\"\nbranch = \"main\"\ndevice_id = \"{name}\"\n",
+            git.url("fleet.git")
+        ),
     );
     (dev, repo, git, apt)
 }
@@ -100,7 +122,10 @@ fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
 
 fn starts_of(dev: &Booted, unit: &str) -> usize {
     let out = dev.exec(&["journalctl", "-q", "-o", "cat", "-u", unit]);
-    out.stdout.lines().filter(|l| l.starts_with("Started ")).count()
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("Started "))
+        .count()
 }
 
 #[test]
@@ -111,23 +136,56 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
     let plan = timed("plan", || dev.agent(&["plan", "--json"]));
     assert_eq!(plan.code, 2, "{plan:?}");
     let planned: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
-    let subjects: Vec<String> = planned["changes"].as_array().unwrap().iter().map(|c| format!("{} {}", c["kind"].as_str().unwrap(), c["subject"].as_str().unwrap())).collect();
-    let apt_details = planned["changes"].as_array().unwrap().iter().find(|c| c["kind"] == "apt" && c["subject"] == "packages").unwrap()["details"].to_string();
+    let subjects: Vec<String> = planned["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}",
+                c["kind"].as_str().unwrap(),
+                c["subject"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let apt_details = planned["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "apt" && c["subject"] == "packages")
+        .unwrap()["details"]
+        .to_string();
     assert!(apt_details.contains("fleet-test-hello"), "{apt_details}");
 
     let pull = timed("first pull", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 0, "{pull:?}");
     for s in &subjects {
-        assert!(pull.stderr.contains(s.as_str()), "the pull did what the plan said: {s}\n{pull:?}");
+        assert!(
+            pull.stderr.contains(s.as_str()),
+            "the pull did what the plan said: {s}\n{pull:?}"
+        );
     }
-    assert!(dev.sh("dpkg-query -W -f '${Version}' fleet-test-hello").starts_with("1.0"));
-    assert_eq!(dev.sh("dpkg-query -W -f '${Status}' fleet-test-service"), "install ok installed");
+    assert!(dev
+        .sh("dpkg-query -W -f '${Version}' fleet-test-hello")
+        .starts_with("1.0"));
+    assert_eq!(
+        dev.sh("dpkg-query -W -f '${Status}' fleet-test-service"),
+        "install ok installed"
+    );
     assert_eq!(dev.sh("systemctl is-enabled fleet-demo.service"), "enabled");
     assert_eq!(dev.sh("systemctl is-active fleet-demo.service"), "active");
     assert_eq!(dev.sh("id -nG fleetapp"), "fleetapp fleetdata");
-    assert_eq!(dev.sh("getent passwd fleetapp | cut -d: -f6,7"), "/var/lib/fleetapp:/usr/sbin/nologin");
-    assert_eq!(dev.sh("stat -c '%a %U %G' /etc/fleet-demo.conf"), "640 fleetapp fleetdata");
-    assert!(dev.sh("cat /etc/apt/sources.list.d/fleet-test.sources").contains("Signed-By: /etc/apt/keyrings/fleet-test.gpg"));
+    assert_eq!(
+        dev.sh("getent passwd fleetapp | cut -d: -f6,7"),
+        "/var/lib/fleetapp:/usr/sbin/nologin"
+    );
+    assert_eq!(
+        dev.sh("stat -c '%a %U %G' /etc/fleet-demo.conf"),
+        "640 fleetapp fleetdata"
+    );
+    assert!(dev
+        .sh("cat /etc/apt/sources.list.d/fleet-test.sources")
+        .contains("Signed-By: /etc/apt/keyrings/fleet-test.gpg"));
     assert_eq!(starts_of(&dev, "fleet-demo.service"), 1);
 
     // A second pull: no apt command, no dpkg lock, nothing changed.
@@ -149,7 +207,10 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
         })
         .collect();
     times.sort_by(f64::total_cmp);
-    eprintln!("[timing] no-op pull inside the device (incl. nsenter), median of 10: {:.1} ms", (times[4] + times[5]) / 2.0);
+    eprintln!(
+        "[timing] no-op pull inside the device (incl. nsenter), median of 10: {:.1} ms",
+        (times[4] + times[5]) / 2.0
+    );
 
     // A changed config file restarts its service exactly once.
     let files = device_fleet(apt.port, "bonjour", PACKAGES);
@@ -158,28 +219,53 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
     let pull = timed("pull with a config change", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 0, "{pull:?}");
     assert_eq!(dev.sh("cat /etc/fleet-demo.conf"), "greeting=bonjour");
-    assert_ne!(dev.sh("systemctl show -p InvocationID --value fleet-demo.service"), before);
-    assert_eq!(starts_of(&dev, "fleet-demo.service"), 2, "restarted exactly once");
+    assert_ne!(
+        dev.sh("systemctl show -p InvocationID --value fleet-demo.service"),
+        before
+    );
+    assert_eq!(
+        starts_of(&dev, "fleet-demo.service"),
+        2,
+        "restarted exactly once"
+    );
     assert_eq!(dev.agent(&["pull"]).code, 0);
-    assert_eq!(starts_of(&dev, "fleet-demo.service"), 2, "an unchanged run restarts nothing");
+    assert_eq!(
+        starts_of(&dev, "fleet-demo.service"),
+        2,
+        "an unchanged run restarts nothing"
+    );
 
     // Package removal, then source removal.
-    let files = device_fleet(apt.port, "bonjour", "  - package: {name: fleet-test-hello, state: absent}\n");
+    let files = device_fleet(
+        apt.port,
+        "bonjour",
+        "  - package: {name: fleet-test-hello, state: absent}\n",
+    );
     commit(&repo, &files, "remove packages");
     let pull = timed("pull removing a package", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 0, "{pull:?}");
     let status = dev.exec(&["dpkg-query", "-W", "-f", "${Status}", "fleet-test-hello"]);
-    assert!(status.code != 0 || !status.stdout.contains("installed") || status.stdout.contains("config-files"), "{status:?}");
+    assert!(
+        status.code != 0
+            || !status.stdout.contains("installed")
+            || status.stdout.contains("config-files"),
+        "{status:?}"
+    );
 
     let mut files = device_fleet(apt.port, "bonjour", "");
-    let role = files.iter_mut().find(|(p, _)| p == "roles/app/role.yml").unwrap();
+    let role = files
+        .iter_mut()
+        .find(|(p, _)| p == "roles/app/role.yml")
+        .unwrap();
     let start = role.1.find("  - apt_source:").unwrap();
     let end = role.1.find("  - group:").unwrap();
     role.1.replace_range(start..end, "");
     commit(&repo, &files, "remove the source");
     let pull = timed("pull removing the source", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 0, "{pull:?}");
-    assert!(!dev.path("/etc/apt/sources.list.d/fleet-test.sources").exists());
+    assert!(!dev
+        .path("/etc/apt/sources.list.d/fleet-test.sources")
+        .exists());
     assert!(!dev.path("/etc/apt/keyrings/fleet-test.gpg").exists());
 }
 
@@ -187,14 +273,22 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
 fn a_package_that_does_not_exist_applies_nothing() {
     let (dev, repo, _git, apt) = timed("setup", || setup("fa-missing"));
     assert_eq!(timed("first pull", || dev.agent(&["pull"])).code, 0);
-    let mut files = device_fleet(apt.port, "changed", &format!("{PACKAGES}  - package: {{name: fleet-test-nonexistent}}\n"));
+    let mut files = device_fleet(
+        apt.port,
+        "changed",
+        &format!("{PACKAGES}  - package: {{name: fleet-test-nonexistent}}\n"),
+    );
     files.push(("roles/app/files/x".into(), "x".into()));
     commit(&repo, &files, "a package that does not exist");
     let pull = timed("pull with a missing package", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 1, "{pull:?}");
     assert!(pull.stderr.contains("fleet-test-nonexistent"), "{pull:?}");
     assert!(pull.stderr.contains("nothing was changed"), "{pull:?}");
-    assert_eq!(dev.sh("cat /etc/fleet-demo.conf"), "greeting=hello", "no file of that run was written");
+    assert_eq!(
+        dev.sh("cat /etc/fleet-demo.conf"),
+        "greeting=hello",
+        "no file of that run was written"
+    );
 }
 
 #[test]
@@ -204,19 +298,34 @@ fn an_interrupted_dpkg_is_recovered_by_the_next_run() {
     let mut files_pull = dev.spawn_agent(&["pull"]);
     let start = Instant::now();
     loop {
-        let out = dev.exec(&["sh", "-c", "pgrep -f 'dpkg.*--(unpack|configure)|postinst' >/dev/null && echo busy"]);
+        let out = dev.exec(&[
+            "sh",
+            "-c",
+            "pgrep -f 'dpkg.*--(unpack|configure)|postinst' >/dev/null && echo busy",
+        ]);
         if out.stdout.contains("busy") || start.elapsed() > Duration::from_secs(120) {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    dev.exec(&["sh", "-c", "pkill -9 -f fleet-agent; pkill -9 -f apt-get; pkill -9 dpkg; true"]);
+    dev.exec(&[
+        "sh",
+        "-c",
+        "pkill -9 -f fleet-agent; pkill -9 -f apt-get; pkill -9 dpkg; true",
+    ]);
     let _ = files_pull.wait();
     let audit = dev.exec(&["dpkg", "--audit"]);
     eprintln!("dpkg --audit after the kill: {audit:?}");
     let pull = timed("pull after an interrupted dpkg", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 0, "{pull:?}");
-    assert_eq!(dev.exec(&["dpkg", "--audit"]).stdout.trim(), "", "dpkg is clean again");
-    assert_eq!(dev.sh("dpkg-query -W -f '${Status}' fleet-test-service"), "install ok installed");
+    assert_eq!(
+        dev.exec(&["dpkg", "--audit"]).stdout.trim(),
+        "",
+        "dpkg is clean again"
+    );
+    assert_eq!(
+        dev.sh("dpkg-query -W -f '${Status}' fleet-test-service"),
+        "install ok installed"
+    );
     assert_eq!(dev.agent(&["pull"]).code, 0);
 }
