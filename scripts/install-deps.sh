@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing fleet-agent needs on a Debian machine:
-# git (test repositories and its smart-HTTP backend), python3 (the test HTTP server),
-# a C compiler (libgit2 is built from source), and the Rust toolchain if missing.
+# git (test repositories and its smart-HTTP backend), python3 (the test HTTP servers),
+# a C compiler (libgit2 is built from source), the Rust toolchain if missing, and for
+# the device suite: debootstrap, systemd-nspawn, and the tools that build the signed
+# test apt repository (dpkg-deb, apt-ftparchive, gpg).
 set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
@@ -12,6 +14,12 @@ command -v make >/dev/null || need+=(make)
 command -v curl >/dev/null || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
 [ -x /usr/lib/git-core/git-http-backend ] || need+=(git)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v apt-ftparchive >/dev/null || need+=(apt-utils)
+command -v gpg >/dev/null || need+=(gnupg)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

@@ -199,19 +199,11 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
     assert_eq!(dev.sh("wc -c < /var/log/dpkg.log"), dpkg_log);
     assert_eq!(dev.agent(&["plan"]).code, 0);
 
-    // The no-op pull inside the device: median of 10.
-    let mut times: Vec<f64> = (0..10)
-        .map(|_| {
-            let s = Instant::now();
-            assert_eq!(dev.agent(&["-q", "pull"]).code, 0);
-            s.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    eprintln!(
-        "[timing] no-op pull inside the device (incl. nsenter), median of 10: {:.1} ms",
-        (times[4] + times[5]) / 2.0
-    );
+    // The no-op pull inside the device, timed there (not through nsenter): median of 10.
+    let ms = dev.sh("for i in 1 2 3 4 5 6 7 8 9 10; do s=$(date +%s%N); fleet-agent -q pull || exit 1; e=$(date +%s%N); echo $(( (e - s) / 1000 )); done");
+    let mut times: Vec<u64> = ms.lines().map(|l| l.trim().parse().unwrap()).collect();
+    times.sort();
+    eprintln!("[timing] no-op pull inside the device, median of 10: {:.1} ms", (times[4] + times[5]) as f64 / 2000.0);
 
     // A changed config file restarts its service exactly once.
     let files = device_fleet(apt.port, "bonjour", PACKAGES);
