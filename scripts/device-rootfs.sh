@@ -6,15 +6,17 @@
 #   scripts/device-rootfs.sh --rebuild  build a new one even if the cached one is complete
 #
 # Cache layout (base: $FLEET_TEST_CACHE, default /var/cache/fleet-agent-tests):
-#   bookworm/             the root filesystem; complete when bookworm/.fleet-test-rootfs
-#                         exists and holds the current recipe (see RECIPE below)
+#   bookworm              the root filesystem: a symbolic link to bookworm.<time>.<id>/;
+#                         complete when bookworm/.fleet-test-rootfs holds the current
+#                         recipe (see RECIPE below)
 #   apt-archives/         .debs that devices downloaded (scripts/device.sh seeds every
 #                         device with them and collects new ones when it stops)
 #   debootstrap-debs/     debootstrap's own download cache (a cold rebuild reuses it)
 #   .lock                 flock: one build at a time, concurrent callers wait
 #
-# A build goes to a temporary directory beside the final one and is renamed into place
-# when complete, so an interrupted build never looks complete.
+# A build goes to a temporary directory beside the final one, is renamed when complete,
+# and the link is switched to it with a rename: an interrupted build never looks
+# complete, and devices running on the previous tree keep it until they stop.
 # Environment: FLEET_TEST_CACHE, FLEET_TEST_MIRROR (default: the host's Debian mirror
 # from /etc/apt/sources.list*, else http://deb.debian.org/debian).
 # Needs root (debootstrap, chroot).
@@ -47,7 +49,11 @@ cache=${FLEET_TEST_CACHE:-/var/cache/fleet-agent-tests}
 rootfs=$cache/$SUITE
 marker=.fleet-test-rootfs
 
-complete() { [ -f "$rootfs/$marker" ] && [ "$(cat "$rootfs/$marker")" = "$RECIPE" ]; }
+complete() {
+  [ -f "$rootfs/$marker" ] && [ "$(cat "$rootfs/$marker")" = "$RECIPE" ] &&
+    [ -x "$rootfs/usr/lib/systemd/systemd" ] && [ -x "$rootfs/usr/bin/apt-get" ] &&
+    [ -x "$rootfs/usr/bin/dpkg" ] && [ -f "$rootfs/etc/os-release" ]
+}
 
 # Fast path without the lock: a complete rootfs is never modified in place.
 if [ $rebuild = 0 ] && complete; then
@@ -55,16 +61,23 @@ if [ $rebuild = 0 ] && complete; then
   exit 0
 fi
 
-# Host tools. debootstrap builds, systemd-container has systemd-nspawn (device.sh).
+# Host tools of the whole harness: debootstrap (this script), systemd-nspawn and
+# nsenter (device.sh), apt-ftparchive, gpg and dpkg-deb (test-apt-repo.sh).
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 command -v nsenter >/dev/null || need+=(util-linux)
+command -v apt-ftparchive >/dev/null || need+=(apt-utils)
+command -v gpg >/dev/null || need+=(gnupg)
+command -v gpgv >/dev/null || need+=(gpgv)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing on the host: ${need[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2 ||
-    { apt-get update -q >&2 &&
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >&2; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt_install() { apt-get install -y -q --no-install-recommends "${need[@]}" >&2; }
+  # Retried after a fresh package list and after finishing an interrupted install
+  # (dpkg's "unmet dependencies, try apt --fix-broken install").
+  apt_install || { apt-get update -q >&2 && apt_install; } ||
+    { apt-get install -y -q -f >&2 && apt_install; } || die "could not install ${need[*]}"
 fi
 
 mkdir -p "$cache" "$cache/apt-archives/partial" "$cache/debootstrap-debs"
@@ -98,6 +111,29 @@ host_mirror() {
 }
 mirror=${FLEET_TEST_MIRROR:-$( (host_mirror || true) | head -n1)}
 mirror=${mirror:-http://deb.debian.org/debian}
+
+# Old trees: removed unless a device's overlay still uses one (device.sh holds
+# .gc.lock shared while it copies a tree with cp).
+gc_old_trees() {
+  local current d
+  current=$(readlink -f "$rootfs" 2>/dev/null || true)
+  exec 7>"$cache/.gc.lock"
+  flock -n 7 || return 0
+  for d in "$cache/$SUITE".* "$cache"/.build-"$SUITE".*; do
+    [ -d "$d" ] && [ ! -L "$d" ] || continue
+    [ "$d" != "$current" ] || continue
+    # A build directory of a build that is still running holds the build lock, which
+    # we hold: any .build-* left is from a build that died.
+    # Devices of the older layout mounted the link's path itself.
+    if grep -qF "lowerdir=$d," /proc/mounts || grep -qF "lowerdir=$d:" /proc/mounts ||
+      { [[ $d == *.old-* ]] && grep -qF "lowerdir=$rootfs," /proc/mounts; }; then
+      log "keeping $d: a running device uses it"
+      continue
+    fi
+    rm -rf --one-file-system "$d"
+  done
+  exec 7>&-
+}
 
 tmp=$(mktemp -d "$cache/.build-$SUITE.XXXXXX")
 cleanup() {
@@ -133,13 +169,18 @@ rm -rf "$tmp/var/lib/apt/lists/"* "$tmp/var/log/"*.log "$tmp/debootstrap"
 mkdir -p "$tmp/var/lib/apt/lists/partial"
 echo "$RECIPE" >"$tmp/$marker"
 
-# Atomic replace: the old tree (if any) is moved aside, then deleted.
-if [ -e "$rootfs" ]; then
-  old=$(mktemp -d "$cache/.old-$SUITE.XXXXXX")
-  mv "$rootfs" "$old/"
-  rm -rf --one-file-system "$old"
-fi
-mv "$tmp" "$rootfs"
+# Atomic replace: the tree gets a name of its own and $rootfs, a symbolic link, is
+# switched to it with one rename. Devices mount the tree behind the link, so a running
+# device keeps its tree until it stops; trees that no device uses are removed.
+final=$cache/$SUITE.$(date +%Y%m%d%H%M%S).${tmp##*.}
+mv "$tmp" "$final"
 trap - EXIT
-log "built $rootfs in $(($(date +%s) - start)) s ($(du -sh "$rootfs" | cut -f1))"
+if [ -d "$rootfs" ] && [ ! -L "$rootfs" ]; then
+  # A plain directory (an older layout): moved aside, removed by the sweep below.
+  mv "$rootfs" "$cache/$SUITE.old-$$"
+fi
+ln -sfn "${final##*/}" "$cache/.$SUITE.link.$$"
+mv -T "$cache/.$SUITE.link.$$" "$rootfs"
+log "built $final in $(($(date +%s) - start)) s ($(du -sh "$final" | cut -f1))"
+gc_old_trees
 echo "$rootfs"

@@ -8,7 +8,7 @@
 #       Boots a fresh device and waits until its systemd reports running or degraded.
 #       Prints KEY=VALUE lines on stdout: NAME, ROOT (the device's / as seen from the
 #       host, writable), PID (the device's init, for nsenter), NSPAWN_PID, COPY, STATE,
-#       BOOT_MS. Everything else goes to stderr. Exit 0 when booted, 1 otherwise (and
+#       COPY_MS, BOOT_MS. Everything else goes to stderr. Exit 0 when booted, 1 otherwise (and
 #       nothing is left behind).
 #       --copy               overlay (default when the kernel has overlayfs) or cp
 #                            (cp -a --reflink=auto of the whole tree)
@@ -32,9 +32,11 @@
 #   device.sh stop-all      stop every device (for CI cleanup)
 #
 # State: $FLEET_DEVICE_RUN/NAME (default /tmp/fleet-agent-devices/NAME): root/ (copy or
-# overlay mount), upper/ and work/ (overlay), console.log (the device's console), state.
+# overlay mount), upper/ and work/ (overlay), nspawn.log (systemd-nspawn's
+# own messages; the device logs to its journal), state.
 # Needs root: mount, systemd-nspawn, nsenter.
-set -euo pipefail
+set -Eeuo pipefail
+trap 'log "error: unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
 
 here=$(cd "$(dirname "$0")" && pwd)
 run=${FLEET_DEVICE_RUN:-/tmp/fleet-agent-devices}
@@ -64,11 +66,21 @@ starttime() {
   set -- $s
   echo "${20}"
 }
-alive() { [ -n "${1:-}" ] && [ "$(starttime "$1" 2>/dev/null)" = "${2:-x}" ]; }
+# Alive: same start time and not a zombie. A device's systemd-nspawn outlives the
+# device.sh that started it, so its parent is whatever reaps orphans on this machine,
+# which may take its time: an exited nspawn can stay a zombie for seconds.
+alive() {
+  local s
+  [ -n "${1:-}" ] || return 1
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }
+  set -- "${2:-x}" $s
+  [ "$2" != Z ] && [ "$2" != X ] && [ "${21}" = "$1" ]
+}
 
 # Reads the state file of device $name into variables (ROOT, PID, PID_START, ...).
 load_state() {
-  ROOT= PID= PID_START= NSPAWN_PID= NSPAWN_START= COPY= WATCH_PID= STATE=
+  ROOT='' PID='' PID_START='' NSPAWN_PID='' NSPAWN_START='' COPY='' WATCH_PID='' STATE=''
   [ -f "$dir/state" ] || return 1
   # shellcheck disable=SC1091
   . "$dir/state"
@@ -87,10 +99,17 @@ EOF
   mv "$dir/state.tmp" "$dir/state"
 }
 
+# One start or stop of a device at a time. The lock file is removed with the device; a
+# waiter that got the lock on a removed file tries again.
 lock_device() {
+  lockf=$run/.$name.lock
   mkdir -p "$run"
-  exec 8>"$run/.$name.lock"
-  flock 8
+  while :; do
+    exec 8>>"$lockf"
+    flock 8
+    [ "$(stat -c %d:%i "$lockf" 2>/dev/null)" = "$(stat -L -c %d:%i /proc/$$/fd/8)" ] && return 0
+    exec 8>&-
+  done
 }
 
 in_device() {
@@ -134,24 +153,52 @@ harvest_archives() {
     [ -e "$archives/$b" ] && continue
     if ! ln "$f" "$archives/$b" 2>/dev/null; then
       cp --reflink=auto "$f" "$archives/partial/.$b.$$" &&
-        mv -f "$archives/partial/.$b.$$" "$archives/$b" || true
+        mv -f "$archives/partial/.$b.$$" "$archives/$b" || rm -f "$archives/partial/.$b.$$"
     fi
   done
 }
 
+# The systemd-nspawn that runs ROOT, found by its command line (when the state file
+# does not name it: a start interrupted at the wrong moment).
+find_nspawn_by_root() {
+  local p
+  for p in $(pgrep -x systemd-nspawn || true); do
+    if tr '\0' '\n' <"/proc/$p/cmdline" 2>/dev/null | grep -qxF -- "$1"; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+
 # Removes everything of device $name; powers it off first if it runs.
 teardown() {
-  local keep=${1:-0} t0 i
+  local keep=${1:-0} t0 i p
   t0=$(now_ms)
   load_state || true
-  if [ -n "$NSPAWN_PID" ] && alive "$NSPAWN_PID" "$NSPAWN_START"; then
-    if alive "$PID" "$PID_START"; then
-      extra_env=()
-      timeout 10 env -i PATH="$device_path" nsenter -t "$PID" -a -- systemctl poweroff --no-block \
-        >/dev/null 2>&1 || true
+  if ! alive "$NSPAWN_PID" "$NSPAWN_START" && p=$(find_nspawn_by_root "${ROOT:-$dir/root}"); then
+    NSPAWN_PID=$p
+    NSPAWN_START=$(starttime "$p") || true
+    if [ -z "$PID" ] || ! alive "$PID" "$PID_START"; then
+      PID=$(find_init) || PID=
+      [ -z "$PID" ] || PID_START=$(starttime "$PID") || PID=
     fi
-    local limit=$((${FLEET_DEVICE_STOP_TIMEOUT:-30} * 10))
-    for ((i = 0; i < limit; i++)); do alive "$NSPAWN_PID" "$NSPAWN_START" || break; sleep 0.1; done
+  fi
+  if [ -n "$NSPAWN_PID" ] && alive "$NSPAWN_PID" "$NSPAWN_START"; then
+    # systemctl poweroff, or where that cannot work yet (systemd still starting, no
+    # bus) SIGTERM to systemd-nspawn, which asks the device's systemd to power off.
+    if ! alive "$PID" "$PID_START" ||
+      ! timeout 10 env -i PATH="$device_path" nsenter -t "$PID" -a -- systemctl poweroff --no-block \
+        >/dev/null 2>&1; then
+      kill -TERM "$NSPAWN_PID" 2>/dev/null || true
+    fi
+    local limit=$((${FLEET_DEVICE_STOP_TIMEOUT:-30} * 20))
+    for ((i = 1; i <= limit; i++)); do
+      alive "$NSPAWN_PID" "$NSPAWN_START" || break
+      sleep 0.05
+      # A SIGTERM that reached systemd-nspawn before it was ready is lost: ask again.
+      [ $((i % 40)) != 0 ] || kill -TERM "$NSPAWN_PID" 2>/dev/null || true
+    done
     if alive "$NSPAWN_PID" "$NSPAWN_START"; then
       log "$name did not power off in ${FLEET_DEVICE_STOP_TIMEOUT:-30} s; SIGTERM to systemd-nspawn"
       kill -TERM "$NSPAWN_PID" 2>/dev/null || true
@@ -202,8 +249,19 @@ teardown() {
   echo "STOP_MS=$(($(now_ms) - t0))"
 }
 
+# Shows why a start failed, then removes the device.
+start_failed() {
+  log "start of $name failed; systemd-nspawn said:"
+  tail -n 30 "$dir/nspawn.log" >&2 2>/dev/null || true
+  if [ -d "$ROOT/var/log/journal" ]; then
+    log "the device's journal (last 40 lines):"
+    journalctl -D "$ROOT/var/log/journal" --no-pager -n 40 >&2 2>/dev/null || true
+  fi
+  teardown >/dev/null 2>&1 || true
+}
+
 cmd_start() {
-  local copy= debian_sources=1 watch= timeout=${FLEET_DEVICE_BOOT_TIMEOUT:-120}
+  local copy='' debian_sources=1 watch='' timeout=${FLEET_DEVICE_BOOT_TIMEOUT:-120}
   local nspawn_extra=()
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -216,7 +274,7 @@ cmd_start() {
     esac
   done
   if [ -z "$copy" ]; then
-    if grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null; then copy=overlay; else copy=cp; fi
+    if grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null; then copy=overlay; else copy='cp'; fi
   fi
   case "$copy" in overlay | cp) ;; *) die "--copy overlay|cp" ;; esac
 
@@ -233,11 +291,13 @@ cmd_start() {
 
   local rootfs
   rootfs=$("$here/device-rootfs.sh") || die "no root filesystem"
+  # The tree behind the link: a rebuild switches the link, this device keeps its tree.
+  rootfs=$(readlink -f "$rootfs")
   mkdir -p "$dir"
-  ROOT=$dir/root PID= PID_START= NSPAWN_PID= NSPAWN_START= COPY=$copy WATCH_PID= STATE=starting
+  ROOT=$dir/root PID='' PID_START='' NSPAWN_PID='' NSPAWN_START='' COPY=$copy WATCH_PID='' STATE=starting
   write_state
   # From here on, any failure removes the device again.
-  trap 'rc=$?; if [ $rc != 0 ]; then log "start of $name failed; console: $dir/console.log"; tail -n 30 "$dir/console.log" >&2 2>/dev/null || true; teardown >/dev/null 2>&1 || true; fi' EXIT
+  trap 'rc=$?; if [ $rc != 0 ]; then start_failed; fi' EXIT
 
   local t0 t_copy t_boot i c
   t0=$(now_ms)
@@ -252,7 +312,12 @@ cmd_start() {
       -o "lowerdir=$rootfs,upperdir=$dir/upper,workdir=$dir/work" "$ROOT"
   else
     rmdir "$ROOT"
+    # Shared lock: the rootfs builder does not remove a tree while it is being copied.
+    exec 7>>"$cache/.gc.lock"
+    flock -s 7
+    [ -d "$rootfs" ] || die "$rootfs vanished"
     cp -a --reflink=auto "$rootfs" "$ROOT"
+    exec 7>&-
     seed_archives "$ROOT/var/cache/apt/archives"
   fi
   # Identity of this device.
@@ -268,15 +333,17 @@ cmd_start() {
   # process group. No inherited descriptors: a caller reading our stdout to EOF must
   # not wait for the device.
   setsid systemd-nspawn --register=no --keep-unit -q -b -D "$ROOT" --machine "$name" \
-    --link-journal=no --console=read-only "${nspawn_extra[@]}" \
-    </dev/null >"$dir/console.log" 2>&1 8>&- 9>&- &
+    --link-journal=no --console=pipe "${nspawn_extra[@]}" \
+    </dev/null >"$dir/nspawn.log" 2>&1 8>&- 9>&- &
   NSPAWN_PID=$!
+  NSPAWN_START=$(starttime "$NSPAWN_PID") || true
+  write_state
   # setsid execs nspawn in place (a background job is no process group leader); should
   # it ever fork instead, follow it to its child.
   for ((i = 0; i < 100; i++)); do
     case "$(cat "/proc/$NSPAWN_PID/comm" 2>/dev/null)" in
       systemd-nspawn) break ;;
-      setsid) c=$(ps -o pid= --ppid "$NSPAWN_PID" | head -n1 | tr -d ' ')
+      setsid) c=$( (ps -o pid= --ppid "$NSPAWN_PID" || true) | head -n1 | tr -d ' ')
         [ -n "$c" ] && [ "$(cat "/proc/$c/comm" 2>/dev/null)" = systemd-nspawn ] && { NSPAWN_PID=$c; break; } ;;
       "") die "systemd-nspawn exited at once" ;;
     esac
@@ -292,10 +359,14 @@ cmd_start() {
       PID_START=$(starttime "$PID") || PID=
       write_state
     fi
+    if [ -n "$PID" ] && ! alive "$PID" "$PID_START"; then
+      [ -n "${FLEET_DEVICE_DEBUG:-}" ] && log "boot: init candidate $PID is gone"
+      PID=
+    fi
     if [ -n "$PID" ]; then
-      extra_env=()
       state=$(timeout 5 env -i PATH="$device_path" nsenter -t "$PID" -a -- \
-        systemctl is-system-running --wait 2>/dev/null) || true
+        systemctl is-system-running --wait 2>"$dir/boot-wait.err") || true
+      [ -n "${FLEET_DEVICE_DEBUG:-}" ] && log "boot: is-system-running: '$state' at $(now_ms) $(head -c 300 "$dir/boot-wait.err")"
       case "$state" in
         running | degraded) break ;;
         maintenance | stopping | offline | unknown | initializing | starting | "") ;;
@@ -312,7 +383,7 @@ cmd_start() {
   fi
 
   if [ -n "$watch" ]; then
-    FLEET_DEVICE_WATCHDOG= setsid bash -c '
+    FLEET_DEVICE_WATCHDOG='' setsid bash -c '
       while kill -0 "$1" 2>/dev/null; do sleep 1; done
       FLEET_DEVICE_WATCHDOG=$$ exec "$2" stop "$3"' watchdog "$watch" "$here/device.sh" "$name" \
       </dev/null >>"$dir/watchdog.log" 2>&1 8>&- 9>&- &
@@ -356,13 +427,13 @@ cmd_status() {
   if ! load_state; then
     echo "NAME=$name"
     echo "STATE=absent"
-    return 1
+    exit 1
   fi
   local st=$STATE
   if ! alive "$PID" "$PID_START"; then st=stopped; fi
   printf 'NAME=%s\nROOT=%s\nPID=%s\nNSPAWN_PID=%s\nCOPY=%s\nSTATE=%s\n' \
     "$name" "$ROOT" "$PID" "$NSPAWN_PID" "$COPY" "$st"
-  [ "$st" != stopped ]
+  [ "$st" != stopped ] || exit 1
 }
 
 [ $# -ge 1 ] || usage
@@ -397,6 +468,7 @@ case "$cmd" in
     keep=0
     case "${1:-}" in --keep) keep=1 ;; "") ;; *) die "stop: unknown option $1" ;; esac
     lock_device
-    teardown "$keep" ;;
+    teardown "$keep"
+    [ "$keep" = 1 ] || rm -f "$lockf" ;;
   status) cmd_status ;;
 esac
