@@ -203,7 +203,10 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
     let ms = dev.sh("for i in 1 2 3 4 5 6 7 8 9 10; do s=$(date +%s%N); fleet-agent -q pull || exit 1; e=$(date +%s%N); echo $(( (e - s) / 1000 )); done");
     let mut times: Vec<u64> = ms.lines().map(|l| l.trim().parse().unwrap()).collect();
     times.sort();
-    eprintln!("[timing] no-op pull inside the device, median of 10: {:.1} ms", (times[4] + times[5]) as f64 / 2000.0);
+    eprintln!(
+        "[timing] no-op pull inside the device, median of 10: {:.1} ms",
+        (times[4] + times[5]) as f64 / 2000.0
+    );
 
     // A changed config file restarts its service exactly once.
     let files = device_fleet(apt.port, "bonjour", PACKAGES);
@@ -214,7 +217,13 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
         dev.sh("systemd-run --wait -q -u fleet-agent-test-pull fleet-agent pull")
     });
     let journal = dev.sh("journalctl -o verbose SYSLOG_IDENTIFIER=fleet-agent");
-    for field in ["MESSAGE=changed file /etc/fleet-demo.conf", "ROLE=app", "RESOURCE=/etc/fleet-demo.conf", "COMMIT=", "MESSAGE=ran restart fleet-demo.service"] {
+    for field in [
+        "MESSAGE=changed file /etc/fleet-demo.conf",
+        "ROLE=app",
+        "RESOURCE=/etc/fleet-demo.conf",
+        "COMMIT=",
+        "MESSAGE=ran restart fleet-demo.service",
+    ] {
         assert!(journal.contains(field), "journal has {field}:\n{journal}");
     }
     assert_eq!(dev.sh("cat /etc/fleet-demo.conf"), "greeting=bonjour");
@@ -296,7 +305,15 @@ fn an_interrupted_dpkg_is_recovered_by_the_next_run() {
     // fleet-test-slow's postinst waits while /run/fleet-test-slow exists: the run is
     // killed (agent, apt, dpkg) while dpkg configures it.
     dev.sh("touch /run/fleet-test-slow");
-    commit(&repo, &device_fleet(apt.port, "hello", &format!("{PACKAGES}  - package: {{name: fleet-test-slow}}\n")), "slow package");
+    commit(
+        &repo,
+        &device_fleet(
+            apt.port,
+            "hello",
+            &format!("{PACKAGES}  - package: {{name: fleet-test-slow}}\n"),
+        ),
+        "slow package",
+    );
     let mut pull = dev.spawn_agent(&["pull"]);
     let start = Instant::now();
     // minbase has no procps: processes are found in /proc.
@@ -306,23 +323,45 @@ fn an_interrupted_dpkg_is_recovered_by_the_next_run() {
         format!("for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q -- '[{first}]{rest}' && echo ${{p#/proc/}}; done; true")
     };
     while dev.sh(&pids("fleet-test-slow.postinst")).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(180), "the postinst never ran");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the postinst never ran"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for pattern in ["fleet-agent pull", "apt-get install", "dpkg --status-fd", "/usr/bin/dpkg", "fleet-test-slow.postinst"] {
+    for pattern in [
+        "fleet-agent pull",
+        "apt-get install",
+        "dpkg --status-fd",
+        "/usr/bin/dpkg",
+        "fleet-test-slow.postinst",
+    ] {
         dev.sh(&format!("kill -9 $({}) 2>/dev/null; true", pids(pattern)));
     }
     let _ = pull.wait();
     dev.sh("rm -f /run/fleet-test-slow");
     let audit = dev.exec(&["dpkg", "--audit"]);
-    assert!(audit.stdout.contains("fleet-test-slow"), "dpkg was interrupted: {audit:?}");
+    assert!(
+        audit.stdout.contains("fleet-test-slow"),
+        "dpkg was interrupted: {audit:?}"
+    );
 
     let pull = timed("pull after an interrupted dpkg", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 0, "{pull:?}");
     assert!(pull.stderr.contains("dpkg was interrupted"), "{pull:?}");
-    assert_eq!(dev.exec(&["dpkg", "--audit"]).stdout.trim(), "", "dpkg is clean again");
-    assert_eq!(dev.sh("dpkg-query -W -f '${Status}' fleet-test-slow"), "install ok installed");
+    assert_eq!(
+        dev.exec(&["dpkg", "--audit"]).stdout.trim(),
+        "",
+        "dpkg is clean again"
+    );
+    assert_eq!(
+        dev.sh("dpkg-query -W -f '${Status}' fleet-test-slow"),
+        "install ok installed"
+    );
     assert_eq!(dev.sh("systemctl is-active fleet-demo.service"), "active");
     let again = dev.agent(&["pull"]);
-    assert!(again.code == 0 && again.stderr.contains("no changes"), "{again:?}");
+    assert!(
+        again.code == 0 && again.stderr.contains("no changes"),
+        "{again:?}"
+    );
 }
