@@ -228,20 +228,22 @@ fn converge(
         Ok((desired, fleet.settings.clone()))
     });
     let previous = State::load(&state_path);
+    // A run that stops before applying records why (plan records nothing).
+    let stopped = |outcome: Outcome, e: Error| -> Result<i32> {
+        if !matches!(mode, Mode::Plan { .. }) {
+            record(&state_path, previous.clone(), |s| {
+                s.last_commit = commit.clone();
+                s.outcome = Some(outcome);
+                s.message = Some(e.to_string());
+                s.offline = offline.is_some();
+                s.changes = 0;
+            })?;
+        }
+        Err(e)
+    };
     let (desired, settings) = match desired {
         Ok(d) => d,
-        Err(e) => {
-            if !matches!(mode, Mode::Plan { .. }) {
-                record(&state_path, previous.clone(), |s| {
-                    s.last_commit = commit.clone();
-                    s.outcome = Some(Outcome::Invalid);
-                    s.message = Some(e.to_string());
-                    s.offline = offline.is_some();
-                    s.changes = 0;
-                })?;
-            }
-            return Err(e);
-        }
+        Err(e) => return stopped(Outcome::Invalid, e),
     };
 
     // Plan against this root filesystem's state only.
@@ -263,18 +265,7 @@ fn converge(
         commit.clone(),
     ) {
         Ok(p) => p,
-        Err(e) => {
-            if !matches!(mode, Mode::Plan { .. }) {
-                record(&state_path, previous.clone(), |s| {
-                    s.last_commit = commit.clone();
-                    s.outcome = Some(Outcome::Failed);
-                    s.message = Some(e.to_string());
-                    s.offline = offline.is_some();
-                    s.changes = 0;
-                })?;
-            }
-            return Err(e);
-        }
+        Err(e) => return stopped(Outcome::Failed, e),
     };
 
     if let Mode::Plan { json } = mode {
@@ -287,6 +278,7 @@ fn converge(
                 "source": origin,
                 "commit": commit,
                 "changes": plan.changes,
+                "notes": plan.notes,
             });
             out!(
                 "{}",
