@@ -266,7 +266,7 @@ impl Host {
     }
 
     fn lookup_name(&self, db: &str, id: u32) -> Option<String> {
-        let text = fs::read_to_string(self.path(Path::new(db))).ok()?;
+        let text = fs::read_to_string(self.path(Path::new(db))).unwrap_or_default();
         text.lines()
             .find_map(|line| {
                 let fields: Vec<&str> = line.split(':').collect();
