@@ -135,7 +135,12 @@ fn each_class_of_bad_input_is_reported_where_it_is_and_nothing_changes() {
         );
         let plan = dev.run(&["plan"]);
         assert_eq!(plan.code, 1, "{what}: plan exits 1 on an error");
-        let line = run.stderr.lines().find(|l| l.contains(expected)).unwrap_or(expected).trim();
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(expected))
+            .unwrap_or(expected)
+            .trim();
         table.push_str(&format!("| {what} | `{line}` |\n"));
     }
     println!("{table}");
