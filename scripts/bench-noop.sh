@@ -12,17 +12,8 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$scratch"' EXIT
 cargo build --release --quiet --manifest-path "$here/Cargo.toml"
 agent="$here/target/release/fleet-agent"
 
-git init -q -b main "$scratch/work"
-cp -r "$here/examples/fleet/." "$scratch/work/"
-git -C "$scratch/work" add -A
-git -C "$scratch/work" -c user.name=bench -c user.email=bench@example.com commit -qm fleet
-git clone -q --bare "$scratch/work" "$scratch/srv/fleet.git"
-git -C "$scratch/srv/fleet.git" branch production main
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 "$here/scripts/git-http-server.py" "$scratch/srv" "$port" 2>"$scratch/http.log" &
-server=$!
-sleep 0.5
+. "$(dirname "$0")/lib/example-fleet.sh"
+serve_example_fleet "$scratch"
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
@@ -49,7 +40,7 @@ bench() { # name url
     "$(cut -d' ' -f2 "$scratch/times" | sort -n | tail -1)"
 }
 
-bench http "http://127.0.0.1:$port/fleet.git"
+bench http "$url"
 echo "http server requests during the $runs no-op runs:"
 sed -E 's/^.*"(GET|POST) ([^ ]*) .*$/  \1 \2/' "$scratch/http.log" | sort | uniq -c
 bench file "file://$scratch/srv/fleet.git"

@@ -32,15 +32,8 @@ cleanup() {
 trap cleanup EXIT
 
 # The example fleet served on 127.0.0.1 (the device shares the host's network).
-git init -q -b main "$scratch/work"
-cp -r examples/fleet/. "$scratch/work/"
-git -C "$scratch/work" add -A
-git -C "$scratch/work" -c user.name=deb-check -c user.email=deb-check@example.com commit -qm fleet
-git clone -q --bare "$scratch/work" "$scratch/srv/fleet.git"
-git -C "$scratch/srv/fleet.git" branch production main
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 scripts/git-http-server.py "$scratch/srv" "$port" 2>"$scratch/http.log" &
-server=$!
+. "$(dirname "$0")/lib/example-fleet.sh"
+serve_example_fleet "$scratch"
 
 scripts/device.sh start "$name" --no-debian-sources >"$scratch/device" 2>"$scratch/device.err" || {
   cat "$scratch/device.err" >&2
@@ -74,7 +67,7 @@ conf=$(dev dpkg-query -W -f='${Conffiles}\n' fleet-agent | awk 'NF {print $1}')
 
 echo "timer fires:"
 cat >"$root/etc/fleet-agent/agent.toml" <<EOF
-repo = "http://127.0.0.1:$port/fleet.git"
+repo = "$url"
 branch = "production"
 device_id = "$device"
 device_type = "raspberrypi3"

@@ -43,25 +43,8 @@ trap cleanup EXIT
 
 # The fleet repository: examples/fleet as branches main and production, served by git's
 # http-backend on a free port of 127.0.0.1.
-git init -q -b main "$scratch/work"
-cp -r examples/fleet/. "$scratch/work/"
-git -C "$scratch/work" add -A
-git -C "$scratch/work" -c user.name=qemu-check -c user.email=qemu-check@example.com commit -qm fleet
-git clone -q --bare "$scratch/work" "$scratch/srv/fleet.git"
-git -C "$scratch/srv/fleet.git" branch production main
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 scripts/git-http-server.py "$scratch/srv" "$port" 2>"$scratch/http.log" &
-server=$!
-url="http://127.0.0.1:$port/fleet.git"
-for _ in $(seq 50); do
-  git ls-remote "$url" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-git ls-remote "$url" >/dev/null 2>&1 || {
-  echo "qemu-check: the git server on 127.0.0.1:$port did not start" >&2
-  cat "$scratch/http.log" >&2
-  exit 1
-}
+. "$(dirname "$0")/lib/example-fleet.sh"
+serve_example_fleet "$scratch" || { cat "$scratch/http.log" >&2; exit 1; }
 
 failed=0
 # check LABEL EXPECTED_EXIT CMD...: runs CMD, compares its exit status, prints one line;
