@@ -259,7 +259,6 @@ struct RoleRef {
 }
 
 struct Layer {
-    file: String,
     vars: Vec<(String, Node)>,
     roles: Vec<RoleRef>,
     facts: HostFacts,
@@ -328,7 +327,6 @@ impl<'a> Fleet<'a> {
         })?;
         let mut settings = Settings::default();
         let mut all = Layer {
-            file: FLEET_FILE.into(),
             vars: vec![],
             roles: vec![],
             facts: HostFacts::default(),
@@ -479,7 +477,6 @@ impl<'a> Fleet<'a> {
                             existing.params.retain(|(n, _, _)| n != &p.0);
                             existing.params.push(p.clone());
                         }
-                        let _ = &layer.file;
                     }
                     None => role_refs.push(r.clone()),
                 }
@@ -757,7 +754,6 @@ fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Layer {
         Some(n) => read_role_refs(file, n, problems),
     };
     Layer {
-        file: file.to_string(),
         vars,
         roles,
         facts: HostFacts::default(),

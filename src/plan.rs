@@ -845,10 +845,15 @@ impl Planner<'_> {
                 }
             }
         }
-        let lists_age = system::apt_lists_age(self.host);
-        let stale = lists_age.is_none_or(|a| a > options.apt_lists_max_age);
         let transaction = !install.is_empty() || !remove.is_empty();
-        if sources_change || (transaction && stale) {
+        // Only a run with a transaction looks at the lists' age.
+        let lists_age = if transaction {
+            system::apt_lists_age(self.host)
+        } else {
+            None
+        };
+        let stale = transaction && lists_age.is_none_or(|a| a > options.apt_lists_max_age);
+        if sources_change || stale {
             let why = if sources_change {
                 "apt sources changed".to_string()
             } else {
