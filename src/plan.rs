@@ -495,12 +495,7 @@ impl Planner<'_> {
                             (owner, group),
                             &mut details,
                         ) {
-                            ops.push(Op::SetMetadata {
-                                path: path.clone(),
-                                mode: *mode,
-                                owner: owner.clone(),
-                                group: group.clone(),
-                            });
+                            ops.push(set_metadata(&path, *mode, owner, group));
                             Some(Action::Change)
                         } else {
                             None
@@ -545,12 +540,7 @@ impl Planner<'_> {
                         gid: g,
                     } => {
                         if self.meta_details((m, u, g), *mode, want, (owner, group), &mut details) {
-                            ops.push(Op::SetMetadata {
-                                path: path.clone(),
-                                mode: *mode,
-                                owner: owner.clone(),
-                                group: group.clone(),
-                            });
+                            ops.push(set_metadata(&path, *mode, owner, group));
                             Some(Action::Change)
                         } else {
                             None
@@ -1156,6 +1146,15 @@ fn is_unit_file_of(path: &str, unit: &str) -> bool {
         path.strip_prefix(d)
             .is_some_and(|rest| rest == unit || rest.starts_with(&format!("{unit}.d/")))
     })
+}
+
+fn set_metadata(path: &Path, mode: u32, owner: &Principal, group: &Principal) -> Op {
+    Op::SetMetadata {
+        path: path.to_path_buf(),
+        mode,
+        owner: owner.clone(),
+        group: group.clone(),
+    }
 }
 
 /// An exact version, or a glob such as `1.2*`.

@@ -7,28 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use crate::support::{to_run, Run};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_fleet-agent");
 pub const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
 
 pub struct Booted {
     pub name: String,
     pub root: PathBuf,
-}
-
-pub struct Out {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
 }
 
 impl Booted {
@@ -69,17 +55,13 @@ impl Booted {
         self.root.join(device_path.trim_start_matches('/'))
     }
 
-    pub fn exec(&self, argv: &[&str]) -> Out {
+    pub fn exec(&self, argv: &[&str]) -> Run {
         let out = Command::new(format!("{SCRIPTS}/device.sh"))
             .args(["exec", &self.name, "--"])
             .args(argv)
             .output()
             .expect("device.sh runs");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        to_run(out)
     }
 
     /// Runs a command that must succeed and returns its trimmed stdout.
@@ -89,7 +71,7 @@ impl Booted {
         out.stdout.trim().to_string()
     }
 
-    pub fn agent(&self, args: &[&str]) -> Out {
+    pub fn agent(&self, args: &[&str]) -> Run {
         let mut argv = vec!["fleet-agent"];
         argv.extend_from_slice(args);
         self.exec(&argv)
