@@ -9,6 +9,7 @@ pub mod host;
 pub mod load;
 pub mod lock;
 pub mod logging;
+pub mod osdecl;
 pub mod plan;
 pub mod resource;
 pub mod source;
