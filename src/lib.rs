@@ -10,6 +10,7 @@ pub mod load;
 pub mod lock;
 pub mod logging;
 pub mod osdecl;
+pub mod osupdate;
 pub mod plan;
 pub mod resource;
 pub mod source;
