@@ -9,6 +9,7 @@ pub mod host;
 pub mod load;
 pub mod lock;
 pub mod logging;
+pub mod oscli;
 pub mod osdecl;
 pub mod osupdate;
 pub mod plan;
