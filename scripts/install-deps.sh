@@ -20,6 +20,10 @@ command -v nsenter >/dev/null || need+=(util-linux)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v apt-ftparchive >/dev/null || need+=(apt-utils)
 command -v gpg >/dev/null || need+=(gnupg)
+# Mender A/B simulation: artifacts, the file-backed u-boot environment, the real 3.x client.
+command -v mender-artifact >/dev/null || need+=(mender-artifact)
+command -v fw_setenv >/dev/null || need+=(libubootenv-tool)
+command -v mender >/dev/null || need+=(mender-client)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod mender_double;
 mod pipeline;
 mod sync;
 
