@@ -317,23 +317,17 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn resolve(config: &OsUpdateConfig, host: &Host) -> Client {
+    pub fn resolve(config: &OsUpdateConfig) -> Client {
         let program = match &config.client {
             Some(c) => c.clone(),
             None if on_path("mender-update") => "mender-update".into(),
             None => "mender".into(),
         };
-        let mut argv = vec![program];
-        // Under --root, the client's datastore is the one of that root (tests, images).
-        if !host.is_live() {
-            argv.push("--datastore".into());
-            argv.push(
-                host.path(Path::new("/var/lib/mender"))
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+        // No --datastore: 3.x only knows --data, and the client's own configuration
+        // names its datastore (under --root too; tests point the double at theirs).
+        Client {
+            argv: vec![program],
         }
-        Client { argv }
     }
 
     fn run(&self, host: &Host, args: &[&str]) -> Result<(i32, String, String)> {
@@ -416,13 +410,24 @@ impl Step<'_> {
     }
 
     /// `fw_printenv upgrade_available` when fw_printenv is installed (u-boot env).
+    /// Under --root, the root's /etc/fw_env.config is used, and without it there is
+    /// no environment to look at.
     fn upgrade_available(&self) -> Result<Option<bool>> {
         if !on_path("fw_printenv") {
             return Ok(None);
         }
-        let (code, out, _) = self
-            .host
-            .run_status(&["fw_printenv", "upgrade_available"], false)?;
+        let mut argv = vec!["fw_printenv".to_string()];
+        if !self.host.is_live() {
+            let config = self.host.path(Path::new("/etc/fw_env.config"));
+            if !config.is_file() {
+                return Ok(None);
+            }
+            argv.push("-c".into());
+            argv.push(config.to_string_lossy().into_owned());
+        }
+        argv.push("upgrade_available".into());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (code, out, _) = self.host.run_status(&argv, false)?;
         // Not defined: fw_printenv exits 1 with "## Error: ... not defined".
         Ok(Some(
             code == 0 && out.trim().strip_prefix("upgrade_available=") == Some("1"),
@@ -441,7 +446,7 @@ impl Step<'_> {
         if declared.image.is_none() && state.phase == Phase::Idle {
             return Ok(Outcome::Done);
         }
-        let client = Client::resolve(self.config, self.host);
+        let client = Client::resolve(self.config);
         let mut facts = self.facts(&client, converged)?;
         if state.phase == Phase::Idle && state.current != facts.artifact {
             state.current = facts.artifact.clone();
