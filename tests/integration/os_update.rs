@@ -16,10 +16,13 @@ use crate::support::*;
 
 const DEVICE: &str = "pi-7";
 
+/// Path → HTTP status and body.
+type Files = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
+
 /// Files served on 127.0.0.1 (path → status and body); records each request path.
 struct StaticServer {
     port: u16,
-    files: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>,
+    files: Files,
     requests: Arc<Mutex<Vec<String>>>,
 }
 
@@ -27,7 +30,7 @@ impl StaticServer {
     fn start() -> StaticServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let files: Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>> = Arc::default();
+        let files: Files = Arc::default();
         let requests: Arc<Mutex<Vec<String>>> = Arc::default();
         let (f, r) = (files.clone(), requests.clone());
         std::thread::spawn(move || {
