@@ -628,3 +628,54 @@ fn reboot_never_waits_for_the_operator_then_verifies() {
     assert_eq!(sim.os_state()["current"], "fleet-os-2");
     assert_eq!(sim.show_artifact(), "fleet-os-2");
 }
+
+#[test]
+fn a_power_cut_during_install_is_rolled_back_and_the_install_retried() {
+    use std::os::unix::process::CommandExt;
+    let mut sim = Sim::new(NOW_2);
+    // The double stops once it has recorded the update and before the boot variables.
+    let pause = sim.dir().join("pause");
+    std::fs::write(&pause, "ArtifactInstall").unwrap();
+    let mut child = sim
+        .device
+        .command(&["pull"])
+        .env("MENDER_DOUBLE_CONF", sim.dir().join("double.conf"))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let reached = sim.dir().join("pause.reached");
+    for _ in 0..600 {
+        if reached.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        reached.exists(),
+        "the install did not reach ArtifactInstall"
+    );
+    // Power cut: the agent and the client die at once.
+    let pgid = child.id();
+    assert!(Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+    std::fs::remove_file(&pause).unwrap();
+    assert_eq!(sim.os_state()["phase"], "installing");
+
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cancelled fleet-os-2: an install was interrupted"),
+        "{run:?}"
+    );
+    assert_eq!(sim.os_state()["phase"], "rebooting");
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 2);
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.show_artifact(), "fleet-os-2");
+}
