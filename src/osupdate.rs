@@ -252,6 +252,9 @@ pub fn decide(d: &Declared, s: &OsState, f: &Facts) -> Action {
             }
             Action::Install(img.clone())
         }
+        // Cut after the client switched the boot slot and the device rebooted into it:
+        // verify it (a commit the client refuses rolls back).
+        Phase::Installing if rebooted && !on_old_slot => Action::Arrived,
         Phase::Installing => Action::Cancel("an install was interrupted".into()),
         // An operator (or a power cut) rebooted before the agent did: same as below.
         Phase::Installed | Phase::Rebooting if rebooted => {
