@@ -70,6 +70,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A/B OS updates (Mender): `status`, or `retry` to allow failed artifacts again.
+    Os {
+        #[command(subcommand)]
+        command: crate::oscli::OsCommand,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -139,6 +144,7 @@ fn run(cli: &Cli) -> Result<i32> {
         }
         Command::Validate { dir } => validate(dir, &host, &config_path),
         Command::Status { json } => status(&host, &config_path, *json),
+        Command::Os { command } => crate::oscli::run(command, &host, &config_path, cli.wait),
     }
 }
 
@@ -225,7 +231,7 @@ fn converge(
             device.device_type = fleet.host_facts(&device.id)?.device_type;
         }
         let desired = fleet.desired_state(&device)?;
-        Ok((desired, fleet.settings.clone()))
+        Ok((desired, fleet.settings.clone(), fleet.os.clone()))
     });
     let previous = State::load(&state_path);
     // A run that stops before applying records why (plan records nothing).
@@ -241,7 +247,7 @@ fn converge(
         }
         Err(e)
     };
-    let (desired, settings) = match desired {
+    let (desired, settings, os_decl) = match desired {
         Ok(d) => d,
         Err(e) => return stopped(Outcome::Invalid, e),
     };
@@ -268,7 +274,15 @@ fn converge(
         Err(e) => return stopped(Outcome::Failed, e),
     };
 
+    let os_declared =
+        crate::osupdate::Declared::new(os_decl.as_ref(), desired.device_type.as_deref());
+    let os_state = previous
+        .as_ref()
+        .map(|p| p.os_update.clone())
+        .unwrap_or_default();
     if let Mode::Plan { json } = mode {
+        let os_line = crate::osupdate::plan_line(&os_declared, &os_state);
+        let os_pending = os_line.as_ref().is_some_and(|(_, pending)| *pending);
         if json {
             let value = serde_json::json!({
                 "device": desired.device_id,
@@ -279,6 +293,7 @@ fn converge(
                 "commit": commit,
                 "changes": plan.changes,
                 "notes": plan.notes,
+                "os": crate::oscli::plan_json(&os_declared, &os_state, os_line.as_ref()),
             });
             out!(
                 "{}",
@@ -287,8 +302,11 @@ fn converge(
         } else {
             outp!("{}", header(&desired, &origin, &commit_label));
             outp!("{}", plan.render());
+            if let Some((line, _)) = &os_line {
+                out!("{line}");
+            }
         }
-        return Ok(if plan.is_empty() {
+        return Ok(if plan.is_empty() && !os_pending {
             exit::OK
         } else {
             exit::CHANGES_PENDING
@@ -307,7 +325,8 @@ fn converge(
     };
     let rootfs = state::ensure_rootfs_id(host)?;
     let failed = result.as_ref().err().map(|e| e.to_string());
-    record(&state_path, previous_here, |s| {
+    let mut recorded = record(&state_path, previous_here, |s| {
+        s.os_update = os_state.clone();
         s.rootfs = Some(rootfs.clone());
         s.last_commit = commit.clone();
         s.source = Some(origin.clone());
@@ -342,6 +361,32 @@ fn converge(
             }
         }
     })?;
+    // The OS update step: after the roles, so that the new slot is converged first.
+    if mode == Mode::Pull {
+        let converged = result.is_ok() && offline.is_none();
+        let rebooting = match crate::oscli::pull_step(
+            host,
+            &config,
+            &os_declared,
+            &mut recorded,
+            &state_path,
+            converged,
+        ) {
+            Ok(r) => r,
+            // The apply error is the one to return; this one is logged.
+            Err(e) if result.is_err() => {
+                log::error!("{e}");
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        if rebooting {
+            if let Err(e) = &result {
+                log::error!("{e}");
+            }
+            return Ok(exit::REBOOTING);
+        }
+    }
     result?;
     if plan.is_empty() {
         info!("{}: no changes at {commit_label}", desired.device_id);
@@ -403,11 +448,12 @@ fn header(desired: &crate::resource::DesiredState, origin: &str, commit: &str) -
 }
 
 /// Updates the state file from the previous state (or a fresh one).
-fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State)) -> Result<()> {
+fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State)) -> Result<State> {
     let mut s = previous.unwrap_or_default();
     update(&mut s);
     s.time = Some(state::now());
-    s.save(path)
+    s.save(path)?;
+    Ok(s)
 }
 
 fn validate(dir: &Path, host: &Host, config_path: &Path) -> Result<i32> {
@@ -494,7 +540,7 @@ fn status(host: &Host, config_path: &Path, json: bool) -> Result<i32> {
 }
 
 /// Seconds since the epoch as an ISO 8601 UTC time.
-fn format_time(secs: u64) -> String {
+pub(crate) fn format_time(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil from days (proleptic Gregorian), Howard Hinnant's algorithm.

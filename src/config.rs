@@ -28,6 +28,8 @@ struct RawConfig {
     credentials: Credentials,
     #[serde(default)]
     http: Http,
+    #[serde(default)]
+    os_update: crate::osupdate::OsUpdateConfig,
 }
 
 /// How the agent authenticates to the git server. Paths are on the device (under `--root`).
@@ -72,6 +74,8 @@ pub struct Config {
     pub roles_dir: PathBuf,
     pub credentials: Credentials,
     pub http: Http,
+    /// `[os_update]`: the Mender client and the reboot command.
+    pub os_update: crate::osupdate::OsUpdateConfig,
 }
 
 impl Config {
@@ -114,6 +118,12 @@ impl Config {
                 });
             }
         }
+        if raw.os_update.reboot_command.is_empty() {
+            return Err(Error::Config {
+                path: path.to_owned(),
+                message: "os_update.reboot_command must name a command".into(),
+            });
+        }
         Ok(Config {
             path: path.to_owned(),
             repo,
@@ -124,6 +134,7 @@ impl Config {
             roles_dir: raw.roles_dir.unwrap_or_else(|| DEFAULT_ROLES_DIR.into()),
             credentials: raw.credentials,
             http: raw.http,
+            os_update: raw.os_update,
         })
     }
 }

@@ -16,6 +16,8 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 3;
     /// Another run holds the lock and did not release it within `--wait`.
     pub const LOCKED: i32 = 4;
+    /// `pull`: a reboot was requested for an OS update or its rollback; the run ended there.
+    pub const REBOOTING: i32 = 5;
     /// The command line or the agent configuration is wrong.
     pub const USAGE: i32 = 64;
 }

@@ -42,6 +42,9 @@ struct FleetDoc {
     vars: Option<IgnoredAny>,
     #[allow(dead_code)]
     roles: Option<IgnoredAny>,
+    // Read by `osdecl::read` (positions for every semantic check).
+    #[allow(dead_code)]
+    os: Option<IgnoredAny>,
 }
 
 /// Fleet-wide settings from fleet.yml.
@@ -297,6 +300,8 @@ pub struct Fleet<'a> {
     repo: &'a Source<'a>,
     builtin: Option<&'a Source<'a>>,
     pub settings: Settings,
+    /// The `os:` section (Mender A/B OS images); `OsDecl::image_for` picks the device's.
+    pub os: Option<crate::osdecl::OsDecl>,
     all: Layer,
     groups: Vec<Group>,
     group_layers: HashMap<String, Layer>,
@@ -326,6 +331,7 @@ impl<'a> Fleet<'a> {
             )
         })?;
         let mut settings = Settings::default();
+        let mut os = None;
         let mut all = Layer {
             vars: vec![],
             roles: vec![],
@@ -347,6 +353,7 @@ impl<'a> Fleet<'a> {
                     ));
                 }
                 settings = doc.settings;
+                os = crate::osdecl::read(FLEET_FILE, &node, &mut problems);
                 all = read_layer(FLEET_FILE, &node, &mut problems);
             }
             Err(p) => problems.push(p),
@@ -399,6 +406,7 @@ impl<'a> Fleet<'a> {
             repo,
             builtin,
             settings,
+            os,
             all,
             groups,
             group_layers,

@@ -61,6 +61,10 @@ pub struct State {
     #[serde(default)]
     pub offline: bool,
     pub resources: BTreeMap<String, ResourceState>,
+    /// The A/B OS update (src/osupdate.rs). Not tied to a root filesystem: it is carried
+    /// over when the rootfs changes, since that change is the update's own doing.
+    #[serde(default)]
+    pub os_update: crate::osupdate::OsState,
 }
 
 impl State {
