@@ -28,8 +28,11 @@
 #                          and /etc/fleet-os-release
 #   --device-type TYPE     default pi4-sim (create: written to /data/mender/device_type;
 #                          artifact: its device_type dependency)
-#   --agent BIN            the fleet-agent binary, installed stripped at /usr/local/bin
-#   --agent-toml FILE      /etc/fleet-agent/agent.toml of the image
+#   --agent BIN            the fleet-agent binary, installed stripped as /usr/bin/fleet-agent
+#                          with systemd/fleet-agent.service (as the .deb installs them)
+#   --agent-toml FILE      create: the device's agent.toml, provisioned on /data (the image
+#                          links /etc/fleet-agent/agent.toml to /data/fleet-agent/agent.toml,
+#                          Mender's way to keep device configuration across updates)
 #   --add SRC:DEST         any other file (repeatable)
 #   --debian-sources       keep Debian's mirror in apt's sources (default: none, as
 #                          device.sh --no-debian-sources)
@@ -131,10 +134,11 @@ EOF
   echo "$img_name" >"$d/etc/fleet-os-release"
   if [ -n "$img_agent" ]; then
     # Stripped: the debug build is ~100 MB, its code ~15 MB.
-    strip --strip-debug -o "$d/usr/local/bin/fleet-agent" "$img_agent"
-    chmod 755 "$d/usr/local/bin/fleet-agent"
+    strip --strip-debug -o "$d/usr/bin/fleet-agent" "$img_agent"
+    chmod 755 "$d/usr/bin/fleet-agent"
+    install -D -m 644 "$here/../systemd/fleet-agent.service" "$d/usr/lib/systemd/system/fleet-agent.service"
   fi
-  [ -z "$img_toml" ] || install -m 644 "$img_toml" "$d/etc/fleet-agent/agent.toml"
+  ln -sfn /data/fleet-agent/agent.toml "$d/etc/fleet-agent/agent.toml"
   if [ "$img_debian" = 0 ]; then
     echo "# no Debian mirror on the simulated device (ab-device.sh)" >"$d/etc/apt/sources.list.d/debian.sources"
   fi
@@ -252,6 +256,7 @@ cmd_create() {
   echo "device_type=$img_type" >"$dir/data/mender/device_type"
   mkdir -p "$dir/data/mender/double-store"
   echo "artifact_name=$img_name" >"$dir/data/mender/double-store/artifact_name"
+  [ -z "$img_toml" ] || install -m 644 "$img_toml" "$dir/data/fleet-agent/agent.toml"
   # The environment: a zeroed 16 KiB file gets Mender's defaults (partition A).
   head -c 16384 /dev/zero >"$dir/boot/uboot.env"
   echo "$dir/boot/uboot.env 0x0000 0x4000" >"$dir/boot/fw_env.host.config"
