@@ -436,6 +436,9 @@ cmd_status() {
   [ "$st" != stopped ] || exit 1
 }
 
+# scripts/ab-device.sh sources this file for its helpers (alive, find_init, the apt
+# archive cache...): stop before the command dispatch.
+[ "${DEVICE_SH_LIBRARY:-}" != 1 ] || return 0
 [ $# -ge 1 ] || usage
 cmd=$1
 shift

@@ -8,6 +8,10 @@ mod support;
 
 mod harness;
 
+// A/B OS updates on a simulated Mender device.
+mod ab;
+mod os_update;
+
 use std::time::{Duration, Instant};
 
 use harness::{Booted, StaticServer, SCRIPTS};

@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# A simulated Mender A/B device: two root-filesystem slots, a persistent /data, a
+# file-backed u-boot environment, and a "bootloader" loop on the host that applies
+# Mender's u-boot logic (scripts/mender-double/uboot-sim) and boots the selected slot
+# with systemd-nspawn. A reboot inside the device (systemctl reboot: nspawn exits 133)
+# goes back through the bootloader; a power-off ends the loop.
+#
+#   ab-device.sh create NAME [IMAGE OPTIONS] [--watch-pid PID] [--timeout SECS]
+#       Builds the factory image, flashes it to both slots, provisions /data (device
+#       type, the image's artifact name), boots slot A and waits until systemd runs.
+#       Prints NAME DIR PART BOOTS PID BOOT_MS (KEY=VALUE lines).
+#   ab-device.sh wait-boot NAME [--boot N] [--timeout SECS]
+#       Waits until the device has booted at least N times (default: 1) and its systemd
+#       is running or degraded. Prints PART BOOTS PID.
+#   ab-device.sh exec NAME [--env K=V]... -- CMD...    like device.sh exec (125: not running)
+#   ab-device.sh env NAME        the u-boot environment (fw_printenv, on the host)
+#   ab-device.sh boots NAME      one line per boot: "N PART" (+ "exit RC" lines)
+#   ab-device.sh reboot NAME     systemctl reboot inside, returns at once
+#   ab-device.sh powercut NAME   SIGKILL to the device's init and nspawn (no shutdown,
+#                                nothing flushed by the device), then power on again
+#   ab-device.sh stop NAME       power off, end the loop, remove everything
+#   ab-device.sh artifact OUT --name NAME [IMAGE OPTIONS]
+#       Builds an OS image and writes it as a Mender artifact (mender-artifact write
+#       rootfs-image; payload: a tar archive of the image, uncompressed).
+#
+# IMAGE OPTIONS (what an OS image holds on top of the cached bookworm root filesystem):
+#   --name NAME            artifact name (default fleet-os-1): /etc/mender/artifact_info
+#                          and /etc/fleet-os-release
+#   --device-type TYPE     default pi4-sim (create: written to /data/mender/device_type;
+#                          artifact: its device_type dependency)
+#   --agent BIN            the fleet-agent binary, installed stripped as /usr/bin/fleet-agent
+#                          with systemd/fleet-agent.service (as the .deb installs them)
+#   --agent-toml FILE      create: the device's agent.toml, provisioned on /data (the image
+#                          links /etc/fleet-agent/agent.toml to /data/fleet-agent/agent.toml,
+#                          Mender's way to keep device configuration across updates)
+#   --add SRC:DEST         any other file (repeatable)
+#   --debian-sources       keep Debian's mirror in apt's sources (default: none, as
+#                          device.sh --no-debian-sources)
+#   --client double|real   double (default): scripts/mender-double as /usr/bin/mender-update
+#                          and /usr/bin/mender; real: see docs/os-updates-simulation.md
+#
+# Layout: $FLEET_AB_RUN/NAME (default /tmp/fleet-agent-ab/NAME):
+#   slots/p2, slots/p3   upper directories of the two slots (overlays on the cached
+#                        rootfs); the device sees both at /slots/p2 and /slots/p3, the
+#                        double's RootfsPartA/B
+#   work/pN, root/       overlay work directories, the mount point of the booted slot
+#   data/                /data in the device (persistent, both slots): mender/ (the
+#                        datastore, /var/lib/mender links there), fleet-agent/
+#   boot/                /uboot in the device: uboot.env (the environment),
+#                        root (the booted partition: the double's ROOT_PART_FILE)
+#   state, boots.log, nspawn.log, loop.log
+# Needs root. Uses scripts/device.sh's helpers (sourced).
+set -Eeuo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+DEVICE_SH_LIBRARY=1
+# shellcheck source=device.sh
+. "$here/device.sh"
+trap 'log "error: unexpected failure at line $LINENO: $BASH_COMMAND"' ERR
+log() { echo "ab-device.sh: $*" >&2; }
+usage() { sed -n '/^#   ab-device.sh/,/^# Layout/p' "$0" | sed 's/^# \{0,1\}//' | grep -v '^Layout' >&2; exit 64; }
+
+ab_run=${FLEET_AB_RUN:-/tmp/fleet-agent-ab}
+double_dir=$here/mender-double
+PART_A=2
+PART_B=3
+
+ab_load_state() {
+  LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
+  STATE='' LOWER='' UUID='' WATCH_PID=''
+  [ -f "$dir/state" ] || return 1
+  # shellcheck disable=SC1091
+  . "$dir/state"
+}
+ab_write_state() {
+  cat >"$dir/state.tmp.$$" <<EOF
+LOOP_PID=$LOOP_PID
+LOOP_START=$LOOP_START
+NSPAWN_PID=$NSPAWN_PID
+NSPAWN_START=$NSPAWN_START
+PID=$PID
+PID_START=$PID_START
+BOOTS=$BOOTS
+PART=$PART
+STATE=$STATE
+LOWER=$LOWER
+UUID=$UUID
+WATCH_PID=$WATCH_PID
+EOF
+  mv -f "$dir/state.tmp.$$" "$dir/state"
+}
+
+# --- the OS image ---
+img_name=fleet-os-1 img_type=pi4-sim img_agent='' img_toml='' img_debian=0 img_client=double
+img_adds=()
+parse_image_opt() { # sets SHIFT to the number of words consumed, 0 if not an image option
+  SHIFT=2
+  case "$1" in
+    --name) img_name=${2:?} ;;
+    --device-type) img_type=${2:?} ;;
+    --agent) img_agent=${2:?} ;;
+    --agent-toml) img_toml=${2:?} ;;
+    --add) img_adds+=("${2:?}") ;;
+    --client) img_client=${2:?}; case "$img_client" in double | real) ;; *) die "--client double|real" ;; esac ;;
+    --debian-sources) img_debian=1; SHIFT=1 ;;
+    *) SHIFT=0 ;;
+  esac
+}
+
+# Writes the image layer (everything the OS image adds to the cached rootfs) to DIR.
+build_image() {
+  local d=$1 a src dest
+  install -d -m 755 "$d/usr/bin" "$d/usr/local/bin" "$d/usr/lib/x86_64-linux-gnu" "$d/etc/mender" \
+    "$d/etc/fleet-agent" "$d/var/lib" "$d/data" "$d/slots" "$d/uboot" "$d/etc/apt/sources.list.d"
+  # The boot environment tools (libubootenv, from the host: both are Debian bookworm).
+  cp -a /usr/bin/fw_printenv /usr/bin/fw_setenv "$d/usr/bin/"
+  cp -a /usr/lib/x86_64-linux-gnu/libubootenv.so.0* "$d/usr/lib/x86_64-linux-gnu/"
+  echo "/uboot/uboot.env 0x0000 0x4000" >"$d/etc/fw_env.config"
+  # The datastore on the data partition, as on a Mender device.
+  ln -sfn /data/mender "$d/var/lib/mender"
+  if [ "$img_client" = double ]; then
+    install -m 755 "$double_dir/mender-update" "$d/usr/bin/mender-update"
+    install -m 755 "$double_dir/mender-update" "$d/usr/bin/mender"
+    cat >"$d/etc/mender-double.conf" <<EOF
+# The simulated A/B device (scripts/ab-device.sh): see scripts/mender-double/mender-update.
+ROOTFS_PART_A=/slots/p$PART_A
+ROOTFS_PART_B=/slots/p$PART_B
+ROOT_PART_FILE=/uboot/root
+FW_ENV_CONFIG=/etc/fw_env.config
+DATASTORE=/var/lib/mender
+PAUSE_FILE=/run/mender-double.pause
+EOF
+  fi
+  echo "artifact_name=$img_name" >"$d/etc/mender/artifact_info"
+  echo "$img_name" >"$d/etc/fleet-os-release"
+  if [ -n "$img_agent" ]; then
+    # Stripped: the debug build is ~100 MB, its code ~15 MB.
+    strip --strip-debug -o "$d/usr/bin/fleet-agent" "$img_agent"
+    chmod 755 "$d/usr/bin/fleet-agent"
+    install -D -m 644 "$here/../systemd/fleet-agent.service" "$d/usr/lib/systemd/system/fleet-agent.service"
+  fi
+  ln -sfn /data/fleet-agent/agent.toml "$d/etc/fleet-agent/agent.toml"
+  if [ "$img_debian" = 0 ]; then
+    echo "# no Debian mirror on the simulated device (ab-device.sh)" >"$d/etc/apt/sources.list.d/debian.sources"
+  fi
+  for a in "${img_adds[@]}"; do
+    src=${a%%:*} dest=${a#*:}
+    install -D -m "$(stat -c %a "$src")" "$src" "$d/${dest#/}"
+  done
+}
+
+# --- the bootloader loop (runs detached, one per device) ---
+cmd_loop() {
+  ab_load_state || die "no state for $name"
+  local part rc flag
+  exec >>"$dir/loop.log" 2>&1
+  LOOP_PID=$$
+  LOOP_START=$(starttime $$)
+  ab_write_state
+  while :; do
+    [ ! -e "$dir/poweroff" ] || break
+    part=$("$double_dir/uboot-sim" boot "$dir/boot/fw_env.host.config")
+    echo "/slots/p$part" >"$dir/boot/root"
+    rm -rf "$dir/work/p$part"
+    mkdir -p "$dir/work/p$part"
+    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$dir/slots/p$part,workdir=$dir/work/p$part" "$dir/root"
+    BOOTS=$((BOOTS + 1)) PART=$part PID='' PID_START='' STATE=booting
+    echo "$BOOTS $part" >>"$dir/boots.log"
+    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$dir/root" --machine "$name" \
+      --uuid "$UUID" --link-journal=no --console=pipe \
+      --bind="$dir/data:/data" --bind="$dir/slots:/slots" --bind="$dir/boot:/uboot" \
+      </dev/null >>"$dir/nspawn.log" 2>&1 &
+    NSPAWN_PID=$!
+    NSPAWN_START=$(starttime "$NSPAWN_PID") || NSPAWN_START=''
+    ab_write_state
+    rc=0
+    wait "$NSPAWN_PID" || rc=$?
+    echo "exit $rc" >>"$dir/boots.log"
+    NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' STATE=off
+    ab_write_state
+    for _ in $(seq 50); do
+      mountpoint -q "$dir/root" || break
+      umount "$dir/root" 2>/dev/null || sleep 0.1
+    done
+    mountpoint -q "$dir/root" && umount -l "$dir/root"
+    rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
+    flag=0
+    [ ! -e "$dir/powercut" ] || { rm -f "$dir/powercut"; flag=1; }
+    # 133: the device rebooted (systemd-nspawn's exit status for a reboot of its
+    # container); a power cut is followed by power-on; anything else is a power-off.
+    [ "$rc" = 133 ] || [ "$flag" = 1 ] || break
+  done
+  STATE=off
+  ab_write_state
+}
+
+# Waits for boot number N to reach running/degraded; sets PID.
+wait_boot() { # N TIMEOUT
+  local want=$1 timeout=$2 deadline state
+  deadline=$(($(date +%s) + timeout))
+  while :; do
+    ab_load_state || die "no state for $name"
+    alive "$LOOP_PID" "$LOOP_START" || die "the bootloader loop of $name is gone (see $dir/loop.log)"
+    if [ "$BOOTS" -ge "$want" ] && [ -n "$NSPAWN_PID" ] && alive "$NSPAWN_PID" "$NSPAWN_START"; then
+      if [ -z "$PID" ] || ! alive "$PID" "$PID_START"; then
+        if PID=$(find_init); then
+          PID_START=$(starttime "$PID") || PID=''
+          # Only the loop writes the state; the init PID is re-found when needed.
+        fi
+      fi
+      if [ -n "$PID" ]; then
+        state=$(timeout 5 env -i PATH="$device_path" nsenter -t "$PID" -a -- systemctl is-system-running --wait 2>/dev/null) || true
+        case "$state" in running | degraded) return 0 ;; esac
+      fi
+    fi
+    [ "$(date +%s)" -lt "$deadline" ] || die "$name: boot $want not up within $timeout s (boots: $BOOTS)"
+    sleep 0.05
+  done
+}
+
+current_init() {
+  ab_load_state || return 1
+  [ -n "$NSPAWN_PID" ] && alive "$NSPAWN_PID" "$NSPAWN_START" || return 1
+  PID=$(find_init) || return 1
+}
+
+cmd_create() {
+  local watch='' timeout=${FLEET_DEVICE_BOOT_TIMEOUT:-120} t0 rootfs
+  while [ $# -gt 0 ]; do
+    parse_image_opt "$@"
+    if [ "$SHIFT" != 0 ]; then shift "$SHIFT"; continue; fi
+    case "$1" in
+      --watch-pid) watch=${2:?}; shift 2 ;;
+      --timeout) timeout=${2:?}; shift 2 ;;
+      *) die "create: unknown option $1" ;;
+    esac
+  done
+  [ "$img_client" = double ] || die "--client real: see docs/os-updates-simulation.md (not available)"
+  lockf=$ab_run/.$name.lock
+  mkdir -p "$ab_run"
+  exec 8>>"$lockf"
+  flock 8
+  if ab_load_state && alive "$LOOP_PID" "$LOOP_START"; then die "$name exists and runs; stop it first"; fi
+  [ ! -e "$dir" ] || ab_teardown >/dev/null
+  t0=$(now_ms)
+  rootfs=$(readlink -f "$("$here/device-rootfs.sh")") || die "no root filesystem"
+  mkdir -p "$dir"/{image,slots/p$PART_A,slots/p$PART_B,work,root,data/mender,data/fleet-agent,boot}
+  trap 'rc=$?; if [ $rc != 0 ]; then log "create failed; nspawn.log:"; tail -n 30 "$dir/nspawn.log" >&2 2>/dev/null; ab_teardown >/dev/null 2>&1; fi' EXIT
+  build_image "$dir/image"
+  # The factory image is flashed to both slots (a Mender disk image holds it twice).
+  cp -a "$dir/image/." "$dir/slots/p$PART_A/"
+  cp -a "$dir/image/." "$dir/slots/p$PART_B/"
+  install -d -m 755 "$dir/slots/p$PART_A/var/cache/apt/archives"
+  seed_archives "$dir/slots/p$PART_A/var/cache/apt/archives"
+  # Provisioning of the data partition: device type, and the name the image's
+  # bootstrap artifact would record on first start.
+  echo "device_type=$img_type" >"$dir/data/mender/device_type"
+  mkdir -p "$dir/data/mender/double-store"
+  echo "artifact_name=$img_name" >"$dir/data/mender/double-store/artifact_name"
+  [ -z "$img_toml" ] || install -m 644 "$img_toml" "$dir/data/fleet-agent/agent.toml"
+  # The environment: a zeroed 16 KiB file gets Mender's defaults (partition A).
+  head -c 16384 /dev/zero >"$dir/boot/uboot.env"
+  echo "$dir/boot/uboot.env 0x0000 0x4000" >"$dir/boot/fw_env.host.config"
+  "$double_dir/uboot-sim" init "$dir/boot/fw_env.host.config" "$PART_A" "$PART_B"
+  LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
+  STATE=created LOWER=$rootfs UUID=$(tr -d '-' </proc/sys/kernel/random/uuid) WATCH_PID=''
+  ab_write_state
+  # From here on only the loop writes the state; it records its own PID first.
+  setsid "$0" _loop "$name" </dev/null >/dev/null 2>&1 8>&- 9>&- &
+  for _ in $(seq 100); do
+    ab_load_state && [ -n "$LOOP_PID" ] && break
+    sleep 0.05
+  done
+  [ -n "$LOOP_PID" ] || die "the bootloader loop did not start"
+  if [ -n "$watch" ]; then
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; FLEET_AB_WATCHDOG=1 exec "$2" stop "$3"' \
+      watchdog "$watch" "$0" "$name" </dev/null >>"$dir/watchdog.log" 2>&1 8>&- 9>&- &
+    echo "$!" >"$dir/watchdog.pid"
+  fi
+  wait_boot 1 "$timeout"
+  trap - EXIT
+  echo "NAME=$name"
+  echo "DIR=$dir"
+  echo "PART=$PART"
+  echo "BOOTS=$BOOTS"
+  echo "PID=$PID"
+  echo "BOOT_MS=$(($(now_ms) - t0))"
+}
+
+ab_teardown() {
+  local i
+  ab_load_state || true
+  : >"$dir/poweroff" 2>/dev/null || true
+  if [ -n "$NSPAWN_PID" ] && alive "$NSPAWN_PID" "$NSPAWN_START"; then
+    PID=$(find_init) || PID=''
+    if [ -z "$PID" ] || ! timeout 10 env -i PATH="$device_path" nsenter -t "$PID" -a -- systemctl poweroff --no-block >/dev/null 2>&1; then
+      kill -TERM "$NSPAWN_PID" 2>/dev/null || true
+    fi
+  fi
+  for ((i = 0; i < 600; i++)); do
+    alive "$LOOP_PID" "$LOOP_START" || break
+    sleep 0.05
+    if [ $((i % 100)) = 99 ]; then
+      ab_load_state || true
+      [ -z "$NSPAWN_PID" ] || kill -TERM "$NSPAWN_PID" 2>/dev/null || true
+    fi
+  done
+  if alive "$LOOP_PID" "$LOOP_START"; then
+    ab_load_state || true
+    PID=$(find_init 2>/dev/null) || PID=''
+    [ -z "$PID" ] || kill -KILL "$PID" 2>/dev/null || true
+    [ -z "$NSPAWN_PID" ] || kill -KILL "$NSPAWN_PID" 2>/dev/null || true
+    kill -KILL "$LOOP_PID" 2>/dev/null || true
+    sleep 0.2
+  fi
+  if [ -f "$dir/watchdog.pid" ] && [ "${FLEET_AB_WATCHDOG:-}" != 1 ]; then
+    kill "$(cat "$dir/watchdog.pid")" 2>/dev/null || true
+  fi
+  for ((i = 0; i < 20; i++)); do
+    mountpoint -q "$dir/root" 2>/dev/null || break
+    umount "$dir/root" 2>/dev/null || sleep 0.1
+  done
+  mountpoint -q "$dir/root" 2>/dev/null && umount -l "$dir/root"
+  rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
+  local p
+  for p in "$dir"/slots/p*; do
+    [ -d "$p/var/cache/apt/archives" ] && harvest_archives "$p/var/cache/apt/archives"
+  done
+  rm -rf --one-file-system "$dir"
+  echo "STOPPED=$name"
+}
+
+cmd_artifact() {
+  local out=${1:?artifact OUT}
+  shift
+  while [ $# -gt 0 ]; do
+    parse_image_opt "$@"
+    [ "$SHIFT" != 0 ] || die "artifact: unknown option $1"
+    shift "$SHIFT"
+  done
+  local tmp
+  tmp=$(mktemp -d)
+  build_image "$tmp/image"
+  tar -C "$tmp/image" --numeric-owner -cf "$tmp/rootfs.tar" .
+  mender-artifact --compression none write rootfs-image -t "$img_type" -n "$img_name" \
+    -f "$tmp/rootfs.tar" -o "$out" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "mender-artifact failed"; }
+  rm -rf "$tmp"
+  echo "ARTIFACT=$out"
+  echo "NAME=$img_name"
+  echo "SHA256=$(sha256sum "$out" | cut -d' ' -f1)"
+}
+
+[ $# -ge 1 ] || usage
+cmd=$1
+shift
+[ "$(id -u)" = 0 ] || die "must run as root"
+case "$cmd" in
+  artifact) cmd_artifact "$@"; exit 0 ;;
+  create | wait-boot | exec | env | boots | reboot | powercut | stop | _loop) ;;
+  -h | --help | help) usage ;;
+  *) log "unknown command $cmd"; usage ;;
+esac
+[ $# -ge 1 ] || usage
+name=$1
+shift
+check_name "$name"
+dir=$ab_run/$name
+extra_env=()
+case "$cmd" in
+  create) cmd_create "$@" ;;
+  _loop) cmd_loop ;;
+  wait-boot)
+    want=1 timeout=${FLEET_DEVICE_BOOT_TIMEOUT:-120}
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --boot) want=${2:?}; shift 2 ;;
+        --timeout) timeout=${2:?}; shift 2 ;;
+        *) die "wait-boot: unknown option $1" ;;
+      esac
+    done
+    wait_boot "$want" "$timeout"
+    echo "PART=$PART"
+    echo "BOOTS=$BOOTS"
+    echo "PID=$PID" ;;
+  exec)
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --env) extra_env+=("${2:?}"); shift 2 ;;
+        --) shift; break ;;
+        *) log "exec: expected -- before the command"; exit 125 ;;
+      esac
+    done
+    current_init || { log "device $name is not running"; exit 125; }
+    exec env -i PATH="$device_path" HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM=dumb \
+      "${extra_env[@]}" nsenter -t "$PID" -a -- "$@" ;;
+  env) fw_printenv -c "$dir/boot/fw_env.host.config" ;;
+  boots) cat "$dir/boots.log" ;;
+  reboot)
+    current_init || die "device $name is not running"
+    env -i PATH="$device_path" nsenter -t "$PID" -a -- systemctl reboot --no-block ;;
+  powercut)
+    current_init || die "device $name is not running"
+    : >"$dir/powercut"
+    kill -KILL "$PID" 2>/dev/null || true
+    kill -KILL "$NSPAWN_PID" 2>/dev/null || true ;;
+  stop)
+    mkdir -p "$ab_run"
+    lockf=$ab_run/.$name.lock
+    exec 8>>"$lockf"
+    flock 8
+    [ -e "$dir" ] || { echo "STOPPED=$name"; exit 0; }
+    ab_teardown ;;
+esac

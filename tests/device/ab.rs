@@ -1,0 +1,265 @@
+//! A simulated Mender A/B device for the OS-update scenarios (scripts/ab-device.sh):
+//! two root-filesystem slots, a persistent /data, a file-backed u-boot environment and
+//! a bootloader loop that boots the selected slot with systemd-nspawn. The agent runs
+//! as on a device: `systemctl start fleet-agent.service` (the packaged oneshot unit),
+//! logging to the slot's journal; the Mender client is the double
+//! (scripts/mender-double), installed in every image.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use crate::harness::BIN;
+use crate::support::{to_run, Run};
+
+pub const AB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ab-device.sh");
+
+fn ab(args: &[&str]) -> Run {
+    to_run(
+        Command::new(AB)
+            .args(args)
+            .output()
+            .expect("ab-device.sh runs"),
+    )
+}
+
+/// The OS artifacts of the scenarios, built once per test process.
+pub struct Artifacts {
+    pub dir: PathBuf,
+    /// Marker file the health checks look for (`test -e /etc/fleet-os-healthy`).
+    pub healthy: PathBuf,
+}
+
+impl Artifacts {
+    pub fn sha256(&self, file: &str) -> String {
+        let out = Command::new("sha256sum")
+            .arg(self.dir.join(file))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// fleet-os-2 and fleet-os-3 (healthy), fleet-os-4 (no health marker: its health
+/// checks fail), fleet-os-9 (for another device type), garbage.mender (not an artifact).
+pub fn artifacts() -> &'static Artifacts {
+    static A: OnceLock<Artifacts> = OnceLock::new();
+    A.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fleet-os-artifacts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let healthy = dir.join("healthy");
+        std::fs::write(&healthy, "ok\n").unwrap();
+        let add = format!("{}:/etc/fleet-os-healthy", healthy.display());
+        for (name, device_type, healthy) in [
+            ("fleet-os-2", "pi4-sim", true),
+            ("fleet-os-3", "pi4-sim", true),
+            ("fleet-os-4", "pi4-sim", false),
+            ("fleet-os-9", "pi2-sim", true),
+        ] {
+            let out = dir.join(format!("{name}.mender"));
+            let mut args = vec![
+                "artifact",
+                out.to_str().unwrap(),
+                "--name",
+                name,
+                "--device-type",
+                device_type,
+                "--agent",
+                BIN,
+            ];
+            if healthy {
+                args.extend(["--add", add.as_str()]);
+            }
+            let run = ab(&args);
+            assert_eq!(run.code, 0, "artifact {name}: {run:?}");
+        }
+        std::fs::write(
+            dir.join("garbage.mender"),
+            "this is not a Mender artifact\n",
+        )
+        .unwrap();
+        Artifacts { dir, healthy }
+    })
+}
+
+pub struct AbDevice {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl AbDevice {
+    /// Creates and boots a device running fleet-os-1 (healthy) with this agent.toml.
+    pub fn create(name: &str, agent_toml: &str) -> AbDevice {
+        let arts = artifacts();
+        let toml = arts.dir.join(format!("agent-{name}.toml"));
+        std::fs::write(&toml, agent_toml).unwrap();
+        let add = format!("{}:/etc/fleet-os-healthy", arts.healthy.display());
+        let pid = std::process::id().to_string();
+        let run = ab(&[
+            "create",
+            name,
+            "--agent",
+            BIN,
+            "--agent-toml",
+            toml.to_str().unwrap(),
+            "--add",
+            &add,
+            "--watch-pid",
+            &pid,
+        ]);
+        assert_eq!(run.code, 0, "A/B device {name} did not boot: {run:?}");
+        let dir = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("DIR="))
+            .map(PathBuf::from)
+            .expect("ab-device.sh prints DIR=");
+        AbDevice {
+            name: name.to_string(),
+            dir,
+        }
+    }
+
+    pub fn exec(&self, argv: &[&str]) -> Run {
+        let mut args = vec!["exec", self.name.as_str(), "--"];
+        args.extend_from_slice(argv);
+        ab(&args)
+    }
+
+    /// Runs a shell command that must succeed; its trimmed stdout.
+    pub fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        assert_eq!(out.code, 0, "`{script}` on {}: {out:?}", self.name);
+        out.stdout.trim().to_string()
+    }
+
+    /// The partition of every boot so far, in order (2 = slot A, 3 = slot B).
+    pub fn parts(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.dir.join("boots.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with("exit"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .collect()
+    }
+
+    /// Waits for boot number `n`; the partition it booted.
+    pub fn wait_boot(&self, n: usize) -> u32 {
+        let run = ab(&["wait-boot", &self.name, "--boot", &n.to_string()]);
+        assert_eq!(run.code, 0, "{} boot {n}: {run:?}", self.name);
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("PART="))
+            .and_then(|p| p.parse().ok())
+            .expect("PART=")
+    }
+
+    /// One variable of the u-boot environment, read on the host.
+    pub fn env(&self, var: &str) -> String {
+        let run = ab(&["env", &self.name]);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{var}=")))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn reboot(&self) {
+        let run = ab(&["reboot", &self.name]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+
+    pub fn powercut(&self) {
+        let run = ab(&["powercut", &self.name]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+
+    /// The agent's state file, on the data partition (read from the host).
+    pub fn state(&self) -> serde_json::Value {
+        let p = self.dir.join("data/fleet-agent/state.json");
+        let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub fn os(&self) -> serde_json::Value {
+        self.state()["os_update"].clone()
+    }
+
+    pub fn artifact_name(&self) -> String {
+        self.sh("mender-update show-artifact")
+    }
+
+    /// One agent run that must not reboot: the exit status of fleet-agent.service's
+    /// run and its journal lines.
+    pub fn pull(&self) -> (i32, String) {
+        let boots = self.parts().len();
+        self.exec(&["systemctl", "start", "fleet-agent.service"]);
+        assert_eq!(
+            self.parts().len(),
+            boots,
+            "{}: the run rebooted the device; journal:\n{}",
+            self.name,
+            self.journal_of(*self.parts().last().unwrap())
+        );
+        let code: i32 = self
+            .sh("systemctl show -P ExecMainStatus fleet-agent.service")
+            .parse()
+            .unwrap();
+        let all = self.sh("journalctl -q -o short-monotonic -u fleet-agent.service");
+        let journal = last_run(&all);
+        (code, journal)
+    }
+
+    /// One agent run that reboots the device (the OS step asked for it): waits for the
+    /// next boot; the partition it booted and the run's journal lines (read from the
+    /// slot it ran on).
+    pub fn pull_rebooting(&self) -> (u32, String) {
+        let boots = self.parts().len();
+        let slot = *self.parts().last().unwrap();
+        self.exec(&["systemctl", "start", "fleet-agent.service"]);
+        let part = self.wait_boot(boots + 1);
+        (part, self.last_run_journal(slot))
+    }
+
+    /// The journal of a slot's last agent run (read on the host from the slot's files).
+    pub fn last_run_journal(&self, part: u32) -> String {
+        last_run(&self.journal_of(part))
+    }
+
+    /// Everything fleet-agent.service logged on a slot.
+    pub fn journal_of(&self, part: u32) -> String {
+        let dir = self.dir.join(format!("slots/p{part}/var/log/journal"));
+        journal_dir(&dir)
+    }
+}
+
+/// The lines of the last run of the unit in a journal excerpt.
+fn last_run(all: &str) -> String {
+    let start = all.rfind("Starting fleet-agent.service").unwrap_or(0);
+    let start = all[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    all[start..].to_string()
+}
+
+fn journal_dir(dir: &Path) -> String {
+    let out = Command::new("journalctl")
+        .args(["-q", "-o", "short-monotonic", "-D"])
+        .arg(dir)
+        .args(["-u", "fleet-agent.service"])
+        .output()
+        .expect("journalctl");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+impl Drop for AbDevice {
+    fn drop(&mut self) {
+        let _ = Command::new(AB)
+            .args(["stop", &self.name])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}

@@ -1,0 +1,513 @@
+//! A/B OS updates on a simulated Mender device (tests/device/ab.rs): the agent installs
+//! through the mender-update double, reboots, converges the roles on the new root
+//! filesystem, checks health, commits or rolls back; power cuts, bootloader fall-backs,
+//! failed downloads, maintenance windows, the 3.x CLI and foreign updates.
+//! Each scenario prints its duration (`[timing]`); the happy path and the rollback print
+//! their state file and journal lines (run with --nocapture to see them).
+
+use std::time::Instant;
+
+use super::ab::{artifacts, AbDevice};
+use super::harness::StaticServer;
+use super::support::{FleetRepo, GitHttpServer};
+use super::{commit, SERVICE_UNIT};
+
+const ROLE: &str = "resources:
+  - file:
+      path: /etc/systemd/system/fleet-demo.service
+      source: fleet-demo.service
+  - file:
+      path: /etc/fleet-demo.conf
+      content: \"converged on this root filesystem\\n\"
+  - service:
+      name: fleet-demo
+      enabled: true
+      state: started
+      restart_on: [/etc/fleet-demo.conf]
+";
+
+/// The os: section: one image for pi4-sim.
+fn os_yaml(artifact: &str, uri: &str, sha256: Option<&str>, reboot: &str) -> String {
+    let sha = sha256
+        .map(|s| format!("      sha256: \"{s}\"\n"))
+        .unwrap_or_default();
+    format!(
+        "os:
+  images:
+    pi4-sim:
+      artifact: {artifact}
+      uri: \"{uri}\"
+{sha}  reboot: \"{reboot}\"
+  health:
+    timeout_seconds: 6
+    units: [fleet-demo.service]
+    commands: [\"test -e /etc/fleet-os-healthy\"]
+  retry:
+    initial_seconds: 3
+    max_seconds: 8
+"
+    )
+}
+
+fn fleet(os: &str) -> Vec<(String, String)> {
+    vec![
+        ("fleet.yml".into(), format!("format: 1\nroles: [app]\n{os}")),
+        (
+            "roles/app/files/fleet-demo.service".into(),
+            SERVICE_UNIT.into(),
+        ),
+        ("roles/app/role.yml".into(), ROLE.into()),
+    ]
+}
+
+/// A scenario's world: the fleet repository over smart HTTP, the artifacts over HTTP,
+/// and the A/B device running fleet-os-1.
+struct World {
+    dev: AbDevice,
+    repo: FleetRepo,
+    _git: GitHttpServer,
+    arts: StaticServer,
+    started: Instant,
+    name: String,
+}
+
+impl World {
+    fn new(name: &str, os: impl Fn(&World0) -> String, agent_extra: &str) -> World {
+        let started = Instant::now();
+        let a = artifacts();
+        let arts = StaticServer::start(&a.dir);
+        let w0 = World0 { port: arts.port };
+        let repo = FleetRepo::new(&[("README", "A/B device tests\n")]);
+        commit(&repo, &fleet(&os(&w0)), "fleet with an OS image");
+        let git = GitHttpServer::start(repo.server.parent().unwrap(), None);
+        let toml = format!(
+            "repo = \"{}\"\nbranch = \"main\"\ndevice_id = \"{name}\"\nstate_dir = \"/data/fleet-agent\"\n{agent_extra}",
+            git.url("fleet.git")
+        );
+        let dev = AbDevice::create(name, &toml);
+        eprintln!(
+            "[timing] {name}: setup {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        World {
+            dev,
+            repo,
+            _git: git,
+            arts,
+            started: Instant::now(),
+            name: name.into(),
+        }
+    }
+
+    fn url(&self, file: &str) -> String {
+        format!("http://127.0.0.1:{}/{file}", self.arts.port)
+    }
+
+    fn declare(&self, os: &str, message: &str) {
+        commit(&self.repo, &fleet(os), message);
+    }
+
+    /// Rebuilds the world's `os:` with another artifact (healthy sha256 included).
+    fn os(&self, artifact: &str, reboot: &str) -> String {
+        let file = format!("{artifact}.mender");
+        os_yaml(
+            artifact,
+            &self.url(&file),
+            Some(&artifacts().sha256(&file)),
+            reboot,
+        )
+    }
+
+    fn done(&self) {
+        eprintln!(
+            "[timing] {}: scenario {:.1} s",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// What `os` closures get before the world exists: the artifact server's port.
+struct World0 {
+    port: u16,
+}
+
+impl World0 {
+    fn os(&self, artifact: &str, reboot: &str) -> String {
+        let file = format!("{artifact}.mender");
+        os_yaml(
+            artifact,
+            &format!("http://127.0.0.1:{}/{file}", self.port),
+            Some(&artifacts().sha256(&file)),
+            reboot,
+        )
+    }
+}
+
+fn excerpt(title: &str, text: &str) {
+    eprintln!("----- {title} -----\n{}\n-----", text.trim_end());
+}
+
+fn os_lines(journal: &str) -> String {
+    journal
+        .lines()
+        .filter(|l| l.contains("OS update") || l.contains("fell back") || l.contains("fleet-os"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn os_update_happy_path_converges_the_new_slot_and_commits() {
+    let w = World::new("fa-os-happy", |w| w.os("fleet-os-2", "now"), "");
+    let dev = &w.dev;
+    assert_eq!(dev.artifact_name(), "fleet-os-1");
+    assert_eq!(dev.parts(), [2]);
+
+    // Run 1 (slot A): converge, install fleet-os-2 to slot B, reboot.
+    let (part, journal1) = dev.pull_rebooting();
+    assert_eq!(part, 3, "the bootloader boots the new slot");
+    assert!(journal1.contains("installed fleet-os-2"), "{journal1}");
+    assert_eq!(dev.os()["phase"], "rebooting", "{}", dev.os());
+    assert_eq!(dev.env("upgrade_available"), "1");
+    assert_eq!(dev.sh("cat /etc/fleet-os-release"), "fleet-os-2");
+    // The new root filesystem has none of the old configuration yet.
+    assert_eq!(dev.exec(&["test", "-e", "/etc/fleet-demo.conf"]).code, 1);
+    assert_eq!(dev.artifact_name(), "fleet-os-1", "not committed yet");
+
+    // Run 2 (slot B): converge every role here first, health, commit.
+    let (code, journal2) = dev.pull();
+    assert_eq!(code, 0, "{journal2}");
+    assert_eq!(
+        dev.sh("cat /etc/fleet-demo.conf"),
+        "converged on this root filesystem"
+    );
+    assert_eq!(dev.sh("systemctl is-active fleet-demo.service"), "active");
+    assert_eq!(dev.artifact_name(), "fleet-os-2");
+    assert_eq!(dev.env("upgrade_available"), "0");
+    assert_eq!(dev.env("mender_boot_part"), "3");
+    let os = dev.os();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["current"], "fleet-os-2", "{os}");
+    assert!(os["failed"].as_array().unwrap().is_empty(), "{os}");
+    assert!(journal2.contains("committed fleet-os-2"), "{journal2}");
+
+    // Run 3: already on the declared version: nothing to do, no client call that
+    // changes anything.
+    let (code, journal3) = dev.pull();
+    assert_eq!(code, 0, "{journal3}");
+    assert!(!journal3.contains("installing"), "{journal3}");
+    assert_eq!(dev.parts(), [2, 3]);
+    // Committed: a reboot stays on slot B.
+    dev.reboot();
+    assert_eq!(dev.wait_boot(3), 3);
+    assert_eq!(dev.sh("cat /etc/fleet-os-release"), "fleet-os-2");
+    w.done();
+
+    excerpt(
+        "happy path: state.json os_update after commit",
+        &serde_json::to_string_pretty(&os).unwrap(),
+    );
+    excerpt(
+        "happy path: journal of run 1 (slot A)",
+        &os_lines(&journal1),
+    );
+    excerpt("happy path: journal of run 2 (slot B)", &journal2);
+}
+
+#[test]
+fn os_update_unhealthy_slot_is_rolled_back_and_not_retried() {
+    let w = World::new("fa-os-unhealthy", |w| w.os("fleet-os-4", "now"), "");
+    let dev = &w.dev;
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, 3);
+    assert_eq!(dev.sh("cat /etc/fleet-os-release"), "fleet-os-4");
+
+    // On slot B the health command fails until the timeout: rollback, reboot to A.
+    let (part, journal) = dev.pull_rebooting();
+    assert_eq!(part, 2, "back on the old slot");
+    assert!(journal.contains("health"), "{journal}");
+    assert_eq!(dev.sh("cat /etc/fleet-os-release"), "fleet-os-1");
+    assert_eq!(dev.env("upgrade_available"), "0");
+    assert_eq!(dev.env("mender_boot_part"), "2");
+    assert_eq!(dev.artifact_name(), "fleet-os-1");
+
+    // Back on A: the run records the rollback; fleet-os-4 is never tried again.
+    let (code, journal_a) = dev.pull();
+    assert_eq!(code, 0, "{journal_a}");
+    let os = dev.os();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["current"], "fleet-os-1", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-4"]), "{os}");
+    for _ in 0..2 {
+        let (code, j) = dev.pull();
+        assert_eq!(code, 0, "{j}");
+        assert!(!j.contains("installing"), "no retry loop: {j}");
+    }
+    assert_eq!(dev.parts(), [2, 3, 2]);
+    w.done();
+
+    excerpt(
+        "rollback: state.json os_update",
+        &serde_json::to_string_pretty(&os).unwrap(),
+    );
+    excerpt("rollback: journal of the run on slot B", &journal);
+    excerpt("rollback: journal of the next run on slot A", &journal_a);
+}
+
+#[test]
+fn os_update_power_cut_during_install_then_retried() {
+    let w = World::new("fa-os-powercut", |w| w.os("fleet-os-2", "now"), "");
+    let dev = &w.dev;
+    // The double waits in ArtifactInstall (state recorded, boot variables not written)
+    // while this file exists; the power is cut there.
+    dev.sh("echo ArtifactInstall > /run/mender-double.pause");
+    let runner = std::process::Command::new(super::ab::AB)
+        .args([
+            "exec",
+            &dev.name,
+            "--",
+            "systemctl",
+            "start",
+            "fleet-agent.service",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while dev
+        .exec(&["test", "-e", "/run/mender-double.pause.reached"])
+        .code
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the install did not reach ArtifactInstall"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(dev.os()["phase"], "installing");
+    dev.powercut();
+    let mut runner = runner;
+    let _ = runner.wait();
+    assert_eq!(
+        dev.wait_boot(2),
+        2,
+        "the boot variables were not written: old slot"
+    );
+    assert_eq!(dev.env("upgrade_available"), "0");
+    assert_eq!(
+        dev.os()["phase"],
+        "installing",
+        "consistent state after the cut"
+    );
+
+    // Next run: roll the interrupted install back, install again, reboot.
+    let (part, journal) = dev.pull_rebooting();
+    assert!(journal.contains("interrupted"), "{journal}");
+    assert_eq!(part, 3);
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(dev.artifact_name(), "fleet-os-2");
+    assert_eq!(dev.os()["phase"], "idle");
+    assert_eq!(dev.parts(), [2, 2, 3]);
+    w.done();
+}
+
+#[test]
+fn os_update_two_boots_without_commit_fall_back() {
+    let w = World::new("fa-os-fallback", |w| w.os("fleet-os-2", "now"), "");
+    let dev = &w.dev;
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, 3);
+    // The new slot never commits (no agent run); the second boot falls back.
+    dev.reboot();
+    assert_eq!(dev.wait_boot(3), 2, "bootcount > bootlimit: altbootcmd");
+    assert_eq!(dev.env("upgrade_available"), "0");
+    let (code, journal) = dev.pull();
+    assert_eq!(code, 0, "{journal}");
+    assert!(journal.contains("fell back"), "{journal}");
+    let os = dev.os();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]), "{os}");
+    assert_eq!(dev.artifact_name(), "fleet-os-1");
+    // The double has nothing in progress any more.
+    assert_eq!(dev.exec(&["mender-update", "commit"]).code, 2);
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert!(!j.contains("installing"), "{j}");
+    assert_eq!(dev.parts(), [2, 3, 2]);
+    w.done();
+    excerpt("fall-back: journal", &os_lines(&journal));
+}
+
+#[test]
+fn os_update_failed_download_and_bad_artifact_back_off() {
+    let w = World::new(
+        "fa-os-backoff",
+        |w| {
+            os_yaml(
+                "fleet-os-2",
+                &format!("http://127.0.0.1:{}/missing.mender", w.port),
+                None,
+                "now",
+            )
+        },
+        "",
+    );
+    let dev = &w.dev;
+    let (code, j) = dev.pull();
+    assert_ne!(code, 0, "a failed download fails the run: {j}");
+    let b = dev.os()["backoff"].clone();
+    assert_eq!(b["attempts"], 1, "{b}");
+    assert_eq!(dev.os()["phase"], "idle");
+    // Inside the backoff: no new attempt.
+    let (_, j) = dev.pull();
+    assert_eq!(dev.os()["backoff"]["attempts"], 1, "{j}");
+    assert!(j.contains("retrying after a failed download"), "{j}");
+
+    // A corrupt artifact (served, no sha256 declared): the client refuses it; attempt 2
+    // after the first delay (3 s), the next delay doubles.
+    w.declare(
+        &os_yaml("fleet-os-2", &w.url("garbage.mender"), None, "now"),
+        "garbage artifact",
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (code, j) = dev.pull();
+    assert_ne!(code, 0, "{j}");
+    let b = dev.os()["backoff"].clone();
+    assert_eq!(b["attempts"], 2, "{b}");
+    let now = dev.sh("date +%s").parse::<u64>().unwrap();
+    let after = b["after"].as_u64().unwrap();
+    assert!(
+        after > now + 3 && after <= now + 6,
+        "second delay 6 s: {b} (now {now})"
+    );
+    assert_eq!(dev.env("upgrade_available"), "0");
+    assert_eq!(dev.parts(), [2]);
+
+    // The fixed URL after the backoff: installed.
+    w.declare(&w.os("fleet-os-2", "now"), "fixed URL");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, 3);
+    w.done();
+}
+
+#[test]
+fn os_update_already_on_declared_version_does_nothing() {
+    let w = World::new(
+        "fa-os-current",
+        |w| {
+            os_yaml(
+                "fleet-os-1",
+                &format!("http://127.0.0.1:{}/fleet-os-1.mender", w.port),
+                None,
+                "now",
+            )
+        },
+        "",
+    );
+    let dev = &w.dev;
+    let env_before = std::fs::read(dev.dir.join("boot/uboot.env")).unwrap();
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert!(!j.contains("installing"), "{j}");
+    assert_eq!(dev.os()["phase"], "idle");
+    assert_eq!(dev.os()["current"], "fleet-os-1");
+    assert_eq!(
+        std::fs::read(dev.dir.join("boot/uboot.env")).unwrap(),
+        env_before,
+        "the boot environment is untouched"
+    );
+    assert!(!dev.dir.join("data/fleet-agent/os-image").exists());
+    assert_eq!(dev.parts(), [2]);
+    w.done();
+}
+
+/// A daily window in device-local time, `from`..`to` minutes from now.
+fn window(dev: &AbDevice, from: i64, to: i64) -> String {
+    let now: i64 = dev
+        .sh("echo $(( $(date +%H) * 60 + $(date +%M) ))")
+        .parse()
+        .unwrap();
+    let at = |m: i64| {
+        let m = (now + m).rem_euclid(1440);
+        format!("{:02}:{:02}", m / 60, m % 60)
+    };
+    format!("{}-{}", at(from), at(to))
+}
+
+#[test]
+fn os_update_waits_for_the_maintenance_window() {
+    let w = World::new("fa-os-window", |w| w.os("fleet-os-3", "never"), "");
+    let dev = &w.dev;
+    let closed = window(dev, 120, 180);
+    w.declare(&w.os("fleet-os-3", &closed), "window later today");
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(dev.os()["phase"], "installed", "{}", dev.os());
+    assert_eq!(dev.env("upgrade_available"), "1");
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(dev.parts(), [2], "no reboot outside the window");
+
+    let open = window(dev, -5, 60);
+    w.declare(&w.os("fleet-os-3", &open), "window now");
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, 3);
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(dev.artifact_name(), "fleet-os-3");
+    w.done();
+}
+
+#[test]
+fn os_update_with_the_3x_cli() {
+    let w = World::new(
+        "fa-os-cli3",
+        |w| w.os("fleet-os-2", "now"),
+        "[os_update]\nclient = \"mender\"\n",
+    );
+    let dev = &w.dev;
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, 3);
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(dev.sh("mender show-artifact"), "fleet-os-2");
+    assert_eq!(dev.os()["current"], "fleet-os-2");
+    assert_eq!(dev.env("upgrade_available"), "0");
+    w.done();
+}
+
+#[test]
+fn os_update_leaves_a_foreign_pending_update_alone() {
+    let w = World::new("fa-os-foreign", |w| w.os("fleet-os-2", "now"), "");
+    let dev = &w.dev;
+    // Someone else installs fleet-os-3 and does not reboot.
+    std::fs::copy(
+        artifacts().dir.join("fleet-os-3.mender"),
+        dev.dir.join("data/f3.mender"),
+    )
+    .unwrap();
+    let run = dev.exec(&[
+        "mender-update",
+        "install",
+        "--reboot-exit-code",
+        "/data/f3.mender",
+    ]);
+    assert_eq!(run.code, 4, "{run:?}");
+    assert_eq!(dev.env("upgrade_available"), "1");
+    let part = dev.env("mender_boot_part");
+    let (code, j) = dev.pull();
+    assert_eq!(code, 0, "{j}");
+    assert!(
+        j.contains("did not start") && j.contains("left alone"),
+        "{j}"
+    );
+    assert_eq!(dev.os()["phase"], "idle");
+    assert_eq!(dev.env("upgrade_available"), "1", "left alone");
+    assert_eq!(dev.env("mender_boot_part"), part);
+    assert_eq!(dev.parts(), [2]);
+    w.done();
+}
