@@ -118,7 +118,7 @@ pub struct OsState {
     pub backoff: Option<Backoff>,
     /// The boot during which the last transition happened (kernel boot id).
     pub boot_id: Option<String>,
-    /// The root filesystem id of the slot the update started from.
+    /// The marker written on the slot the update started from, just before installing.
     pub old_rootfs: Option<String>,
     /// When the first run on the new slot began verifying.
     pub verify_since: Option<u64>,
@@ -160,7 +160,7 @@ pub struct Facts {
     /// Device-local minutes after midnight.
     pub local_minutes: u16,
     pub boot_id: String,
-    /// This root filesystem's id (state::rootfs_id).
+    /// This root filesystem's marker (state::rootfs_marker; None on a new slot).
     pub rootfs: Option<String>,
     /// `show-artifact`.
     pub artifact: Option<String>,
@@ -405,7 +405,7 @@ impl Step<'_> {
             now,
             local_minutes: local_minutes(now),
             boot_id: String::from_utf8_lossy(&boot).trim().to_string(),
-            rootfs: crate::state::rootfs_id(self.host)?,
+            rootfs: crate::state::rootfs_marker(self.host)?,
             artifact: client.show_artifact(self.host)?,
             upgrade_available: self.upgrade_available()?,
             converged,
@@ -485,7 +485,9 @@ impl Step<'_> {
             Action::Install(img) => {
                 s.target = Some(img.artifact.clone());
                 s.boot_id = Some(f.boot_id.clone());
-                s.old_rootfs = f.rootfs.clone();
+                // A fresh marker for this slot: the new image cannot carry it, so seeing
+                // it after a reboot means the old slot (the bootloader fell back).
+                s.old_rootfs = Some(crate::state::new_rootfs_marker(self.host)?);
                 s.verify_since = None;
                 enter(
                     save,
