@@ -359,6 +359,23 @@ fn os_declaration_errors_name_the_place_and_change_nothing() {
     assert_eq!(snapshot(), before);
     assert_eq!(sim.env("upgrade_available"), "0");
     assert_eq!(sim.server.count("/fleet-os-2.mender"), 0);
+    // The fleet repository's CI sees the same error.
+    let validate = sim.run(&["validate", sim.repo.work.to_str().unwrap()]);
+    assert_eq!(validate.code, 1, "{validate:?}");
+    assert!(
+        validate.stderr.contains("fleet.yml:8:11: os.reboot"),
+        "{validate:?}"
+    );
+    // An unknown key in agent.toml's [os_update] is a configuration error.
+    let config = sim.device.read("/etc/fleet-agent/agent.toml");
+    std::fs::write(
+        &sim.device.config,
+        config.replace("reboot_command", "reboot_cmd"),
+    )
+    .unwrap();
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert!(run.stderr.contains("unknown field `reboot_cmd`"), "{run:?}");
 }
 
 #[test]
@@ -451,6 +468,10 @@ fn an_update_installs_reboots_verifies_and_commits_then_nothing_more() {
     let status = sim.run(&["os", "status"]);
     assert!(status.stdout.contains("phase:    idle"), "{status:?}");
     assert!(status.stdout.contains("current:  fleet-os-2"), "{status:?}");
+    let json = sim.run(&["os", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["current"], "fleet-os-2");
+    assert_eq!(v["phase"], "idle");
 }
 
 #[test]
