@@ -7,6 +7,7 @@
 mod support;
 
 mod harness;
+mod kiosk;
 
 use std::time::{Duration, Instant};
 
