@@ -259,6 +259,7 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
         ),
     );
     // The built-in roles where the .deb installs them.
+    std::fs::create_dir_all(dev.path("/usr/share/fleet-agent")).unwrap();
     let status = std::process::Command::new("cp")
         .args(["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/roles")])
         .arg(dev.path("/usr/share/fleet-agent/roles"))
@@ -294,6 +295,7 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
     });
     let shot = timed("first screen", || wait_for_screen(&dev, "a", &PAGE_A));
     assert!(shot.width > shot.height, "landscape: {}x{}", shot.width, shot.height);
+    let landscape = (shot.width, shot.height);
     // The unit runs as the kiosk user, in a logind session (pam_systemd).
     assert_eq!(
         dev.sh("systemctl show -p User --value fleet-kiosk.service"),
@@ -333,7 +335,7 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
     repo.commit(&[(&hv, &host_vars(&url_b, 90))], "kiosk: rotation 90");
     let before = starts(&dev);
     pull(&dev, "pull with rotation 90");
-    let rotated = wait_for_portrait(&dev);
+    let rotated = wait_for_rotation(&dev, "b-rotated-90", landscape);
     assert!(rotated.shows(&PAGE_B), "{:?}", rotated.quadrants());
     assert_eq!(starts(&dev) - before, 1, "restarted exactly once for a rotation");
 
@@ -352,23 +354,29 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
         "[kiosk] the browser was killed: systemd restarted the kiosk after {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    wait_for_portrait(&dev);
+    wait_for_rotation(&dev, "b-after-the-browser-was-killed", landscape);
+    assert_eq!(n_restarts(&dev), restarts + 1, "one restart, no restart loop");
     eprintln!("[timing] kiosk: whole test: {:.1} s", total.elapsed().as_secs_f64());
 }
 
-/// Screenshots until the output is portrait and shows page B.
-fn wait_for_portrait(dev: &Booted) -> Shot {
+/// Screenshots until each output has turned (the drop-in gives cage two outputs side by
+/// side: a landscape W x H screenshot is two W/2 x H outputs; turned, two H x W/2) and
+/// shows page B.
+fn wait_for_rotation(dev: &Booted, name: &str, landscape: (usize, usize)) -> Shot {
+    let want = (2 * landscape.1, landscape.0 / 2);
     let start = Instant::now();
     loop {
-        let shot = wait_for_screen(dev, "b-rotated-90", &PAGE_B);
-        if shot.height > shot.width {
+        let shot = wait_for_screen(dev, name, &PAGE_B);
+        if (shot.width, shot.height) == want {
             return shot;
         }
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "the screen stays {}x{} after rotation 90",
+            "the screen is {}x{} after rotation 90, expected {}x{}",
             shot.width,
-            shot.height
+            shot.height,
+            want.0,
+            want.1
         );
         std::thread::sleep(Duration::from_secs(1));
     }
