@@ -277,8 +277,8 @@ struct ParamDef {
     name: String,
     required: bool,
     default: Option<Node>,
-    /// `choices:` the values the parameter may take (compared as text).
-    choices: Option<Vec<String>>,
+    /// `choices:` the values the parameter may take: (as written, as compared).
+    choices: Option<Vec<(String, String)>>,
 }
 
 struct RoleDef {
@@ -854,7 +854,10 @@ fn read_groups(node: &Node, problems: &mut Vec<Invalid>) -> Vec<Group> {
 }
 
 /// A parameter's `choices:`: a list of plain values, kept as text.
-fn param_choices(file: &str, node: Option<&Node>) -> Result<Option<Vec<String>>, Invalid> {
+fn param_choices(
+    file: &str,
+    node: Option<&Node>,
+) -> Result<Option<Vec<(String, String)>>, Invalid> {
     let Some(node) = node else { return Ok(None) };
     let expected = "expected `choices:` as a list of plain values, such as [0, 90, 180, 270]";
     let Some(seq) = node.as_sequence() else {
@@ -864,7 +867,7 @@ fn param_choices(file: &str, node: Option<&Node>) -> Result<Option<Vec<String>>,
     for item in seq.iter() {
         match item {
             Node::Scalar(s) if !s.as_str().is_empty() => {
-                choices.push(yaml::to_value(item).to_string())
+                choices.push((s.as_str().to_string(), yaml::to_value(item).to_string()))
             }
             _ => return Err(invalid(file, item.span(), expected)),
         }
@@ -875,27 +878,40 @@ fn param_choices(file: &str, node: Option<&Node>) -> Result<Option<Vec<String>>,
     Ok(Some(choices))
 }
 
-/// A parameter value that is not one of its `choices:` (compared as text, so that a
-/// templated `"90"` matches a plain 90), as a problem where the value is written.
+/// A parameter value that is not one of its `choices:` (compared as rendered text, so
+/// that a templated `"90"` matches a plain 90), as a problem where the value is written.
 fn not_a_choice(
     def: &RoleDef,
     name: &str,
     value: &Value,
     file: &str,
-    span: &Span,
+    node: &Node,
 ) -> Option<Invalid> {
-    let choices = def.params.iter().find(|p| p.name == name)?.choices.as_ref()?;
+    let choices = def
+        .params
+        .iter()
+        .find(|p| p.name == name)?
+        .choices
+        .as_ref()?;
     let text = value.to_string();
-    if choices.contains(&text) {
+    if choices.iter().any(|(_, c)| c == &text) {
         return None;
     }
+    let shown = match node {
+        Node::Scalar(s) if !s.as_str().contains("{{") => s.as_str().to_string(),
+        _ => text,
+    };
     Some(invalid(
         file,
-        span,
+        node.span(),
         format!(
-            "role `{}`: `{text}` is not a value of its parameter `{name}`: expected one of {}",
+            "role `{}`: `{shown}` is not a value of its parameter `{name}`: expected one of {}",
             def.name,
-            choices.join(", ")
+            choices
+                .iter()
+                .map(|(w, _)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     ))
 }
@@ -1042,7 +1058,7 @@ impl Expander<'_, '_> {
             }
             match self.render_node(&r.pos.file, node, caller) {
                 Ok(v) => {
-                    if let Some(p) = not_a_choice(&def, name, &v, &r.pos.file, node.span()) {
+                    if let Some(p) = not_a_choice(&def, name, &v, &r.pos.file, node) {
                         self.problems.push(p);
                         ok = false;
                     }
@@ -1062,7 +1078,7 @@ impl Expander<'_, '_> {
             match &p.default {
                 Some(d) => match self.render_node(&def.file, d, &vars_only) {
                     Ok(v) => {
-                        if let Some(e) = not_a_choice(&def, &p.name, &v, &def.file, d.span()) {
+                        if let Some(e) = not_a_choice(&def, &p.name, &v, &def.file, d) {
                             self.problems.push(e);
                             ok = false;
                         }

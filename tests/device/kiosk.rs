@@ -81,7 +81,11 @@ fn skip_reason() -> Option<String> {
         .unwrap_or_default();
     let missing: Vec<&str> = ["cage_", "chromium_", "xwayland_", "grim_"]
         .into_iter()
-        .filter(|p| !names.iter().any(|n| n.starts_with(p) && n.ends_with(".deb")))
+        .filter(|p| {
+            !names
+                .iter()
+                .any(|n| n.starts_with(p) && n.ends_with(".deb"))
+        })
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
@@ -93,13 +97,18 @@ fn skip_reason() -> Option<String> {
 }
 
 fn host_vars(url: &str, rotation: u32) -> String {
-    format!("roles:\n  - role: kiosk\n    params:\n      url: \"{url}\"\n      rotation: {rotation}\n")
+    format!(
+        "roles:\n  - role: kiosk\n    params:\n      url: \"{url}\"\n      rotation: {rotation}\n"
+    )
 }
 
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let start = Instant::now();
     let t = f();
-    eprintln!("[timing] kiosk: {what}: {:.1} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "[timing] kiosk: {what}: {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     t
 }
 
@@ -279,7 +288,10 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
         first.contains("changed service fleet-kiosk.service"),
         "{first}"
     );
-    assert_eq!(dev.sh("systemctl is-enabled fleet-kiosk.service"), "enabled");
+    assert_eq!(
+        dev.sh("systemctl is-enabled fleet-kiosk.service"),
+        "enabled"
+    );
     assert_eq!(dev.sh("id -nG kiosk"), "kiosk video render input");
     assert_eq!(
         dev.sh("readlink /etc/systemd/system/default.target"),
@@ -294,14 +306,21 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
         dev.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends grim >/dev/null")
     });
     let shot = timed("first screen", || wait_for_screen(&dev, "a", &PAGE_A));
-    assert!(shot.width > shot.height, "landscape: {}x{}", shot.width, shot.height);
+    assert!(
+        shot.width > shot.height,
+        "landscape: {}x{}",
+        shot.width,
+        shot.height
+    );
     let landscape = (shot.width, shot.height);
     // The unit runs as the kiosk user, in a logind session (pam_systemd).
     assert_eq!(
         dev.sh("systemctl show -p User --value fleet-kiosk.service"),
         "kiosk"
     );
-    assert!(dev.sh("loginctl list-sessions --no-legend").contains("kiosk"));
+    assert!(dev
+        .sh("loginctl list-sessions --no-legend")
+        .contains("kiosk"));
 
     // An unchanged run touches nothing and restarts nothing.
     let before = (starts(&dev), n_restarts(&dev));
@@ -337,7 +356,11 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
     pull(&dev, "pull with rotation 90");
     let rotated = wait_for_rotation(&dev, "b-rotated-90", landscape);
     assert!(rotated.shows(&PAGE_B), "{:?}", rotated.quadrants());
-    assert_eq!(starts(&dev) - before, 1, "restarted exactly once for a rotation");
+    assert_eq!(
+        starts(&dev) - before,
+        1,
+        "restarted exactly once for a rotation"
+    );
 
     // The browser dies: systemd starts the kiosk again (Restart=always).
     let restarts = n_restarts(&dev);
@@ -355,8 +378,15 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
         start.elapsed().as_secs_f64()
     );
     wait_for_rotation(&dev, "b-after-the-browser-was-killed", landscape);
-    assert_eq!(n_restarts(&dev), restarts + 1, "one restart, no restart loop");
-    eprintln!("[timing] kiosk: whole test: {:.1} s", total.elapsed().as_secs_f64());
+    assert_eq!(
+        n_restarts(&dev),
+        restarts + 1,
+        "one restart, no restart loop"
+    );
+    eprintln!(
+        "[timing] kiosk: whole test: {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
 }
 
 /// Screenshots until each output has turned (the drop-in gives cage two outputs side by

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod kiosk;
 mod pipeline;
 mod sync;
 
