@@ -326,6 +326,7 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
     let before = (starts(&dev), n_restarts(&dev));
     let noop = pull(&dev, "unchanged pull");
     assert!(noop.contains("no changes"), "{noop}");
+    assert_eq!(dev.agent(&["plan"]).code, 0, "nothing left to do");
     std::thread::sleep(Duration::from_secs(3));
     let unchanged_restarts = starts(&dev) - before.0;
     assert_eq!(unchanged_restarts, 0, "an unchanged run restarts nothing");
