@@ -128,6 +128,9 @@ struct ParamDoc {
     // The default is read by hand: any value.
     #[allow(dead_code)]
     default: Option<IgnoredAny>,
+    // Read by hand: a list of plain values.
+    #[allow(dead_code)]
+    choices: Option<IgnoredAny>,
 }
 
 /// A resource as written in role.yml; paths, content, owners and targets are templates.
@@ -277,6 +280,8 @@ struct ParamDef {
     name: String,
     required: bool,
     default: Option<Node>,
+    /// `choices:` the values the parameter may take: (as written, as compared).
+    choices: Option<Vec<(String, String)>>,
 }
 
 struct RoleDef {
@@ -658,16 +663,22 @@ impl<'a> Fleet<'a> {
             match pnode.as_mapping() {
                 Some(pmap) => {
                     for (k, v) in pmap.iter() {
-                        let (required, default) = match v {
+                        let (required, default, choices) = match v {
                             // `name:` alone (null) declares a parameter without default, required.
-                            Node::Scalar(s) if s.as_str().is_empty() => (true, None),
+                            Node::Scalar(s) if s.as_str().is_empty() => (true, None, None),
                             Node::Mapping(m) => {
                                 match yaml::typed::<ParamDoc>(&file, v) {
                                     Ok(d) if d.required && m.get_node("default").is_some() => {
                                         problems.push(invalid(&file, k.span(), "a parameter is either required or has a default, not both"));
                                         continue;
                                     }
-                                    Ok(d) => (d.required, m.get_node("default").cloned()),
+                                    Ok(d) => match param_choices(&file, m.get_node("choices")) {
+                                        Ok(c) => (d.required, m.get_node("default").cloned(), c),
+                                        Err(p) => {
+                                            problems.push(p);
+                                            continue;
+                                        }
+                                    },
                                     Err(p) => {
                                         problems.push(p);
                                         continue;
@@ -687,6 +698,7 @@ impl<'a> Fleet<'a> {
                             name: k.as_str().to_string(),
                             required,
                             default,
+                            choices,
                         });
                     }
                 }
@@ -849,6 +861,69 @@ fn read_groups(node: &Node, problems: &mut Vec<Invalid>) -> Vec<Group> {
     groups
 }
 
+/// A parameter's `choices:`: a list of plain values, kept as text.
+fn param_choices(
+    file: &str,
+    node: Option<&Node>,
+) -> Result<Option<Vec<(String, String)>>, Invalid> {
+    let Some(node) = node else { return Ok(None) };
+    let expected = "expected `choices:` as a list of plain values, such as [0, 90, 180, 270]";
+    let Some(seq) = node.as_sequence() else {
+        return Err(invalid(file, node.span(), expected));
+    };
+    let mut choices = Vec::new();
+    for item in seq.iter() {
+        match item {
+            Node::Scalar(s) if !s.as_str().is_empty() => {
+                choices.push((s.as_str().to_string(), yaml::to_value(item).to_string()))
+            }
+            _ => return Err(invalid(file, item.span(), expected)),
+        }
+    }
+    if choices.is_empty() {
+        return Err(invalid(file, node.span(), expected));
+    }
+    Ok(Some(choices))
+}
+
+/// A parameter value that is not one of its `choices:` (compared as rendered text, so
+/// that a templated `"90"` matches a plain 90), as a problem where the value is written.
+fn not_a_choice(
+    def: &RoleDef,
+    name: &str,
+    value: &Value,
+    file: &str,
+    node: &Node,
+) -> Option<Invalid> {
+    let choices = def
+        .params
+        .iter()
+        .find(|p| p.name == name)?
+        .choices
+        .as_ref()?;
+    let text = value.to_string();
+    if choices.iter().any(|(_, c)| c == &text) {
+        return None;
+    }
+    let shown = match node {
+        Node::Scalar(s) if !s.as_str().contains("{{") => s.as_str().to_string(),
+        _ => text,
+    };
+    Some(invalid(
+        file,
+        node.span(),
+        format!(
+            "role `{}`: `{shown}` is not a value of its parameter `{name}`: expected one of {}",
+            def.name,
+            choices
+                .iter()
+                .map(|(w, _)| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
+}
+
 /// `roles:` / `include:` entries: `name` or `{role: name, params: {...}}`.
 fn read_role_refs(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Vec<RoleRef> {
     let Some(seq) = node.as_sequence() else {
@@ -991,6 +1066,10 @@ impl Expander<'_, '_> {
             }
             match self.render_node(&r.pos.file, node, caller) {
                 Ok(v) => {
+                    if let Some(p) = not_a_choice(&def, name, &v, &r.pos.file, node) {
+                        self.problems.push(p);
+                        ok = false;
+                    }
                     params.insert(name.clone(), v);
                 }
                 Err(p) => {
@@ -1007,6 +1086,10 @@ impl Expander<'_, '_> {
             match &p.default {
                 Some(d) => match self.render_node(&def.file, d, &vars_only) {
                     Ok(v) => {
+                        if let Some(e) = not_a_choice(&def, &p.name, &v, &def.file, d) {
+                            self.problems.push(e);
+                            ok = false;
+                        }
                         params.insert(p.name.clone(), v);
                     }
                     Err(e) => {

@@ -20,14 +20,18 @@ pub struct Booted {
 impl Booted {
     /// Boots a fresh device with the agent installed at /usr/local/bin/fleet-agent.
     pub fn start(name: &str) -> Booted {
+        Booted::start_with(name, false)
+    }
+
+    /// The same, with Debian's mirror as the device's apt source when `debian_sources`.
+    pub fn start_with(name: &str, debian_sources: bool) -> Booted {
+        let watch = std::process::id().to_string();
+        let mut args = vec!["start", name, "--watch-pid", &watch];
+        if !debian_sources {
+            args.push("--no-debian-sources");
+        }
         let out = Command::new(format!("{SCRIPTS}/device.sh"))
-            .args([
-                "start",
-                name,
-                "--no-debian-sources",
-                "--watch-pid",
-                &std::process::id().to_string(),
-            ])
+            .args(args)
             .stderr(Stdio::inherit())
             .output()
             .expect("device.sh runs");

@@ -7,6 +7,7 @@
 mod support;
 
 mod harness;
+mod kiosk;
 
 // A/B OS updates on a simulated Mender device.
 mod ab;
