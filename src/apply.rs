@@ -80,11 +80,7 @@ fn execute(host: &Host, op: &Op) -> Result<()> {
                 *in_root,
             )
             .map(|_| ()),
-        Op::AptUpdate => {
-            let timeout = format!("DPkg::Lock::Timeout={DPKG_LOCK_TIMEOUT_SECS}");
-            host.run_output(&["apt-get", "update", "-q", "-o", &timeout], true)
-                .map(|_| ())
-        }
+        Op::AptUpdate => apt_update(host),
         Op::Apt {
             install,
             remove,
@@ -93,10 +89,17 @@ fn execute(host: &Host, op: &Op) -> Result<()> {
     }
 }
 
+/// Refreshes apt's package lists, waiting a bounded time for a dpkg lock.
+pub(crate) fn apt_update(host: &Host) -> Result<()> {
+    let timeout = format!("DPkg::Lock::Timeout={DPKG_LOCK_TIMEOUT_SECS}");
+    host.run_output(&["apt-get", "update", "-q", "-o", &timeout], true)
+        .map(|_| ())
+}
+
 /// One apt transaction: recover an interrupted dpkg first, wait a bounded time for a
 /// dpkg lock held by someone else, keep locally edited conffiles (a role that owns a
 /// conffile writes it after the packages phase anyway).
-fn apt_transaction(
+pub(crate) fn apt_transaction(
     host: &Host,
     install: &[(String, Option<String>)],
     remove: &[String],

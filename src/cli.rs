@@ -18,7 +18,7 @@ use crate::state::{self, Outcome, State};
 #[derive(Parser, Debug)]
 #[command(
     name = "fleet-agent",
-    version,
+    version = crate::selfupdate::VERSION,
     about = "Converge this device to its branch of the fleet git repository"
 )]
 pub struct Cli {
@@ -226,13 +226,6 @@ fn converge(
         id: config.device_id.clone(),
         device_type: config.device_type.clone(),
     };
-    let desired = Fleet::load(&source, builtin.as_ref()).and_then(|fleet| {
-        if device.device_type.is_none() {
-            device.device_type = fleet.host_facts(&device.id)?.device_type;
-        }
-        let desired = fleet.desired_state(&device)?;
-        Ok((desired, fleet.settings.clone(), fleet.os.clone()))
-    });
     let previous = State::load(&state_path);
     // A run that stops before applying records why (plan records nothing).
     let stopped = |outcome: Outcome, e: Error| -> Result<i32> {
@@ -247,6 +240,26 @@ fn converge(
         }
         Err(e)
     };
+    // The branch may need a newer agent: read before the full load, which an old agent
+    // may not understand. `pull` on the device upgrades and re-executes (or fails).
+    if let Some(req) = crate::selfupdate::required(&source)?.filter(|r| !r.is_met()) {
+        if let Mode::Plan { json } = mode {
+            return Ok(self_update_report(&req, &device, &origin, &commit, json));
+        }
+        if mode == Mode::Pull && crate::selfupdate::may_upgrade(host) {
+            let pin = crate::selfupdate::pinned_version(&source)?;
+            let e = crate::selfupdate::upgrade_and_reexec(host, &req, pin.as_deref());
+            return stopped(Outcome::Failed, e);
+        }
+        // Elsewhere the full load rejects the branch and says why.
+    }
+    let desired = Fleet::load(&source, builtin.as_ref()).and_then(|fleet| {
+        if device.device_type.is_none() {
+            device.device_type = fleet.host_facts(&device.id)?.device_type;
+        }
+        let desired = fleet.desired_state(&device)?;
+        Ok((desired, fleet.settings.clone(), fleet.os.clone()))
+    });
     let (desired, settings, os_decl) = match desired {
         Ok(d) => d,
         Err(e) => return stopped(Outcome::Invalid, e),
@@ -321,7 +334,9 @@ fn converge(
     let (done, result) = if plan.is_empty() {
         (0, Ok(()))
     } else {
-        crate::apply::apply(host, &plan, &commit_label)
+        let applied = crate::apply::apply(host, &plan, &commit_label);
+        crate::selfupdate::note_installed(host);
+        applied
     };
     let rootfs = state::ensure_rootfs_id(host)?;
     let failed = result.as_ref().err().map(|e| e.to_string());
@@ -445,6 +460,37 @@ fn header(desired: &crate::resource::DesiredState, origin: &str, commit: &str) -
             desired.roles.join(", ")
         },
     )
+}
+
+/// `plan` for a branch that needs a newer agent: say so, install nothing. Exit 2: the
+/// device has a change pending (the agent's upgrade).
+fn self_update_report(
+    req: &crate::selfupdate::Requirement,
+    device: &Device,
+    origin: &str,
+    commit: &Option<String>,
+    json: bool,
+) -> i32 {
+    if json {
+        let value = serde_json::json!({
+            "device": device.id,
+            "source": origin,
+            "commit": commit,
+            "agent_upgrade": {
+                "running": crate::selfupdate::VERSION,
+                "min_agent_version": req.min.to_string(),
+                "at": req.pos.to_string(),
+            },
+            "changes": [],
+        });
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("plan serializes")
+        );
+    } else {
+        out!("Device {}\nFleet repository {origin}\n{}", device.id, req.report());
+    }
+    exit::CHANGES_PENDING
 }
 
 /// Updates the state file from the previous state (or a fresh one).

@@ -14,6 +14,7 @@ pub mod osdecl;
 pub mod osupdate;
 pub mod plan;
 pub mod resource;
+pub mod selfupdate;
 pub mod source;
 pub mod state;
 pub mod sync;

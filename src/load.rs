@@ -56,6 +56,9 @@ pub struct Settings {
     /// Package lists older than this many minutes are refreshed (apt-get update) before
     /// a run that installs or removes packages.
     pub apt_lists_max_age_minutes: u64,
+    /// The oldest agent that may apply this branch (`X.Y.Z`); an older agent's `pull`
+    /// upgrades itself first (src/selfupdate.rs).
+    pub min_agent_version: Option<Spanned<String>>,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
         Settings {
             prune: true,
             apt_lists_max_age_minutes: 60,
+            min_agent_version: None,
         }
     }
 }
@@ -353,9 +357,12 @@ impl<'a> Fleet<'a> {
                         format!(
                             "format {} is not supported by fleet-agent {} (expected format: {FORMAT_VERSION})",
                             *doc.format,
-                            env!("CARGO_PKG_VERSION")
+                            crate::selfupdate::VERSION
                         ),
                     ));
+                }
+                if let Some(p) = crate::selfupdate::check_min_version(&doc.settings) {
+                    problems.push(p);
                 }
                 settings = doc.settings;
                 os = crate::osdecl::read(FLEET_FILE, &node, &mut problems);

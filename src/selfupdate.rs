@@ -1,0 +1,308 @@
+//! Self-update: the agent upgrades itself through apt, like any other package.
+//!
+//! Two paths (docs/self-update.md):
+//! - the normal one: a role declares `package: {name: fleet-agent, version: ...}`, the
+//!   run's apt transaction upgrades it, the run finishes with the binary it started
+//!   with (dpkg renames the new file over the old one; the running process keeps the
+//!   old inode) and the next timer run uses the new one. Nothing here is involved but
+//!   [`note_installed`], which says so in the journal.
+//! - the gate: fleet.yml's `settings.min_agent_version`. It is read leniently, before
+//!   the full load ([`required`]), so that an agent too old to understand the rest of a
+//!   newer branch still sees it. Such an agent's `pull` on the device performs only its
+//!   own upgrade ([`upgrade_and_reexec`]): `apt-get update`, `apt-get install
+//!   fleet-agent[=VERSION]`, a check that `/usr/bin/fleet-agent --version` is now new
+//!   enough, then `exec` of that binary with the same arguments and
+//!   `FLEET_AGENT_REEXEC=1`, so that it cannot loop. Everything else (plan, apply,
+//!   `--root` runs, an agent that was already re-executed) only reports.
+//!
+//! Versions compared here are `X.Y.Z` (three whole numbers); the agent's own version is
+//! [`VERSION`], fixed at build time.
+
+use std::path::Path;
+
+use log::{info, warn};
+
+use crate::error::{Error, Invalid, Pos, Result};
+use crate::host::Host;
+use crate::source::Source;
+use crate::yaml;
+
+/// The agent's version: `FLEET_AGENT_VERSION` at build time (tests build versions N and
+/// N+1 from one source tree), else the crate's version.
+pub const VERSION: &str = match option_env!("FLEET_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// The Debian package that carries the agent.
+pub const PACKAGE: &str = "fleet-agent";
+/// Where the package installs the agent: the binary that is checked and re-executed.
+pub const AGENT_BIN: &str = "/usr/bin/fleet-agent";
+/// Set in the environment of the re-executed agent: it never upgrades again.
+pub const REEXEC_ENV: &str = "FLEET_AGENT_REEXEC";
+
+/// An agent version: major, minor, patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u64, pub u64, pub u64);
+
+impl Version {
+    /// Parses exactly `X.Y.Z` (whole numbers, no sign, no suffix).
+    pub fn parse(text: &str) -> Option<Version> {
+        let mut parts = text.split('.');
+        let mut next = || -> Option<u64> {
+            let p = parts.next()?;
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            p.parse().ok()
+        };
+        let v = Version(next()?, next()?, next()?);
+        parts.next().is_none().then_some(v)
+    }
+
+    /// The `X.Y.Z` at the start of a version that may carry more (`0.2.0-1`,
+    /// `1:0.2.0~rc1`: an epoch is dropped, anything after the third number ignored).
+    pub fn parse_prefix(text: &str) -> Option<Version> {
+        let text = text.split_once(':').map_or(text, |(_, rest)| rest);
+        let end = text
+            .char_indices()
+            .filter(|(_, c)| !c.is_ascii_digit() && *c != '.')
+            .map(|(i, _)| i)
+            .next()
+            .unwrap_or(text.len());
+        let mut head = &text[..end];
+        // "0.2.0.1" or "0.2.0." : keep the first three numbers.
+        if let Some((i, _)) = head.match_indices('.').nth(2) {
+            head = &head[..i];
+        }
+        Version::parse(head)
+    }
+
+    /// The running agent's version.
+    pub fn running() -> Version {
+        Version::parse_prefix(VERSION).unwrap_or(Version(0, 0, 0))
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// What a branch requires of the agent.
+#[derive(Debug, Clone)]
+pub struct Requirement {
+    pub min: Version,
+    /// Where fleet.yml says it.
+    pub pos: Pos,
+}
+
+impl Requirement {
+    pub fn is_met(&self) -> bool {
+        Version::running() >= self.min
+    }
+
+    /// The one-line report of `plan` and the lead of the error of other commands.
+    pub fn report(&self) -> String {
+        format!(
+            "agent {VERSION} is older than the branch's min_agent_version {} ({}): pull would upgrade the agent first",
+            self.min, self.pos
+        )
+    }
+}
+
+/// `settings.min_agent_version` of fleet.yml, read leniently: any problem (no such
+/// file, YAML the agent does not understand, a value that is not `X.Y.Z`) is None here,
+/// and the full load reports it with its position.
+pub fn required(source: &Source) -> Result<Option<Requirement>> {
+    let Some(text) = source.read("fleet.yml")? else {
+        return Ok(None);
+    };
+    let Ok(node) = yaml::parse("fleet.yml", &text) else {
+        return Ok(None);
+    };
+    let found = node
+        .as_mapping()
+        .and_then(|m| m.get_mapping("settings"))
+        .and_then(|s| s.get_scalar("min_agent_version"))
+        .and_then(|v| {
+            Some(Requirement {
+                min: Version::parse(v.as_str())?,
+                pos: yaml::pos("fleet.yml", v.span()),
+            })
+        });
+    Ok(found)
+}
+
+/// The full load's check of `settings.min_agent_version`: a version `X.Y.Z`, and not
+/// newer than this agent (the branch is then for the self-update only).
+pub fn check_min_version(settings: &crate::load::Settings) -> Option<Invalid> {
+    let value = settings.min_agent_version.as_ref()?;
+    let message = match Version::parse(value.as_str()) {
+        None => format!(
+            "`{}` is not a version: expected X.Y.Z (three whole numbers, e.g. \"1.4.0\")",
+            value.as_str()
+        ),
+        Some(min) if Version::running() < min => format!(
+            "fleet-agent {VERSION} is older than min_agent_version {min}: only `fleet-agent pull` on the device applies this branch, after upgrading the agent (plan, apply and --root runs do not upgrade it)"
+        ),
+        Some(_) => return None,
+    };
+    Some(yaml::invalid("fleet.yml", value.span(), message))
+}
+
+/// The fleet-agent version that roles of the branch pin, when exactly one `package`
+/// declaration of fleet-agent in the repository's roles gives a version (read
+/// leniently, like [`required`]; a role that does not parse is skipped).
+pub fn pinned_version(source: &Source) -> Result<Option<String>> {
+    let mut pins = Vec::new();
+    for role in source.list("roles")?.unwrap_or_default() {
+        let file = format!("roles/{role}/role.yml");
+        let Some(text) = source.read(&file)? else {
+            continue;
+        };
+        let Ok(node) = yaml::parse(&file, &text) else {
+            continue;
+        };
+        let Some(resources) = node.as_mapping().and_then(|m| m.get_sequence("resources")) else {
+            continue;
+        };
+        for r in resources.iter() {
+            let Some(p) = r.as_mapping().and_then(|m| m.get_mapping("package")) else {
+                continue;
+            };
+            let is_agent = p.get_scalar("name").map(|n| n.as_str()) == Some(PACKAGE);
+            let absent = p.get_scalar("state").map(|s| s.as_str()) == Some("absent");
+            if let (true, false, Some(v)) = (is_agent, absent, p.get_scalar("version")) {
+                pins.push(v.as_str().to_string());
+            }
+        }
+    }
+    Ok(match pins.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    })
+}
+
+/// Performs the agent's own upgrade, then replaces this process with the new agent.
+/// Returns only on failure, with "self-update to >= X failed: ..."; the old agent is
+/// then still installed (apt failed, or left it) and nothing else was changed.
+pub fn upgrade_and_reexec(host: &Host, req: &Requirement, pin: Option<&str>) -> Error {
+    let failed = |why: String| {
+        Error::Other(format!(
+            "self-update to >= {} failed: {why}; fleet-agent {VERSION} is still the agent and applied nothing",
+            req.min
+        ))
+    };
+    if std::env::var_os(REEXEC_ENV).is_some() {
+        return failed(format!(
+            "this agent ({VERSION}) was already started by a self-update ({REEXEC_ENV} is set) and is still too old"
+        ));
+    }
+    info!(
+        "{}; upgrading {PACKAGE}{}",
+        req.report(),
+        pin.map(|v| format!(" to the pinned version {v}"))
+            .unwrap_or_default()
+    );
+    let installed = match upgrade(host, pin) {
+        Ok(v) => v,
+        Err(e) => return failed(e.to_string()),
+    };
+    if installed < req.min {
+        return failed(format!(
+            "{AGENT_BIN} is {installed} after the upgrade (apt had no newer {PACKAGE}{})",
+            pin.map(|v| format!(" than the pinned {v}"))
+                .unwrap_or_default()
+        ));
+    }
+    info!("upgraded {PACKAGE} from {VERSION} to {installed}; running the new agent");
+    use std::os::unix::process::CommandExt;
+    // Every descriptor of this process is close-on-exec (Rust's default), the run lock
+    // included: the new agent takes it again.
+    let err = std::process::Command::new(AGENT_BIN)
+        .args(std::env::args_os().skip(1))
+        .env(REEXEC_ENV, "1")
+        .exec();
+    failed(format!("cannot run {AGENT_BIN}: {err}"))
+}
+
+/// apt-get update, then one apt transaction installing fleet-agent (pinned or the
+/// candidate); returns the version the installed binary reports.
+fn upgrade(host: &Host, pin: Option<&str>) -> Result<Version> {
+    crate::apply::apt_update(host)?;
+    let version = match pin {
+        Some(v) if v.contains(['*', '?', '[']) => {
+            Some(crate::plan::resolve_glob(host, PACKAGE, v)?.ok_or_else(|| {
+                Error::Other(format!(
+                    "no version of {PACKAGE} matching `{v}` is in the package lists"
+                ))
+            })?)
+        }
+        Some(v) => Some(v.to_string()),
+        None => None,
+    };
+    crate::apply::apt_transaction(host, &[(PACKAGE.to_string(), version)], &[], false)?;
+    installed_agent_version(host)
+}
+
+/// What `/usr/bin/fleet-agent --version` prints ("fleet-agent X.Y.Z").
+pub fn installed_agent_version(host: &Host) -> Result<Version> {
+    let out = host.run_output(&[AGENT_BIN, "--version"], true)?;
+    out.split_whitespace()
+        .nth(1)
+        .and_then(Version::parse_prefix)
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "`{AGENT_BIN} --version` printed `{}`, expected `fleet-agent X.Y.Z`",
+                out.trim()
+            ))
+        })
+}
+
+/// After an apply on the device: when dpkg now has another fleet-agent than the one
+/// running, say that this run finishes with the old binary and the next uses the new.
+pub fn note_installed(host: &Host) {
+    if !host.is_live() {
+        return;
+    }
+    let Ok(status) = crate::system::dpkg_status(host) else {
+        return;
+    };
+    let Some(p) = status.get(PACKAGE).filter(|p| p.is_installed()) else {
+        return;
+    };
+    match Version::parse_prefix(&p.version) {
+        Some(v) if v != Version::running() => info!(
+            "{PACKAGE} {} is installed; this run finishes with {VERSION}, the next run uses the new agent",
+            p.version
+        ),
+        Some(_) => {}
+        None => warn!("{PACKAGE} {} has a version this agent cannot read", p.version),
+    }
+}
+
+/// Whether this process is the agent of the machine it runs on (not a `--root` run):
+/// only then may it upgrade itself.
+pub fn may_upgrade(host: &Host) -> bool {
+    host.is_live() && Path::new(AGENT_BIN).is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Version;
+
+    #[test]
+    fn versions_parse_and_order() {
+        assert_eq!(Version::parse("1.2.3"), Some(Version(1, 2, 3)));
+        for bad in ["1.2", "1.2.3.4", "1.2.x", "", "1..3", "-1.2.3", "1.2.3-1", " 1.2.3"] {
+            assert_eq!(Version::parse(bad), None, "{bad}");
+        }
+        assert!(Version(0, 10, 0) > Version(0, 9, 9));
+        assert_eq!(Version::parse_prefix("0.2.0-1"), Some(Version(0, 2, 0)));
+        assert_eq!(Version::parse_prefix("1:0.2.0~rc1"), Some(Version(0, 2, 0)));
+        assert_eq!(Version::parse_prefix("0.2.0.1"), Some(Version(0, 2, 0)));
+        assert_eq!(Version::parse_prefix("0.2"), None);
+    }
+}
