@@ -488,7 +488,11 @@ fn self_update_report(
             serde_json::to_string_pretty(&value).expect("plan serializes")
         );
     } else {
-        out!("Device {}\nFleet repository {origin}\n{}", device.id, req.report());
+        out!(
+            "Device {}\nFleet repository {origin}\n{}",
+            device.id,
+            req.report()
+        );
     }
     exit::CHANGES_PENDING
 }

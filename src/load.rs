@@ -325,6 +325,9 @@ impl<'a> Fleet<'a> {
     /// Reads fleet.yml, inventory.yml and group_vars/; host_vars and roles are read
     /// when a device needs them.
     pub fn load(repo: &'a Source<'a>, builtin: Option<&'a Source<'a>>) -> Result<Fleet<'a>> {
+        if let Some(req) = crate::selfupdate::required(repo)?.filter(|r| !r.is_met()) {
+            return Err(crate::selfupdate::too_old(&req));
+        }
         let mut problems = Vec::new();
         let fleet_text = repo.read(FLEET_FILE)?.ok_or_else(|| {
             Error::invalid(

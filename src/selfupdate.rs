@@ -135,21 +135,31 @@ pub fn required(source: &Source) -> Result<Option<Requirement>> {
     Ok(found)
 }
 
-/// The full load's check of `settings.min_agent_version`: a version `X.Y.Z`, and not
-/// newer than this agent (the branch is then for the self-update only).
+/// The full load's check of `settings.min_agent_version`: a version `X.Y.Z`.
 pub fn check_min_version(settings: &crate::load::Settings) -> Option<Invalid> {
     let value = settings.min_agent_version.as_ref()?;
-    let message = match Version::parse(value.as_str()) {
-        None => format!(
-            "`{}` is not a version: expected X.Y.Z (three whole numbers, e.g. \"1.4.0\")",
-            value.as_str()
+    Version::parse(value.as_str()).is_none().then(|| {
+        yaml::invalid(
+            "fleet.yml",
+            value.span(),
+            format!(
+                "`{}` is not a version: expected X.Y.Z (three whole numbers, e.g. \"1.4.0\")",
+                value.as_str()
+            ),
+        )
+    })
+}
+
+/// The full load of a branch that needs a newer agent: this one problem only (the rest
+/// of the branch may be in a format this agent does not know).
+pub fn too_old(req: &Requirement) -> Error {
+    Error::invalid(
+        req.pos.clone(),
+        format!(
+            "fleet-agent {VERSION} is older than min_agent_version {}: only `fleet-agent pull` on the device applies this branch, after upgrading the agent (plan, apply and --root runs do not upgrade it)",
+            req.min
         ),
-        Some(min) if Version::running() < min => format!(
-            "fleet-agent {VERSION} is older than min_agent_version {min}: only `fleet-agent pull` on the device applies this branch, after upgrading the agent (plan, apply and --root runs do not upgrade it)"
-        ),
-        Some(_) => return None,
-    };
-    Some(yaml::invalid("fleet.yml", value.span(), message))
+    )
 }
 
 /// The fleet-agent version that roles of the branch pin, when exactly one `package`
@@ -296,7 +306,9 @@ mod tests {
     #[test]
     fn versions_parse_and_order() {
         assert_eq!(Version::parse("1.2.3"), Some(Version(1, 2, 3)));
-        for bad in ["1.2", "1.2.3.4", "1.2.x", "", "1..3", "-1.2.3", "1.2.3-1", " 1.2.3"] {
+        for bad in [
+            "1.2", "1.2.3.4", "1.2.x", "", "1..3", "-1.2.3", "1.2.3-1", " 1.2.3",
+        ] {
             assert_eq!(Version::parse(bad), None, "{bad}");
         }
         assert!(Version(0, 10, 0) > Version(0, 9, 9));

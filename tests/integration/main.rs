@@ -8,6 +8,7 @@ mod kiosk;
 mod mender_double;
 mod os_update;
 mod pipeline;
+mod self_update;
 mod sync;
 
 #[test]
