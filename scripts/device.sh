@@ -42,9 +42,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 run=${FLEET_DEVICE_RUN:-/tmp/fleet-agent-devices}
 cache=${FLEET_TEST_CACHE:-/var/cache/fleet-agent-tests}
 archives=$cache/apt-archives
-# .debs with these names are never kept in the shared cache: tests build their own
-# packages with the same names and versions but possibly other contents.
-nocache_glob=${FLEET_DEVICE_NOCACHE_GLOB:-fleet-test-*}
+# .debs with these names (space-separated globs) are never kept in the shared cache:
+# tests build their own packages with the same names and versions but possibly other
+# contents (the test packages, and fleet-agent itself from scripts/selfupdate-debs.sh).
+nocache_glob=${FLEET_DEVICE_NOCACHE_GLOB:-fleet-test-* fleet-agent_*}
 device_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 log() { echo "device.sh: $*" >&2; }
@@ -139,6 +140,16 @@ seed_archives() {
   done
 }
 
+nocache() {
+  local g globs
+  read -ra globs <<<"$nocache_glob" # split on spaces, no pathname expansion
+  for g in "${globs[@]}"; do
+    # shellcheck disable=SC2053
+    [[ $1 == $g ]] && return 0
+  done
+  return 1
+}
+
 # Keeps the .debs a device downloaded: every one not yet in the cache, except test
 # packages. ln is atomic; a concurrent harvest of the same file is harmless.
 harvest_archives() {
@@ -148,8 +159,7 @@ harvest_archives() {
   for f in "$src"/*.deb; do
     [ -f "$f" ] || continue
     b=${f##*/}
-    # shellcheck disable=SC2053
-    [[ $b == $nocache_glob ]] && continue
+    nocache "$b" && continue
     [ -e "$archives/$b" ] && continue
     if ! ln "$f" "$archives/$b" 2>/dev/null; then
       cp --reflink=auto "$f" "$archives/partial/.$b.$$" &&

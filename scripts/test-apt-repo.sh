@@ -2,8 +2,11 @@
 # Builds a small signed apt repository of test packages in OUTDIR, to be served over
 # HTTP (e.g. `python3 -m http.server --bind 127.0.0.1 --directory OUTDIR PORT`).
 #
-#   scripts/test-apt-repo.sh OUTDIR
+#   scripts/test-apt-repo.sh OUTDIR [DEB...]
 #
+# DEBs: more packages to serve beside the built ones (e.g. fleet-agent .debs of several
+# versions from scripts/selfupdate-debs.sh), copied into the pool; each architecture's
+# index lists only its own and the Architecture: all packages.
 # OUTDIR must be empty, absent, or an earlier output of this script (then it is
 # replaced). Prints KEY=VALUE lines on stdout:
 #   REPO      OUTDIR
@@ -58,11 +61,17 @@ export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
 marker=.fleet-test-apt-repo
 
 die() { echo "test-apt-repo: error: $*" >&2; exit 1; }
-[ $# = 1 ] || die "usage: $0 OUTDIR"
+[ $# -ge 1 ] || die "usage: $0 OUTDIR [DEB...]"
 for t in dpkg-deb apt-ftparchive gpg; do
   command -v $t >/dev/null || die "$t is missing (apt-get install dpkg-dev apt-utils gnupg)"
 done
 out=$1
+shift
+extra=()
+for deb in "$@"; do
+  [ -f "$deb" ] || die "$deb: no such file"
+  extra+=("$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")")
+done
 if [ -e "$out" ] && [ -n "$(ls -A "$out")" ]; then
   [ -f "$out/$marker" ] || die "$out is not empty and was not made by this script"
   find "$out" -mindepth 1 -delete
@@ -209,13 +218,19 @@ while read -r name version kind depends recommends; do
   built+=("$name=$version")
 done <<<"$PACKAGES_TABLE"
 
+for deb in ${extra[@]+"${extra[@]}"}; do
+  name=$(dpkg-deb -f "$deb" Package)
+  mkdir -p "$pool/$name"
+  cp "$deb" "$pool/$name/"
+  built+=("$name=$(dpkg-deb -f "$deb" Version)")
+done
+
 # --- indexes and Release ----------------------------------------------------------------
 dist=$out/dists/$SUITE
-(cd "$out" && apt-ftparchive packages pool) >"$work/Packages"
 for a in $ARCHES; do
   mkdir -p "$dist/$COMPONENT/binary-$a"
-  cp "$work/Packages" "$dist/$COMPONENT/binary-$a/Packages"
-  gzip -9n <"$work/Packages" >"$dist/$COMPONENT/binary-$a/Packages.gz"
+  (cd "$out" && apt-ftparchive --arch "$a" packages pool) >"$dist/$COMPONENT/binary-$a/Packages"
+  gzip -9n <"$dist/$COMPONENT/binary-$a/Packages" >"$dist/$COMPONENT/binary-$a/Packages.gz"
 done
 apt-ftparchive \
   -o APT::FTPArchive::Release::Origin="$ORIGIN" \
