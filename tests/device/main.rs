@@ -12,6 +12,7 @@ mod kiosk;
 // A/B OS updates on a simulated Mender device.
 mod ab;
 mod os_update;
+mod self_update;
 
 use std::time::{Duration, Instant};
 
