@@ -104,24 +104,22 @@ fn setup(name: &str, first: &[(String, String)]) -> (Booted, FleetRepo, GitHttpS
     let dev = Booted::start(name);
     // The agent under test is the packaged one, not the harness's copy.
     dev.sh("rm /usr/local/bin/fleet-agent");
-    dev.write("/etc/fleet-agent/agent.toml", "");
     (dev, repo, git)
 }
 
 fn install_agent(dev: &Booted, apt_port: u16) {
-    std::fs::copy(
-        apt_repo().join("fleet-test-archive-keyring.gpg"),
-        dev.path("/root/bootstrap.gpg"),
-    )
-    .unwrap();
+    // Readable by apt's _apt user (not under /root).
+    let keyring = dev.path("/etc/apt/keyrings/bootstrap.gpg");
+    std::fs::create_dir_all(keyring.parent().unwrap()).unwrap();
+    std::fs::copy(apt_repo().join("fleet-test-archive-keyring.gpg"), keyring).unwrap();
     dev.write(
         "/etc/apt/sources.list.d/bootstrap.sources",
-        &format!("Types: deb\nURIs: http://127.0.0.1:{apt_port}/\nSuites: fleet-test\nComponents: main\nSigned-By: /root/bootstrap.gpg\n"),
+        &format!("Types: deb\nURIs: http://127.0.0.1:{apt_port}/\nSuites: fleet-test\nComponents: main\nSigned-By: /etc/apt/keyrings/bootstrap.gpg\n"),
     );
     dev.sh(&format!(
-        "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fleet-agent={N}-1 >/dev/null"
+        "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fleet-agent={N}-1 >/tmp/install.log 2>&1 || {{ cat /tmp/install.log; exit 1; }}"
     ));
-    dev.sh("rm /etc/apt/sources.list.d/bootstrap.sources /root/bootstrap.gpg");
+    dev.sh("rm /etc/apt/sources.list.d/bootstrap.sources /etc/apt/keyrings/bootstrap.gpg");
     assert_eq!(dev.sh("fleet-agent --version"), format!("fleet-agent {N}"));
     assert_eq!(dev.sh("systemctl is-enabled fleet-agent.timer"), "enabled");
 }
@@ -183,6 +181,26 @@ fn wait_idle(dev: &Booted) {
 /// One run started by the timer: restarts the timer and waits for a new invocation
 /// of the service to finish.
 fn timer_run(dev: &Booted) -> UnitRun {
+    for _ in 0..3 {
+        let run = timer_run_once(dev);
+        // 219/CGROUP: systemd could not set up the unit's cgroup, so the agent never
+        // started. Seen on this test machine's nested cgroup v1 after "Failed to kill
+        // control group ... Input/output error" from the previous run; not the agent.
+        if run.exit_status != "219" {
+            return run;
+        }
+        eprintln!(
+            "{}: systemd could not start the unit (219/CGROUP); again",
+            dev.name
+        );
+    }
+    panic!(
+        "{}: systemd failed to start fleet-agent.service 3 times",
+        dev.name
+    );
+}
+
+fn timer_run_once(dev: &Booted) -> UnitRun {
     wait_idle(dev);
     let before = service_prop(dev, "InvocationID");
     dev.sh("systemctl restart fleet-agent.timer");
@@ -196,6 +214,14 @@ fn timer_run(dev: &Booted) -> UnitRun {
                 result: service_prop(dev, "Result"),
                 exit_status: service_prop(dev, "ExecMainStatus"),
             };
+            if run.result != "success" {
+                eprintln!(
+                    "{}: the run ended with {}; the service's journal:\n{}",
+                    dev.name,
+                    run.result,
+                    dev.sh("journalctl -q -u fleet-agent.service -o short-monotonic")
+                );
+            }
             wait_idle(dev);
             return run;
         }
@@ -277,8 +303,13 @@ fn the_timer_upgrades_the_declared_agent_and_a_failed_self_update_leaves_it_work
         "{journal:?}"
     );
     assert!(has(&journal, "applied"), "{journal:?}");
+    // The upgrade restarted the timer (postinst), which may have started one more run
+    // since: that one found nothing to do.
     let s = state(&dev);
-    assert_eq!(s["outcome"], "applied");
+    assert!(
+        s["outcome"] == "applied" || s["outcome"] == "unchanged",
+        "{s}"
+    );
     assert_eq!(s["applied_commit"], second.as_str());
     let pull = dev.agent(&["pull"]);
     assert!(
@@ -399,8 +430,13 @@ fn an_agent_older_than_min_agent_version_upgrades_reexecs_and_applies_in_one_run
         ),
         "{journal:?}"
     );
+    // The upgrade restarted the timer (postinst), which may have started one more run
+    // since: that one found nothing to do.
     let s = state(&dev);
-    assert_eq!(s["outcome"], "applied");
+    assert!(
+        s["outcome"] == "applied" || s["outcome"] == "unchanged",
+        "{s}"
+    );
     assert_eq!(s["applied_commit"], second.as_str());
 
     // The next run: nothing to do, no apt.
