@@ -17,6 +17,8 @@
 #       --watch-pid PID      stop the device when process PID exits (a test binary
 #                            that dies without cleaning up)
 #       --timeout SECS       boot timeout (default 120, env FLEET_DEVICE_BOOT_TIMEOUT)
+#       Env FLEET_DEVICE_ROOTFS: boot this root filesystem tree instead of
+#       scripts/device-rootfs.sh's (never modified: the device is an overlay or a copy)
 #   device.sh exec NAME [--env K=V]... -- CMD [ARGS...]
 #       Runs CMD inside the device (nsenter into all its namespaces) with a clean
 #       environment (PATH, HOME=/root, LANG=C.UTF-8, TERM=dumb, plus --env). stdin,
@@ -300,7 +302,8 @@ cmd_start() {
   fi
 
   local rootfs
-  rootfs=$("$here/device-rootfs.sh") || die "no root filesystem"
+  # FLEET_DEVICE_ROOTFS: another cached tree (scripts/arm64-deb-check.sh: an arm64 one).
+  rootfs=${FLEET_DEVICE_ROOTFS:-$("$here/device-rootfs.sh")} || die "no root filesystem"
   # The tree behind the link: a rebuild switches the link, this device keeps its tree.
   rootfs=$(readlink -f "$rootfs")
   mkdir -p "$dir"
