@@ -158,6 +158,7 @@ dev dpkg -i /root/fleet-agent.deb >"$scratch/out" 2>&1 || { cat "$scratch/out"; 
 expect "timer enabled" enabled dev systemctl is-enabled fleet-agent.timer
 expect "timer active" active dev systemctl is-active fleet-agent.timer
 expect "--version" "fleet-agent $version" dev fleet-agent --version
+expect "package architecture" arm64 dev dpkg-query -W -f '${Architecture}' fleet-agent
 
 echo "timer fires:"
 cat >"$root/etc/fleet-agent/agent.toml" <<EOF
@@ -198,6 +199,8 @@ dev systemctl start fleet-agent.service || true
 expect "unit result" "Result=success" dev systemctl show fleet-agent.service -p Result
 if journal | tail -n 5 | grep -q "no changes at ${served:0:12}"; then ok "no changes"; else bad "the second run changed something"; journal | tail -n 8 | sed 's/^/        | /'; fi
 
+echo "journal of the timer-driven pull (invocation $id):"
+dev journalctl -q -o short _SYSTEMD_INVOCATION_ID="$id" --no-pager | sed 's/^/    /' | head -n 40
 echo "durations: root filesystem ${rootfs_secs} s (0: cached), boot ${boot_secs} s, timer-driven pull ${pull_secs} s, all $(($(date +%s) - t0)) s"
 if [ "$failed" != 0 ]; then
   echo "arm64-deb-check: FAILED" >&2
