@@ -200,7 +200,7 @@ expect "unit result" "Result=success" dev systemctl show fleet-agent.service -p 
 if journal | tail -n 5 | grep -q "no changes at ${served:0:12}"; then ok "no changes"; else bad "the second run changed something"; journal | tail -n 8 | sed 's/^/        | /'; fi
 
 echo "journal of the timer-driven pull (invocation $id):"
-dev journalctl -q -o short _SYSTEMD_INVOCATION_ID="$id" --no-pager | sed 's/^/    /' | head -n 40
+dev journalctl -q -o short _SYSTEMD_INVOCATION_ID="$id" + INVOCATION_ID="$id" --no-pager | sed 's/^/    /' | head -n 40
 echo "durations: root filesystem ${rootfs_secs} s (0: cached), boot ${boot_secs} s, timer-driven pull ${pull_secs} s, all $(($(date +%s) - t0)) s"
 if [ "$failed" != 0 ]; then
   echo "arm64-deb-check: FAILED" >&2
