@@ -147,6 +147,8 @@ struct UnitRun {
     invocation: String,
     result: String,
     exit_status: String,
+    /// How long the agent ran, as systemd measured it (start to exit of the process).
+    secs: f64,
 }
 
 fn service_prop(dev: &Booted, prop: &str) -> String {
@@ -213,6 +215,11 @@ fn timer_run_once(dev: &Booted) -> UnitRun {
                 invocation: id,
                 result: service_prop(dev, "Result"),
                 exit_status: service_prop(dev, "ExecMainStatus"),
+                secs: {
+                    let us = |p: &str| service_prop(dev, p).parse::<f64>().unwrap_or(0.0);
+                    (us("ExecMainExitTimestampMonotonic") - us("ExecMainStartTimestampMonotonic"))
+                        / 1e6
+                },
             };
             if run.result != "success" {
                 eprintln!(
@@ -275,11 +282,10 @@ fn the_timer_upgrades_the_declared_agent_and_a_failed_self_update_leaves_it_work
         &fleet(apt.port, &pin(N1), &["one", "two"], ""),
         "agent N+1",
     );
-    let t = Instant::now();
     let run = timer_run(&dev);
     eprintln!(
-        "[timing] timer-driven run upgrading the agent: {:.1} s",
-        t.elapsed().as_secs_f64()
+        "[timing] timer-driven run upgrading the agent (systemd's start to exit): {:.2} s",
+        run.secs
     );
     assert_eq!(run.result, "success");
     assert_eq!(dev.sh("fleet-agent --version"), format!("fleet-agent {N1}"));
@@ -392,11 +398,10 @@ fn an_agent_older_than_min_agent_version_upgrades_reexecs_and_applies_in_one_run
         ),
         "needs N+1",
     );
-    let t = Instant::now();
     let run = timer_run(&dev);
     eprintln!(
-        "[timing] self-update run (upgrade, re-exec, apply): {:.1} s",
-        t.elapsed().as_secs_f64()
+        "[timing] self-update run: upgrade, re-exec, apply (systemd's start to exit): {:.2} s",
+        run.secs
     );
     assert_eq!(run.result, "success");
     assert_eq!(dev.sh("fleet-agent --version"), format!("fleet-agent {N1}"));
