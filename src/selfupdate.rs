@@ -201,7 +201,7 @@ pub fn pinned_version(source: &Source) -> Result<Option<String>> {
 pub fn upgrade_and_reexec(host: &Host, req: &Requirement, pin: Option<&str>) -> Error {
     let failed = |why: String| {
         Error::Other(format!(
-            "self-update to >= {} failed: {why}; fleet-agent {VERSION} is still the agent and applied nothing",
+            "self-update to >= {} failed (fleet-agent {VERSION} is still the agent; nothing else was applied): {why}",
             req.min
         ))
     };

@@ -256,6 +256,16 @@ fn journal_of(dev: &Booted, invocation: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The journal of one invocation, systemd's lines included, for the test's output.
+fn show_journal(dev: &Booted, what: &str, invocation: &str) {
+    eprintln!(
+        "[journal] {what}:\n{}",
+        dev.sh(&format!(
+            "journalctl -q -o short-precise _SYSTEMD_INVOCATION_ID={invocation} + INVOCATION_ID={invocation}"
+        ))
+    );
+}
+
 fn has(journal: &[(String, String)], text: &str) -> bool {
     journal.iter().any(|(_, m)| m.contains(text))
 }
@@ -286,6 +296,11 @@ fn the_timer_upgrades_the_declared_agent_and_a_failed_self_update_leaves_it_work
     eprintln!(
         "[timing] timer-driven run upgrading the agent (systemd's start to exit): {:.2} s",
         run.secs
+    );
+    show_journal(
+        &dev,
+        "the timer-driven run upgrading the agent",
+        &run.invocation,
     );
     assert_eq!(run.result, "success");
     assert_eq!(dev.sh("fleet-agent --version"), format!("fleet-agent {N1}"));
@@ -336,6 +351,7 @@ fn the_timer_upgrades_the_declared_agent_and_a_failed_self_update_leaves_it_work
         "needs N+2",
     );
     let run = timer_run(&dev);
+    show_journal(&dev, "the failed self-update", &run.invocation);
     assert_eq!(run.result, "exit-code");
     assert_eq!(run.exit_status, "1");
     let journal = journal_of(&dev, &run.invocation);
@@ -414,6 +430,7 @@ fn an_agent_older_than_min_agent_version_upgrades_reexecs_and_applies_in_one_run
         "two",
         "the commit applied in the same run"
     );
+    show_journal(&dev, "the self-update run", &run.invocation);
     let journal = journal_of(&dev, &run.invocation);
     let pid_of = |text: &str| {
         journal
