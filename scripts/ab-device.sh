@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# A simulated Mender A/B device: two root-filesystem slots, a persistent /data, a
+# A simulated Mender A/B device: two root-filesystem slots (full copies: each is
+# booted as its own directory, so its device number is stable across boots, as a
+# partition's is), a persistent /data, a
 # file-backed u-boot environment, and a "bootloader" loop on the host that applies
 # Mender's u-boot logic (scripts/mender-double/uboot-sim) and boots the selected slot
 # with systemd-nspawn. A reboot inside the device (systemctl reboot: nspawn exits 133)
@@ -21,9 +23,10 @@
 #   ab-device.sh stop NAME       power off, end the loop, remove everything
 #   ab-device.sh artifact OUT --name NAME [IMAGE OPTIONS]
 #       Builds an OS image and writes it as a Mender artifact (mender-artifact write
-#       rootfs-image; payload: a tar archive of the image, uncompressed).
+#       rootfs-image; payload: an uncompressed tar archive of the whole root filesystem,
+#       the cached bookworm tree plus the image's own files).
 #
-# IMAGE OPTIONS (what an OS image holds on top of the cached bookworm root filesystem):
+# IMAGE OPTIONS (what an OS image adds to the cached bookworm root filesystem):
 #   --name NAME            artifact name (default fleet-os-1): /etc/mender/artifact_info
 #                          and /etc/fleet-os-release
 #   --device-type TYPE     default pi4-sim (create: written to /data/mender/device_type;
@@ -40,10 +43,9 @@
 #                          and /usr/bin/mender; real: see docs/os-updates-simulation.md
 #
 # Layout: $FLEET_AB_RUN/NAME (default /tmp/fleet-agent-ab/NAME):
-#   slots/p2, slots/p3   upper directories of the two slots (overlays on the cached
-#                        rootfs); the device sees both at /slots/p2 and /slots/p3, the
-#                        double's RootfsPartA/B
-#   work/pN, root/       overlay work directories, the mount point of the booted slot
+#   slots/p2, slots/p3   the two root filesystems; the device sees both at /slots/p2 and
+#                        /slots/p3, the double's RootfsPartA/B
+#   image/               the factory image's own files (what it adds to the base tree)
 #   data/                /data in the device (persistent, both slots): mender/ (the
 #                        datastore, /var/lib/mender links there), fleet-agent/
 #   boot/                /uboot in the device: uboot.env (the environment),
@@ -66,7 +68,7 @@ PART_B=3
 
 ab_load_state() {
   LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
-  STATE='' LOWER='' UUID='' WATCH_PID=''
+  STATE='' UUID='' WATCH_PID=''
   [ -f "$dir/state" ] || return 1
   # shellcheck disable=SC1091
   . "$dir/state"
@@ -82,7 +84,6 @@ PID_START=$PID_START
 BOOTS=$BOOTS
 PART=$PART
 STATE=$STATE
-LOWER=$LOWER
 UUID=$UUID
 WATCH_PID=$WATCH_PID
 EOF
@@ -160,12 +161,9 @@ cmd_loop() {
     [ ! -e "$dir/poweroff" ] || break
     part=$("$double_dir/uboot-sim" boot "$dir/boot/fw_env.host.config")
     echo "/slots/p$part" >"$dir/boot/root"
-    rm -rf "$dir/work/p$part"
-    mkdir -p "$dir/work/p$part"
-    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$dir/slots/p$part,workdir=$dir/work/p$part" "$dir/root"
     BOOTS=$((BOOTS + 1)) PART=$part PID='' PID_START='' STATE=booting
     echo "$BOOTS $part" >>"$dir/boots.log"
-    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$dir/root" --machine "$name" \
+    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$dir/slots/p$part" --machine "$name" \
       --uuid "$UUID" --link-journal=no --console=pipe \
       --bind="$dir/data:/data" --bind="$dir/slots:/slots" --bind="$dir/boot:/uboot" \
       </dev/null >>"$dir/nspawn.log" 2>&1 &
@@ -177,11 +175,6 @@ cmd_loop() {
     echo "exit $rc" >>"$dir/boots.log"
     NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' STATE=off
     ab_write_state
-    for _ in $(seq 50); do
-      mountpoint -q "$dir/root" || break
-      umount "$dir/root" 2>/dev/null || sleep 0.1
-    done
-    mountpoint -q "$dir/root" && umount -l "$dir/root"
     rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
     flag=0
     [ ! -e "$dir/powercut" ] || { rm -f "$dir/powercut"; flag=1; }
@@ -243,13 +236,19 @@ cmd_create() {
   [ ! -e "$dir" ] || ab_teardown >/dev/null
   t0=$(now_ms)
   rootfs=$(readlink -f "$("$here/device-rootfs.sh")") || die "no root filesystem"
-  mkdir -p "$dir"/{image,slots/p$PART_A,slots/p$PART_B,work,root,data/mender,data/fleet-agent,boot}
+  mkdir -p "$dir"/{image,slots/p$PART_A,slots/p$PART_B,data/mender,data/fleet-agent,boot}
   trap 'rc=$?; if [ $rc != 0 ]; then log "create failed; nspawn.log:"; tail -n 30 "$dir/nspawn.log" >&2 2>/dev/null; ab_teardown >/dev/null 2>&1; fi' EXIT
   build_image "$dir/image"
   # The factory image is flashed to both slots (a Mender disk image holds it twice).
+  # Slot B is a tree of hard links to slot A's files: copying 180 MB twice costs seconds
+  # on a busy machine, and every install replaces all of B's names (rm, then extract),
+  # never writing into the shared inodes. Only booting B before any install would let
+  # in-place writes (logs) show through to A; no scenario does that.
+  tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$dir/slots/p$PART_A" --numeric-owner -xpf -
   cp -a "$dir/image/." "$dir/slots/p$PART_A/"
-  cp -a "$dir/image/." "$dir/slots/p$PART_B/"
-  install -d -m 755 "$dir/slots/p$PART_A/var/cache/apt/archives"
+  : >"$dir/slots/p$PART_A/etc/machine-id"
+  rmdir "$dir/slots/p$PART_B"
+  cp -al "$dir/slots/p$PART_A" "$dir/slots/p$PART_B"
   seed_archives "$dir/slots/p$PART_A/var/cache/apt/archives"
   # Provisioning of the data partition: device type, and the name the image's
   # bootstrap artifact would record on first start.
@@ -262,7 +261,7 @@ cmd_create() {
   echo "$dir/boot/uboot.env 0x0000 0x4000" >"$dir/boot/fw_env.host.config"
   "$double_dir/uboot-sim" init "$dir/boot/fw_env.host.config" "$PART_A" "$PART_B"
   LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
-  STATE=created LOWER=$rootfs UUID=$(tr -d '-' </proc/sys/kernel/random/uuid) WATCH_PID=''
+  STATE=created UUID=$(tr -d '-' </proc/sys/kernel/random/uuid) WATCH_PID=''
   ab_write_state
   # From here on only the loop writes the state; it records its own PID first.
   setsid "$0" _loop "$name" </dev/null >/dev/null 2>&1 8>&- 9>&- &
@@ -315,11 +314,6 @@ ab_teardown() {
   if [ -f "$dir/watchdog.pid" ] && [ "${FLEET_AB_WATCHDOG:-}" != 1 ]; then
     kill "$(cat "$dir/watchdog.pid")" 2>/dev/null || true
   fi
-  for ((i = 0; i < 20; i++)); do
-    mountpoint -q "$dir/root" 2>/dev/null || break
-    umount "$dir/root" 2>/dev/null || sleep 0.1
-  done
-  mountpoint -q "$dir/root" 2>/dev/null && umount -l "$dir/root"
   rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
   local p
   for p in "$dir"/slots/p*; do
@@ -340,7 +334,10 @@ cmd_artifact() {
   local tmp
   tmp=$(mktemp -d)
   build_image "$tmp/image"
-  tar -C "$tmp/image" --numeric-owner -cf "$tmp/rootfs.tar" .
+  local rootfs
+  rootfs=$(readlink -f "$("$here/device-rootfs.sh")") || die "no root filesystem"
+  # The whole tree: the base, then the image's files (later members win on extraction).
+  tar --numeric-owner -cf "$tmp/rootfs.tar" -C "$rootfs" . -C "$tmp/image" .
   mender-artifact --compression none write rootfs-image -t "$img_type" -n "$img_name" \
     -f "$tmp/rootfs.tar" -o "$out" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "mender-artifact failed"; }
   rm -rf "$tmp"
@@ -390,8 +387,22 @@ case "$cmd" in
       esac
     done
     current_init || { log "device $name is not running"; exit 125; }
-    exec env -i PATH="$device_path" HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM=dumb \
-      "${extra_env[@]}" nsenter -t "$PID" -a -- "$@" ;;
+    env -i PATH="$device_path" HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM=dumb \
+      "${extra_env[@]}" nsenter -t "$PID" -a -- "$@" <&0 &
+    child=$!
+    # A shutdown of the device (systemd-shutdown) sends SIGSTOP to every process in it,
+    # then SIGTERM/SIGKILL, then SIGCONT. nsenter, outside the device, stops itself
+    # when its child stops and would stay stopped, its dead child unreaped, which keeps
+    # the device's shutdown waiting for that process forever. Keep nsenter going.
+    ( while kill -0 "$child" 2>/dev/null; do
+        [ "$(cut -d' ' -f3 "/proc/$child/stat" 2>/dev/null)" != T ] || kill -CONT "$child" 2>/dev/null
+        sleep 0.2
+      done ) &
+    watcher=$!
+    rc=0
+    wait "$child" || rc=$?
+    kill "$watcher" 2>/dev/null || true
+    exit "$rc" ;;
   env) fw_printenv -c "$dir/boot/fw_env.host.config" ;;
   boots) cat "$dir/boots.log" ;;
   reboot)

@@ -198,21 +198,27 @@ impl AbDevice {
     /// run and its journal lines.
     pub fn pull(&self) -> (i32, String) {
         let boots = self.parts().len();
+        let slot = *self.parts().last().unwrap();
         self.exec(&["systemctl", "start", "fleet-agent.service"]);
-        assert_eq!(
-            self.parts().len(),
-            boots,
-            "{}: the run rebooted the device; journal:\n{}",
-            self.name,
-            self.journal_of(*self.parts().last().unwrap())
-        );
-        let code: i32 = self
-            .sh("systemctl show -P ExecMainStatus fleet-agent.service")
-            .parse()
-            .unwrap();
+        let status = self.exec(&[
+            "systemctl",
+            "show",
+            "-P",
+            "ExecMainStatus",
+            "fleet-agent.service",
+        ]);
+        let code: i32 = status.stdout.trim().parse().unwrap_or(-1);
+        if status.code != 0 || code == 5 || self.parts().len() != boots {
+            // The device is going down: the run asked for a reboot.
+            self.wait_boot(boots + 1);
+            panic!(
+                "{}: the run rebooted the device; its journal:\n{}",
+                self.name,
+                self.last_run_journal(slot)
+            );
+        }
         let all = self.sh("journalctl -q -o short-monotonic -u fleet-agent.service");
-        let journal = last_run(&all);
-        (code, journal)
+        (code, last_run(&all))
     }
 
     /// One agent run that reboots the device (the OS step asked for it): waits for the
