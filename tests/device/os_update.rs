@@ -511,3 +511,43 @@ fn os_update_leaves_a_foreign_pending_update_alone() {
     assert_eq!(dev.parts(), [2]);
     w.done();
 }
+
+/// The real Mender 3.x client of Debian bookworm (mender-client 3.4, installed with apt
+/// from Debian's mirror) on loop devices as RootfsPartA/B and the same file-backed
+/// u-boot environment: the facts the double's 3.x form follows
+/// (scripts/mender-double/real-client-probe.sh prints them).
+#[test]
+fn real_mender_3x_client_on_loop_device_partitions() {
+    let started = Instant::now();
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/mender-double/real-client-probe.sh"
+    ))
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for fact in [
+        "PROBE mender install --reboot-exit-code: exit 4",
+        "PROBE the image was written to RootfsPartB (/dev/mmcblk0p3)",
+        "PROBE boot environment after install: mender_boot_part=3 upgrade_available=1 bootcount=0",
+        // 3.x does not refuse a second install while one is pending.
+        "PROBE second mender install while one is pending: exit 4",
+        "PROBE mender rollback: exit 0",
+        "PROBE mender commit with nothing in progress: exit 2",
+        "PROBE mender commit after a fall-back: exit 1",
+        "PROBE mender commit again: exit 2",
+        "PROBE mender show-artifact: fleet-os-1",
+    ] {
+        assert!(text.contains(fact), "missing {fact:?} in:\n{text}");
+    }
+    eprintln!(
+        "[timing] real mender 3.4 probe: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    excerpt("real mender 3.4 probe", &text);
+}
