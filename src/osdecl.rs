@@ -188,9 +188,7 @@ pub fn read(file: &str, top: &Node, problems: &mut Vec<Invalid>) -> Option<OsDec
     let raw = match yaml::typed::<RawOs>(file, node) {
         Ok(r) => r,
         Err(mut p) => {
-            if !p.message.starts_with("os") {
-                p.message = format!("os: {}", p.message);
-            }
+            p.message = format!("os: {}", p.message);
             problems.push(p);
             return None;
         }

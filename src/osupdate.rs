@@ -118,7 +118,7 @@ pub struct OsState {
     pub backoff: Option<Backoff>,
     /// The boot during which the last transition happened (kernel boot id).
     pub boot_id: Option<String>,
-    /// The root filesystem id of the slot the update started from.
+    /// The marker written on the slot the update started from, just before installing.
     pub old_rootfs: Option<String>,
     /// When the first run on the new slot began verifying.
     pub verify_since: Option<u64>,
@@ -160,7 +160,7 @@ pub struct Facts {
     /// Device-local minutes after midnight.
     pub local_minutes: u16,
     pub boot_id: String,
-    /// This root filesystem's id (state::rootfs_id).
+    /// This root filesystem's marker (state::rootfs_marker; None on a new slot).
     pub rootfs: Option<String>,
     /// `show-artifact`.
     pub artifact: Option<String>,
@@ -252,6 +252,9 @@ pub fn decide(d: &Declared, s: &OsState, f: &Facts) -> Action {
             }
             Action::Install(img.clone())
         }
+        // Cut after the client switched the boot slot and the device rebooted into it:
+        // verify it (a commit the client refuses rolls back).
+        Phase::Installing if rebooted && !on_old_slot => Action::Arrived,
         Phase::Installing => Action::Cancel("an install was interrupted".into()),
         // An operator (or a power cut) rebooted before the agent did: same as below.
         Phase::Installed | Phase::Rebooting if rebooted => {
@@ -317,23 +320,17 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn resolve(config: &OsUpdateConfig, host: &Host) -> Client {
+    pub fn resolve(config: &OsUpdateConfig) -> Client {
         let program = match &config.client {
             Some(c) => c.clone(),
             None if on_path("mender-update") => "mender-update".into(),
             None => "mender".into(),
         };
-        let mut argv = vec![program];
-        // Under --root, the client's datastore is the one of that root (tests, images).
-        if !host.is_live() {
-            argv.push("--datastore".into());
-            argv.push(
-                host.path(Path::new("/var/lib/mender"))
-                    .to_string_lossy()
-                    .into_owned(),
-            );
+        // No --datastore: 3.x only knows --data, and the client's own configuration
+        // names its datastore (under --root too; tests point the double at theirs).
+        Client {
+            argv: vec![program],
         }
-        Client { argv }
     }
 
     fn run(&self, host: &Host, args: &[&str]) -> Result<(i32, String, String)> {
@@ -408,7 +405,7 @@ impl Step<'_> {
             now,
             local_minutes: local_minutes(now),
             boot_id: String::from_utf8_lossy(&boot).trim().to_string(),
-            rootfs: crate::state::rootfs_id(self.host)?,
+            rootfs: crate::state::rootfs_marker(self.host)?,
             artifact: client.show_artifact(self.host)?,
             upgrade_available: self.upgrade_available()?,
             converged,
@@ -416,13 +413,24 @@ impl Step<'_> {
     }
 
     /// `fw_printenv upgrade_available` when fw_printenv is installed (u-boot env).
+    /// Under --root, the root's /etc/fw_env.config is used, and without it there is
+    /// no environment to look at.
     fn upgrade_available(&self) -> Result<Option<bool>> {
         if !on_path("fw_printenv") {
             return Ok(None);
         }
-        let (code, out, _) = self
-            .host
-            .run_status(&["fw_printenv", "upgrade_available"], false)?;
+        let mut argv = vec!["fw_printenv".to_string()];
+        if !self.host.is_live() {
+            let config = self.host.path(Path::new("/etc/fw_env.config"));
+            if !config.is_file() {
+                return Ok(None);
+            }
+            argv.push("-c".into());
+            argv.push(config.to_string_lossy().into_owned());
+        }
+        argv.push("upgrade_available".into());
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (code, out, _) = self.host.run_status(&argv, false)?;
         // Not defined: fw_printenv exits 1 with "## Error: ... not defined".
         Ok(Some(
             code == 0 && out.trim().strip_prefix("upgrade_available=") == Some("1"),
@@ -441,7 +449,7 @@ impl Step<'_> {
         if declared.image.is_none() && state.phase == Phase::Idle {
             return Ok(Outcome::Done);
         }
-        let client = Client::resolve(self.config, self.host);
+        let client = Client::resolve(self.config);
         let mut facts = self.facts(&client, converged)?;
         if state.phase == Phase::Idle && state.current != facts.artifact {
             state.current = facts.artifact.clone();
@@ -477,7 +485,9 @@ impl Step<'_> {
             Action::Install(img) => {
                 s.target = Some(img.artifact.clone());
                 s.boot_id = Some(f.boot_id.clone());
-                s.old_rootfs = f.rootfs.clone();
+                // A fresh marker for this slot: the new image cannot carry it, so seeing
+                // it after a reboot means the old slot (the bootloader fell back).
+                s.old_rootfs = Some(crate::state::new_rootfs_marker(self.host)?);
                 s.verify_since = None;
                 enter(
                     save,

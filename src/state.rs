@@ -139,6 +139,23 @@ pub fn ensure_rootfs_id(host: &Host) -> Result<String> {
     if let Some(id) = rootfs_id(host)? {
         return Ok(id);
     }
+    new_rootfs_marker(host)?;
+    Ok(rootfs_id(host)?.expect("marker just written"))
+}
+
+/// The marker alone (no device number: an overlay root gets a new one at every mount).
+pub fn rootfs_marker(host: &Host) -> Result<Option<String>> {
+    let marker = host.path(Path::new(ROOTFS_MARKER));
+    match std::fs::read_to_string(&marker) {
+        Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("cannot read", &marker, e)),
+    }
+}
+
+/// Writes a fresh random marker (replacing any) and returns it. The OS update calls it
+/// before installing, so that no image built earlier can carry the old slot's marker.
+pub fn new_rootfs_marker(host: &Host) -> Result<String> {
     let marker = host.path(Path::new(ROOTFS_MARKER));
     if let Some(dir) = marker.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
@@ -147,7 +164,7 @@ pub fn ensure_rootfs_id(host: &Host) -> Result<String> {
     getrandom(&mut random);
     let id: String = random.iter().map(|b| format!("{b:02x}")).collect();
     write_atomic(&marker, format!("{id}\n").as_bytes(), 0o644, None)?;
-    Ok(rootfs_id(host)?.expect("marker just written"))
+    Ok(id)
 }
 
 fn getrandom(buf: &mut [u8]) {

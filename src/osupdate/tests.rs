@@ -175,11 +175,20 @@ fn an_interrupted_install_is_cancelled_then_retried() {
         decide(&d, &in_phase(Phase::Installing), &facts()),
         Action::Cancel(_)
     ));
-    // Also after a power cut (new boot).
+    // Also after a power cut that rebooted into the same slot.
+    let old_slot = Facts {
+        boot_id: "boot-2".into(),
+        ..facts()
+    };
     assert!(matches!(
-        decide(&d, &in_phase(Phase::Installing), &new_slot()),
+        decide(&d, &in_phase(Phase::Installing), &old_slot),
         Action::Cancel(_)
     ));
+    // Cut after the slot switch, and the device booted the new slot: verify it.
+    assert_eq!(
+        decide(&d, &in_phase(Phase::Installing), &new_slot()),
+        Action::Arrived
+    );
 }
 
 #[test]
@@ -386,4 +395,58 @@ fn old_state_files_without_os_update_fields_load() {
     assert_eq!(s, OsState::default());
     let s: OsState = serde_json::from_str(r#"{"phase":"rolling-back"}"#).unwrap();
     assert_eq!(s.phase, Phase::RollingBack);
+}
+
+/// Captures the OS_STATE key-value of log records (the journal logger turns keys into
+/// journal fields, so `journalctl -t fleet-agent OS_STATE=rolling-back` finds these).
+struct Capture(std::sync::Mutex<Vec<(String, String)>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if let Some(v) = record.key_values().get(log::kv::Key::from_str("OS_STATE")) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((v.to_string(), record.args().to_string()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn every_transition_is_logged_with_an_os_state_field() {
+    static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+    log::set_logger(&CAPTURE).expect("no other test installs a logger");
+    log::set_max_level(log::LevelFilter::Info);
+    let mut s = OsState::default();
+    let mut saved = Vec::new();
+    let mut save = |s: &OsState| -> crate::error::Result<()> {
+        saved.push(s.phase);
+        Ok(())
+    };
+    enter(
+        &mut save,
+        &mut s,
+        Phase::RollingBack,
+        "rolling back x".into(),
+    )
+    .unwrap();
+    enter(&mut save, &mut s, Phase::Idle, "rolled back from x".into()).unwrap();
+    assert_eq!(saved, [Phase::RollingBack, Phase::Idle]);
+    assert_eq!(
+        *CAPTURE.0.lock().unwrap(),
+        [
+            (
+                "rolling-back".to_string(),
+                "OS update: rolling back x".to_string()
+            ),
+            (
+                "idle".to_string(),
+                "OS update: rolled back from x".to_string()
+            )
+        ]
+    );
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod mender_double;
+mod os_update;
 mod pipeline;
 mod sync;
 

@@ -1,0 +1,702 @@
+//! A/B OS updates end to end: the real binary on a scratch root, a real fleet repository,
+//! real Mender artifacts (mender-artifact) served over HTTP on 127.0.0.1, and the
+//! mender-update double (scripts/mender-double) on a simulated A/B device whose u-boot
+//! environment is a file read and written by the real libubootenv tools. A "boot" runs
+//! the simulated bootloader (uboot-sim), gives the kernel a new boot id, and swaps the
+//! agent's rootfs-id marker for the one of the slot booted (each slot has its own /etc).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use crate::support::*;
+
+const DEVICE: &str = "pi-7";
+
+/// Path → HTTP status and body.
+type Files = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
+
+/// Files served on 127.0.0.1 (path → status and body); records each request path.
+struct StaticServer {
+    port: u16,
+    files: Files,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl StaticServer {
+    fn start() -> StaticServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let files: Files = Arc::default();
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (f, r) = (files.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                }
+                r.lock().unwrap().push(path.clone());
+                let (status, body) = f
+                    .lock()
+                    .unwrap()
+                    .get(&path)
+                    .cloned()
+                    .unwrap_or((404, b"not found\n".to_vec()));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            }
+        });
+        StaticServer {
+            port,
+            files,
+            requests,
+        }
+    }
+
+    fn serve(&self, path: &str, status: u16, body: Vec<u8>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (status, body));
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == path)
+            .count()
+    }
+}
+
+/// The simulated A/B device: slots p2 and p3, a u-boot environment, Mender's datastore
+/// on "/data", the double configured for them, and the agent's --root.
+struct Sim {
+    t: tempfile::TempDir,
+    device: Device,
+    repo: FleetRepo,
+    server: StaticServer,
+    boots: u32,
+}
+
+fn double_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mender-double")
+}
+
+impl Sim {
+    fn new(os_yaml: &str) -> Sim {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        for dir in [
+            "slots/p2",
+            "slots/p3",
+            "data/mender",
+            "boot",
+            "bin",
+            "art",
+            "markers",
+        ] {
+            std::fs::create_dir_all(d.join(dir)).unwrap();
+        }
+        std::fs::write(
+            d.join("boot/fw_env.config"),
+            format!("{} 0x0000 0x4000\n", d.join("boot/uboot.env").display()),
+        )
+        .unwrap();
+        std::fs::write(d.join("boot/uboot.env"), vec![0u8; 16384]).unwrap();
+        std::fs::write(
+            d.join("double.conf"),
+            format!(
+                "ROOTFS_PART_A={0}/slots/p2\nROOTFS_PART_B={0}/slots/p3\nROOT_PART_FILE={0}/boot/root\nFW_ENV_CONFIG={0}/boot/fw_env.config\nDATASTORE={0}/data/mender\nPAUSE_FILE={0}/pause\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("data/mender/device_type"), "device_type=pi4-sim\n").unwrap();
+        std::os::unix::fs::symlink(
+            double_dir().join("mender-update"),
+            d.join("bin/mender-update"),
+        )
+        .unwrap();
+        let reboot = d.join("bin/reboot");
+        std::fs::write(
+            &reboot,
+            format!("#!/bin/sh\necho reboot >> {}/reboots\n", d.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&reboot, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        uboot(
+            d,
+            &[
+                "init",
+                &format!("{}/boot/fw_env.config", d.display()),
+                "2",
+                "3",
+            ],
+        );
+
+        let server = StaticServer::start();
+        server.serve("/health", 200, b"ok\n".to_vec());
+        server.serve("/sick", 500, b"sick\n".to_vec());
+        for (name, content) in [("fleet-os-2", "os 2\n"), ("fleet-os-3", "os 3\n")] {
+            let art = artifact(d, name, content);
+            server.serve(&format!("/{name}.mender"), 200, art);
+        }
+
+        let repo = FleetRepo::new(&[
+            ("fleet.yml", &fleet_yml(&server, os_yaml)),
+            (
+                "roles/base/role.yml",
+                "resources:\n  - file:\n      path: /etc/motd\n      content: \"fleet\\n\"\n",
+            ),
+        ]);
+        let device = Device::new(
+            &repo.url(),
+            DEVICE,
+            &format!(
+                "device_type = \"pi4-sim\"\nstate_dir = \"/data/fleet-agent\"\n[os_update]\nclient = \"{0}/bin/mender-update\"\nreboot_command = [\"{0}/bin/reboot\"]\n",
+                d.display()
+            ),
+        );
+        // Under --root the agent reads the root's fw_env.config (as a device reads /etc's).
+        std::fs::copy(
+            d.join("boot/fw_env.config"),
+            device.path("/etc/fw_env.config"),
+        )
+        .unwrap();
+        let mut sim = Sim {
+            t,
+            device,
+            repo,
+            server,
+            boots: 0,
+        };
+        sim.boot();
+        sim
+    }
+
+    fn dir(&self) -> &Path {
+        self.t.path()
+    }
+
+    /// Power on or reset: the bootloader picks a slot, the kernel mounts it, a new boot id.
+    fn boot(&mut self) -> u32 {
+        let d = self.dir().to_path_buf();
+        let slot: u32 = uboot(
+            &d,
+            &["boot", &format!("{}/boot/fw_env.config", d.display())],
+        )
+        .trim()
+        .parse()
+        .unwrap();
+        let root_file = d.join("boot/root");
+        let marker = self.device.path("/etc/fleet-agent/rootfs-id");
+        // Keep the marker of the slot left; bring the booted slot's (none if new).
+        if let Ok(previous) = std::fs::read_to_string(&root_file) {
+            let previous = previous.trim().rsplit('/').next().unwrap().to_string();
+            if let Ok(id) = std::fs::read(&marker) {
+                std::fs::write(d.join("markers").join(&previous), id).unwrap();
+            }
+        }
+        let _ = std::fs::remove_file(&marker);
+        if let Ok(id) = std::fs::read(d.join("markers").join(format!("p{slot}"))) {
+            std::fs::write(&marker, id).unwrap();
+        }
+        std::fs::write(&root_file, format!("{}/slots/p{slot}\n", d.display())).unwrap();
+        self.boots += 1;
+        let boot_id = self.device.path("/proc/sys/kernel/random/boot_id");
+        std::fs::create_dir_all(boot_id.parent().unwrap()).unwrap();
+        std::fs::write(&boot_id, format!("boot-{}\n", self.boots)).unwrap();
+        slot
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let out = self
+            .device
+            .command(args)
+            .env("MENDER_DOUBLE_CONF", self.dir().join("double.conf"))
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        to_run(out)
+    }
+
+    fn os_state(&self) -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(self.device.path("/data/fleet-agent/state.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["os_update"].clone()
+    }
+
+    fn env(&self, name: &str) -> String {
+        let out = Command::new("fw_printenv")
+            .args([
+                "-c",
+                self.dir().join("boot/fw_env.config").to_str().unwrap(),
+                "-n",
+                name,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn reboots(&self) -> usize {
+        std::fs::read_to_string(self.dir().join("reboots"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn show_artifact(&self) -> String {
+        let out = Command::new(self.dir().join("bin/mender-update"))
+            .arg("show-artifact")
+            .env("MENDER_DOUBLE_CONF", self.dir().join("double.conf"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn declare(&self, os_yaml: &str) {
+        self.repo
+            .commit(&[("fleet.yml", &fleet_yml(&self.server, os_yaml))], "os");
+    }
+}
+
+fn fleet_yml(server: &StaticServer, os_yaml: &str) -> String {
+    format!(
+        "format: 1\nroles: [base]\n{}",
+        os_yaml.replace("URL", &server.url(""))
+    )
+}
+
+fn uboot(_d: &Path, args: &[&str]) -> String {
+    let out = Command::new(double_dir().join("uboot-sim"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "uboot-sim {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A real rootfs-image artifact whose payload is a tar of a tiny root filesystem.
+fn artifact(d: &Path, name: &str, os: &str) -> Vec<u8> {
+    let img = d.join("art").join(name);
+    std::fs::create_dir_all(img.join("etc")).unwrap();
+    std::fs::write(img.join("os"), os).unwrap();
+    let tar = d.join("art").join(format!("{name}.tar"));
+    let out = d.join("art").join(format!("{name}.mender"));
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&img)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let status = Command::new("mender-artifact")
+        .args(["write", "rootfs-image", "-t", "pi4-sim", "-n", name, "-f"])
+        .arg(&tar)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("mender-artifact runs (scripts/install-deps.sh)");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+const NOW_2: &str = "os:\n  images:\n    pi4-sim:\n      artifact: fleet-os-2\n      uri: URL/fleet-os-2.mender\n  reboot: now\n  health:\n    timeout_seconds: 2\n    urls: [\"URL/health\"]\n";
+
+#[test]
+fn os_declaration_errors_name_the_place_and_change_nothing() {
+    let sim = Sim::new("");
+    sim.declare("os:\n  images:\n    pi4-sim:\n      artifact: fleet-os-2\n      uri: URL/fleet-os-2.mender\n  reboot: \"25:00-04:00\"\n");
+    // Everything but the agent's own state (on /data here).
+    let snapshot = || {
+        let mut s = sim.device.snapshot();
+        s.retain(|k, _| !k.starts_with("/data"));
+        s
+    };
+    let before = snapshot();
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("fleet.yml:8:11: os.reboot: expected now, never or a window \"HH:MM-HH:MM\""),
+        "{run:?}"
+    );
+    assert_eq!(snapshot(), before);
+    assert_eq!(sim.env("upgrade_available"), "0");
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 0);
+    // The fleet repository's CI sees the same error.
+    let validate = sim.run(&["validate", sim.repo.work.to_str().unwrap()]);
+    assert_eq!(validate.code, 1, "{validate:?}");
+    assert!(
+        validate.stderr.contains("fleet.yml:8:11: os.reboot"),
+        "{validate:?}"
+    );
+    // An unknown key in agent.toml's [os_update] is a configuration error.
+    let config = sim.device.read("/etc/fleet-agent/agent.toml");
+    std::fs::write(
+        &sim.device.config,
+        config.replace("reboot_command", "reboot_cmd"),
+    )
+    .unwrap();
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 64, "{run:?}");
+    assert!(run.stderr.contains("unknown field `reboot_cmd`"), "{run:?}");
+}
+
+#[test]
+fn plan_shows_the_os_update_and_counts_it_as_a_change() {
+    let sim = Sim::new(NOW_2);
+    let run = sim.run(&["plan"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    // No run recorded yet: the current artifact is not known to plan (it runs nothing).
+    assert!(
+        run.stdout
+            .contains("OS: unknown → fleet-os-2 (pi4-sim), reboot: now"),
+        "{run:?}"
+    );
+    let json = sim.run(&["plan", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["os"]["artifact"], "fleet-os-2");
+    assert_eq!(v["os"]["pending"], true);
+    assert_eq!(v["os"]["reboot"], "now");
+    sim.declare(&NOW_2.replace("reboot: now", "reboot: 02:00-04:00"));
+    let run = sim.run(&["plan"]);
+    assert!(
+        run.stdout
+            .contains("OS: unknown → fleet-os-2 (pi4-sim), reboot: in window 02:00-04:00"),
+        "{run:?}"
+    );
+    sim.declare(&NOW_2.replace("reboot: now", "reboot: never"));
+    let run = sim.run(&["plan"]);
+    assert!(
+        run.stdout
+            .contains("OS: unknown → fleet-os-2 (pi4-sim), reboot: never (operator)"),
+        "{run:?}"
+    );
+    // Nothing was installed by planning.
+    assert_eq!(sim.env("upgrade_available"), "0");
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 0);
+}
+
+#[test]
+fn an_update_installs_reboots_verifies_and_commits_then_nothing_more() {
+    let mut sim = Sim::new(NOW_2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(sim.reboots(), 1);
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "rebooting", "{os}");
+    assert_eq!(os["target"], "fleet-os-2");
+    assert_eq!(sim.env("upgrade_available"), "1");
+    assert_eq!(sim.env("mender_boot_part"), "3");
+    // Pending: the client still reports the old artifact until commit.
+    assert_eq!(sim.show_artifact(), "unknown");
+    // The downloaded image is kept on /data until the update ends.
+    assert!(sim.device.path("/data/fleet-agent/os-image").is_file());
+    assert!(
+        run.stderr.contains("OS update: rebooting into fleet-os-2"),
+        "{run:?}"
+    );
+
+    assert_eq!(sim.boot(), 3);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("OS update: committed fleet-os-2"),
+        "{run:?}"
+    );
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["current"], "fleet-os-2");
+    assert_eq!(os["failed"], serde_json::json!([]));
+    assert_eq!(sim.env("upgrade_available"), "0");
+    assert_eq!(sim.show_artifact(), "fleet-os-2");
+    assert_eq!(
+        std::fs::read_to_string(sim.dir().join("slots/p3/os")).unwrap(),
+        "os 2\n"
+    );
+    assert!(!sim.device.path("/data/fleet-agent/os-image").exists());
+    // The roles were converged on the new slot (its /etc had none of it).
+    assert_eq!(sim.device.read("/etc/motd"), "fleet\n");
+
+    // Already current: nothing to do, no download, no reboot.
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.reboots(), 1);
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 1);
+    let plan = sim.run(&["plan"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(
+        plan.stdout.contains("OS: fleet-os-2 (pi4-sim), up to date"),
+        "{plan:?}"
+    );
+    let status = sim.run(&["os", "status"]);
+    assert!(status.stdout.contains("phase:    idle"), "{status:?}");
+    assert!(status.stdout.contains("current:  fleet-os-2"), "{status:?}");
+    let json = sim.run(&["os", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v["current"], "fleet-os-2");
+    assert_eq!(v["phase"], "idle");
+}
+
+#[test]
+fn a_fall_back_marks_the_version_failed_and_it_is_not_retried_until_os_retry() {
+    let mut sim = Sim::new(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    // The new slot never gets to run the agent: a reset, then the boot limit is passed
+    // and the bootloader returns to the old slot (same rootfs id, new boot id).
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("fell back"), "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]));
+    assert_eq!(sim.show_artifact(), "unknown");
+
+    // Not retried.
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 1);
+    assert_eq!(sim.reboots(), 1);
+    let plan = sim.run(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("fleet-os-2 failed before, not retried"),
+        "{plan:?}"
+    );
+    assert_eq!(plan.code, 0, "{plan:?}");
+
+    // A newer artifact is installed.
+    sim.declare(&NOW_2.replace("fleet-os-2", "fleet-os-3"));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(sim.server.count("/fleet-os-3.mender"), 1);
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.show_artifact(), "fleet-os-3");
+
+    // Back to fleet-os-2: still failed, until `os retry`.
+    sim.declare(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 1);
+    let retry = sim.run(&["os", "retry"]);
+    assert_eq!(retry.code, 0, "{retry:?}");
+    assert!(
+        retry.stdout.contains("allowed again: fleet-os-2"),
+        "{retry:?}"
+    );
+    assert_eq!(sim.os_state()["failed"], serde_json::json!([]));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 2);
+}
+
+#[test]
+fn failed_health_checks_roll_back_to_the_old_slot() {
+    let mut sim = Sim::new(&NOW_2.replace("URL/health", "URL/sick"));
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("rolling back fleet-os-2: health checks failed"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("/sick answered 500"), "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "rolling-back", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]));
+    assert_eq!(sim.reboots(), 2);
+    assert_eq!(sim.env("mender_boot_part"), "2");
+
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert!(os["message"]
+        .as_str()
+        .unwrap()
+        .contains("rolled back from fleet-os-2"));
+    assert_eq!(sim.show_artifact(), "unknown");
+    assert_eq!(sim.env("upgrade_available"), "0");
+    // And it is not retried.
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.reboots(), 2);
+}
+
+#[test]
+fn failed_downloads_back_off_and_os_retry_clears_the_backoff() {
+    let sim = Sim::new(&NOW_2.replace("fleet-os-2.mender", "missing.mender"));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("HTTP 404"), "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["backoff"]["attempts"], 1);
+    let after = os["backoff"]["after"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!((now + 590..=now + 600).contains(&after), "{after} vs {now}");
+    // During the backoff: no new attempt.
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.server.count("/missing.mender"), 1);
+    let status = sim.run(&["os", "status"]);
+    assert!(
+        status.stdout.contains("retry:    fleet-os-2 after"),
+        "{status:?}"
+    );
+    let retry = sim.run(&["os", "retry"]);
+    assert!(
+        retry.stdout.contains("backoff of fleet-os-2 cleared"),
+        "{retry:?}"
+    );
+    assert_eq!(sim.run(&["pull"]).code, 1);
+    assert_eq!(sim.server.count("/missing.mender"), 2);
+
+    // A wrong sha256 is a failed download too; the second failure doubles the delay.
+    sim.declare(&NOW_2.replace(
+        "uri: URL/fleet-os-2.mender",
+        "uri: URL/fleet-os-2.mender\n      sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"",
+    ));
+    std::fs::write(sim.dir().join("unused"), "").unwrap();
+    let run = sim.run(&["os", "retry"]);
+    assert_eq!(run.code, 0);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("sha256 is "), "{run:?}");
+    assert_eq!(sim.env("upgrade_available"), "0");
+    assert!(!sim.device.path("/data/fleet-agent/os-image").exists());
+}
+
+#[test]
+fn a_closed_reboot_window_waits_and_an_open_one_reboots() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = |offset_minutes: i64| {
+        let m = ((now / 60) as i64 + offset_minutes).rem_euclid(1440);
+        format!("{:02}:{:02}", m / 60, m % 60)
+    };
+    let closed = format!("\"{}-{}\"", at(120), at(180));
+    let open = format!("\"{}-{}\"", at(-60), at(60));
+    let sim = Sim::new(&NOW_2.replace("reboot: now", &format!("reboot: {closed}")));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "installed");
+    assert_eq!(sim.reboots(), 0);
+    // Again: still waiting, nothing installed twice.
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 1);
+    sim.declare(&NOW_2.replace("reboot: now", &format!("reboot: {open}")));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(sim.reboots(), 1);
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 1);
+}
+
+#[test]
+fn reboot_never_waits_for_the_operator_then_verifies() {
+    let mut sim = Sim::new(&NOW_2.replace("reboot: now", "reboot: never"));
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.os_state()["phase"], "installed");
+    assert_eq!(sim.reboots(), 0);
+    // The operator reboots.
+    assert_eq!(sim.boot(), 3);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.os_state()["current"], "fleet-os-2");
+    assert_eq!(sim.show_artifact(), "fleet-os-2");
+}
+
+#[test]
+fn a_power_cut_during_install_is_rolled_back_and_the_install_retried() {
+    use std::os::unix::process::CommandExt;
+    let mut sim = Sim::new(NOW_2);
+    // The double stops once it has recorded the update and before the boot variables.
+    let pause = sim.dir().join("pause");
+    std::fs::write(&pause, "ArtifactInstall").unwrap();
+    let mut child = sim
+        .device
+        .command(&["pull"])
+        .env("MENDER_DOUBLE_CONF", sim.dir().join("double.conf"))
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let reached = sim.dir().join("pause.reached");
+    for _ in 0..600 {
+        if reached.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        reached.exists(),
+        "the install did not reach ArtifactInstall"
+    );
+    // Power cut: the agent and the client die at once.
+    let pgid = child.id();
+    assert!(Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+    std::fs::remove_file(&pause).unwrap();
+    assert_eq!(sim.os_state()["phase"], "installing");
+
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("cancelled fleet-os-2: an install was interrupted"),
+        "{run:?}"
+    );
+    assert_eq!(sim.os_state()["phase"], "rebooting");
+    assert_eq!(sim.server.count("/fleet-os-2.mender"), 2);
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.show_artifact(), "fleet-os-2");
+}
