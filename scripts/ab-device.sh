@@ -68,7 +68,7 @@ PART_B=3
 
 ab_load_state() {
   LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
-  STATE='' UUID='' WATCH_PID=''
+  STATE='' UUID='' WATCH_PID='' CLIENT=double LOOP_DEVS=''
   [ -f "$dir/state" ] || return 1
   # shellcheck disable=SC1091
   . "$dir/state"
@@ -85,6 +85,8 @@ BOOTS=$BOOTS
 PART=$PART
 STATE=$STATE
 UUID=$UUID
+CLIENT=$CLIENT
+LOOP_DEVS='$LOOP_DEVS'
 WATCH_PID=$WATCH_PID
 EOF
   mv -f "$dir/state.tmp.$$" "$dir/state"
@@ -107,6 +109,21 @@ parse_image_opt() { # sets SHIFT to the number of words consumed, 0 if not an im
   esac
 }
 
+# Debian's mender-client and libglib2.0-0 (the only dependency minbase lacks), fetched
+# once with apt-get download into the test cache; prints their paths.
+real_client_debs() {
+  local d=$cache/real-mender-debs p f
+  mkdir -p "$d"
+  for p in mender-client libglib2.0-0; do
+    f=$(ls "$d/${p}"_*.deb 2>/dev/null | head -n1)
+    if [ -z "$f" ]; then
+      (cd "$d" && apt-get download -q "$p" >&2) || die "apt-get download $p failed"
+      f=$(ls "$d/${p}"_*.deb | head -n1)
+    fi
+    echo "$f"
+  done
+}
+
 # Writes the image layer (everything the OS image adds to the cached rootfs) to DIR.
 build_image() {
   local d=$1 a src dest
@@ -118,7 +135,19 @@ build_image() {
   echo "/uboot/uboot.env 0x0000 0x4000" >"$d/etc/fw_env.config"
   # The datastore on the data partition, as on a Mender device.
   ln -sfn /data/mender "$d/var/lib/mender"
-  if [ "$img_client" = double ]; then
+  if [ "$img_client" = real ]; then
+    # Debian's mender-client 3.4 and the one library minbase lacks, unpacked (not
+    # configured: the daemon stays off; standalone mode needs no service).
+    local deb x
+    x=$(mktemp -d)
+    for deb in $(real_client_debs); do dpkg-deb -x "$deb" "$x"; done
+    # bookworm is merged-/usr: /lib is a link to usr/lib in the base tree. The package's
+    # /var/lib/mender is the link to /data/mender here.
+    if [ -d "$x/lib" ]; then mkdir -p "$x/usr/lib" && cp -a "$x/lib/." "$x/usr/lib/" && rm -rf "$x/lib"; fi
+    rm -rf "$x/var/lib/mender"
+    cp -a "$x/." "$d/"
+    rm -rf "$x"
+  else
     install -m 755 "$double_dir/mender-update" "$d/usr/bin/mender-update"
     install -m 755 "$double_dir/mender-update" "$d/usr/bin/mender"
     cat >"$d/etc/mender-double.conf" <<EOF
@@ -152,7 +181,7 @@ EOF
 # --- the bootloader loop (runs detached, one per device) ---
 cmd_loop() {
   ab_load_state || die "no state for $name"
-  local part rc flag
+  local part rc flag root l binds
   exec >>"$dir/loop.log" 2>&1
   LOOP_PID=$$
   LOOP_START=$(starttime $$)
@@ -163,9 +192,16 @@ cmd_loop() {
     echo "/slots/p$part" >"$dir/boot/root"
     BOOTS=$((BOOTS + 1)) PART=$part PID='' PID_START='' STATE=booting
     echo "$BOOTS $part" >>"$dir/boots.log"
-    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$dir/slots/p$part" --machine "$name" \
+    root=$dir/slots/p$part binds=(--bind="$dir/slots:/slots")
+    if [ "$CLIENT" = real ]; then
+      root=$dir/mnt binds=()
+      mkdir -p "$root"
+      mount "/dev/loop$part" "$root"
+      for l in $LOOP_DEVS; do binds+=(--bind="$l"); done
+    fi
+    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$root" --machine "$name" \
       --uuid "$UUID" --link-journal=no --console=pipe \
-      --bind="$dir/data:/data" --bind="$dir/slots:/slots" --bind="$dir/boot:/uboot" \
+      --bind="$dir/data:/data" --bind="$dir/boot:/uboot" "${binds[@]}" \
       </dev/null >>"$dir/nspawn.log" 2>&1 &
     NSPAWN_PID=$!
     NSPAWN_START=$(starttime "$NSPAWN_PID") || NSPAWN_START=''
@@ -175,6 +211,13 @@ cmd_loop() {
     echo "exit $rc" >>"$dir/boots.log"
     NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' STATE=off
     ab_write_state
+    if [ "$CLIENT" = real ]; then
+      for _ in $(seq 50); do
+        mountpoint -q "$root" || break
+        umount "$root" 2>/dev/null || sleep 0.1
+      done
+      ! mountpoint -q "$root" || umount -l "$root"
+    fi
     rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
     flag=0
     [ ! -e "$dir/powercut" ] || { rm -f "$dir/powercut"; flag=1; }
@@ -216,6 +259,28 @@ current_init() {
   PID=$(find_init) || return 1
 }
 
+# --client real: the slots are ext4 images on loop devices (the real client writes
+# images to block devices, BLKGETSIZE64), booted from their mounts, so that the mounted
+# root is the partition the client sees. The loop devices' numbers are the partition
+# numbers (mender_boot_part), and RootfsPartA/B go to the fallback configuration on
+# /data (/var/lib/mender/mender.conf): artifacts are built once for every device.
+real_slots() { # ROOTFS
+  local tree=$dir/tree la lb
+  mkdir -p "$tree"
+  tar -C "$1" --numeric-owner -cf - . | tar -C "$tree" --numeric-owner -xpf -
+  cp -a "$dir/image/." "$tree/"
+  : >"$tree/etc/machine-id"
+  mkfs.ext4 -q -F -L rootfs -d "$tree" "$dir/slotA.img" 700M
+  cp --sparse=always "$dir/slotA.img" "$dir/slotB.img"
+  rm -rf "$tree"
+  rmdir "$dir/slots/p$PART_A" "$dir/slots/p$PART_B"
+  la=$(losetup -f --show "$dir/slotA.img")
+  lb=$(losetup -f --show "$dir/slotB.img")
+  LOOP_DEVS="$la $lb"
+  PART_A=${la#/dev/loop} PART_B=${lb#/dev/loop}
+  echo "{\"RootfsPartA\": \"$la\", \"RootfsPartB\": \"$lb\"}" >"$dir/data/mender/mender.conf"
+}
+
 cmd_create() {
   local watch='' timeout=${FLEET_DEVICE_BOOT_TIMEOUT:-120} t0 rootfs
   while [ $# -gt 0 ]; do
@@ -227,7 +292,6 @@ cmd_create() {
       *) die "create: unknown option $1" ;;
     esac
   done
-  [ "$img_client" = double ] || die "--client real: see docs/os-updates-simulation.md (not available)"
   lockf=$ab_run/.$name.lock
   mkdir -p "$ab_run"
   exec 8>>"$lockf"
@@ -239,29 +303,35 @@ cmd_create() {
   mkdir -p "$dir"/{image,slots/p$PART_A,slots/p$PART_B,data/mender,data/fleet-agent,boot}
   trap 'rc=$?; if [ $rc != 0 ]; then log "create failed; nspawn.log:"; tail -n 30 "$dir/nspawn.log" >&2 2>/dev/null; ab_teardown >/dev/null 2>&1; fi' EXIT
   build_image "$dir/image"
-  # The factory image is flashed to both slots (a Mender disk image holds it twice).
-  # Slot B is a tree of hard links to slot A's files: copying 180 MB twice costs seconds
-  # on a busy machine, and every install replaces all of B's names (rm, then extract),
-  # never writing into the shared inodes. Only booting B before any install would let
-  # in-place writes (logs) show through to A; no scenario does that.
-  tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$dir/slots/p$PART_A" --numeric-owner -xpf -
-  cp -a "$dir/image/." "$dir/slots/p$PART_A/"
-  : >"$dir/slots/p$PART_A/etc/machine-id"
-  rmdir "$dir/slots/p$PART_B"
-  cp -al "$dir/slots/p$PART_A" "$dir/slots/p$PART_B"
-  seed_archives "$dir/slots/p$PART_A/var/cache/apt/archives"
+  if [ "$img_client" = real ]; then
+    real_slots "$rootfs"
+  else
+    # The factory image is flashed to both slots (a Mender disk image holds it twice).
+    # Slot B is a tree of hard links to slot A's files: copying 180 MB twice costs
+    # seconds on a busy machine, and every install replaces all of B's names (rm, then
+    # extract), never writing into the shared inodes. Only booting B before any install
+    # would let in-place writes (logs) show through to A; no scenario does that.
+    tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$dir/slots/p$PART_A" --numeric-owner -xpf -
+    cp -a "$dir/image/." "$dir/slots/p$PART_A/"
+    : >"$dir/slots/p$PART_A/etc/machine-id"
+    rmdir "$dir/slots/p$PART_B"
+    cp -al "$dir/slots/p$PART_A" "$dir/slots/p$PART_B"
+    seed_archives "$dir/slots/p$PART_A/var/cache/apt/archives"
+  fi
   # Provisioning of the data partition: device type, and the name the image's
   # bootstrap artifact would record on first start.
   echo "device_type=$img_type" >"$dir/data/mender/device_type"
-  mkdir -p "$dir/data/mender/double-store"
-  echo "artifact_name=$img_name" >"$dir/data/mender/double-store/artifact_name"
+  if [ "$img_client" = double ]; then
+    mkdir -p "$dir/data/mender/double-store"
+    echo "artifact_name=$img_name" >"$dir/data/mender/double-store/artifact_name"
+  fi
   [ -z "$img_toml" ] || install -m 644 "$img_toml" "$dir/data/fleet-agent/agent.toml"
   # The environment: a zeroed 16 KiB file gets Mender's defaults (partition A).
   head -c 16384 /dev/zero >"$dir/boot/uboot.env"
   echo "$dir/boot/uboot.env 0x0000 0x4000" >"$dir/boot/fw_env.host.config"
   "$double_dir/uboot-sim" init "$dir/boot/fw_env.host.config" "$PART_A" "$PART_B"
   LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
-  STATE=created UUID=$(tr -d '-' </proc/sys/kernel/random/uuid) WATCH_PID=''
+  STATE=created UUID=$(tr -d '-' </proc/sys/kernel/random/uuid) WATCH_PID='' CLIENT=$img_client
   ab_write_state
   # From here on only the loop writes the state; it records its own PID first.
   setsid "$0" _loop "$name" </dev/null >/dev/null 2>&1 8>&- 9>&- &
@@ -280,6 +350,8 @@ cmd_create() {
   echo "NAME=$name"
   echo "DIR=$dir"
   echo "PART=$PART"
+  echo "PART_A=$PART_A"
+  echo "PART_B=$PART_B"
   echo "BOOTS=$BOOTS"
   echo "PID=$PID"
   echo "BOOT_MS=$(($(now_ms) - t0))"
@@ -315,6 +387,11 @@ ab_teardown() {
     kill "$(cat "$dir/watchdog.pid")" 2>/dev/null || true
   fi
   rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
+  if [ -d "$dir/mnt" ]; then
+    mountpoint -q "$dir/mnt" && { umount "$dir/mnt" 2>/dev/null || umount -l "$dir/mnt"; }
+  fi
+  local l
+  for l in $LOOP_DEVS; do losetup -d "$l" 2>/dev/null || true; done
   local p
   for p in "$dir"/slots/p*; do
     [ -d "$p/var/cache/apt/archives" ] && harvest_archives "$p/var/cache/apt/archives"
@@ -336,10 +413,22 @@ cmd_artifact() {
   build_image "$tmp/image"
   local rootfs
   rootfs=$(readlink -f "$("$here/device-rootfs.sh")") || die "no root filesystem"
-  # The whole tree: the base, then the image's files (later members win on extraction).
-  tar --numeric-owner -cf "$tmp/rootfs.tar" -C "$rootfs" . -C "$tmp/image" .
+  local payload=$tmp/rootfs.tar
+  if [ "$img_client" = real ]; then
+    # An ext4 image of the whole tree, as a real rootfs-image artifact carries.
+    mkdir -p "$tmp/tree"
+    tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$tmp/tree" --numeric-owner -xpf -
+    cp -a "$tmp/image/." "$tmp/tree/"
+    : >"$tmp/tree/etc/machine-id"
+    payload=$tmp/rootfs.ext4
+    mkfs.ext4 -q -F -L rootfs -d "$tmp/tree" "$payload" "$(($(du -sm "$tmp/tree" | cut -f1) * 13 / 10 + 64))M"
+    rm -rf "$tmp/tree"
+  else
+    # The whole tree: the base, then the image's files (later members win on extraction).
+    tar --numeric-owner -cf "$payload" -C "$rootfs" . -C "$tmp/image" .
+  fi
   mender-artifact --compression none write rootfs-image -t "$img_type" -n "$img_name" \
-    -f "$tmp/rootfs.tar" -o "$out" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "mender-artifact failed"; }
+    -f "$payload" -o "$out" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "mender-artifact failed"; }
   rm -rf "$tmp"
   echo "ARTIFACT=$out"
   echo "NAME=$img_name"

@@ -86,20 +86,52 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// The real-client (`--client real`) artifact: fleet-os-2 as an ext4 image with Debian's
+/// mender-client 3.4, built once per test process.
+pub fn real_artifact() -> &'static Path {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        let arts = artifacts();
+        let dir = arts.dir.join("real");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("fleet-os-2.mender");
+        let add = format!("{}:/etc/fleet-os-healthy", arts.healthy.display());
+        let run = ab(&[
+            "artifact",
+            out.to_str().unwrap(),
+            "--client",
+            "real",
+            "--name",
+            "fleet-os-2",
+            "--agent",
+            BIN,
+            "--add",
+            &add,
+        ]);
+        assert_eq!(run.code, 0, "real artifact: {run:?}");
+        dir
+    })
+}
+
 pub struct AbDevice {
     pub name: String,
     pub dir: PathBuf,
+    /// The partition numbers of slots A and B (2 and 3; the loop device numbers with
+    /// `--client real`).
+    pub part_a: u32,
+    pub part_b: u32,
 }
 
 impl AbDevice {
     /// Creates and boots a device running fleet-os-1 (healthy) with this agent.toml.
-    pub fn create(name: &str, agent_toml: &str) -> AbDevice {
+    /// `extra`: more ab-device.sh options (`--client real`).
+    pub fn create(name: &str, agent_toml: &str, extra: &[&str]) -> AbDevice {
         let arts = artifacts();
         let toml = arts.dir.join(format!("agent-{name}.toml"));
         std::fs::write(&toml, agent_toml).unwrap();
         let add = format!("{}:/etc/fleet-os-healthy", arts.healthy.display());
         let pid = std::process::id().to_string();
-        let run = ab(&[
+        let mut args = vec![
             "create",
             name,
             "--agent",
@@ -110,7 +142,9 @@ impl AbDevice {
             &add,
             "--watch-pid",
             &pid,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let run = ab(&args);
         assert_eq!(run.code, 0, "A/B device {name} did not boot: {run:?}");
         let dir = run
             .stdout
@@ -118,9 +152,18 @@ impl AbDevice {
             .find_map(|l| l.strip_prefix("DIR="))
             .map(PathBuf::from)
             .expect("ab-device.sh prints DIR=");
+        let part = |key: &str| -> u32 {
+            run.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("ab-device.sh prints {key}"))
+        };
         AbDevice {
             name: name.to_string(),
             dir,
+            part_a: part("PART_A="),
+            part_b: part("PART_B="),
         }
     }
 
