@@ -40,7 +40,11 @@
 #   --debian-sources       keep Debian's mirror in apt's sources (default: none, as
 #                          device.sh --no-debian-sources)
 #   --client double|real   double (default): scripts/mender-double as /usr/bin/mender-update
-#                          and /usr/bin/mender; real: see docs/os-updates-simulation.md
+#                          and /usr/bin/mender. real: Debian's mender-client 3.4 (`mender`)
+#                          and libglib (apt-get download, cached); the slots are ext4
+#                          images on loop devices, booted from their mounts; the loop
+#                          numbers are the partition numbers (create prints PART_A,
+#                          PART_B); artifacts carry an ext4 image
 #
 # Layout: $FLEET_AB_RUN/NAME (default /tmp/fleet-agent-ab/NAME):
 #   slots/p2, slots/p3   the two root filesystems; the device sees both at /slots/p2 and
