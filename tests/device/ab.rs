@@ -237,12 +237,40 @@ impl AbDevice {
         self.sh("mender-update show-artifact")
     }
 
+    /// `systemctl start fleet-agent.service`. On this host's hybrid cgroups, systemd in
+    /// the device sometimes cannot set up the unit's cgroup right after the previous run
+    /// (exit status 219/CGROUP, the agent never ran): start it again, at most twice.
+    fn start_run(&self) {
+        for _ in 0..3 {
+            let boots = self.parts().len();
+            self.exec(&["systemctl", "start", "fleet-agent.service"]);
+            if self.parts().len() != boots {
+                return;
+            }
+            let st = self.exec(&[
+                "systemctl",
+                "show",
+                "-P",
+                "ExecMainStatus",
+                "fleet-agent.service",
+            ]);
+            if st.code != 0 || st.stdout.trim() != "219" {
+                return;
+            }
+            eprintln!(
+                "{}: fleet-agent.service did not get its cgroup (219/CGROUP); starting it again",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
     /// One agent run that must not reboot: the exit status of fleet-agent.service's
     /// run and its journal lines.
     pub fn pull(&self) -> (i32, String) {
         let boots = self.parts().len();
         let slot = *self.parts().last().unwrap();
-        self.exec(&["systemctl", "start", "fleet-agent.service"]);
+        self.start_run();
         let status = self.exec(&[
             "systemctl",
             "show",
@@ -270,7 +298,7 @@ impl AbDevice {
     pub fn pull_rebooting(&self) -> (u32, String) {
         let boots = self.parts().len();
         let slot = *self.parts().last().unwrap();
-        self.exec(&["systemctl", "start", "fleet-agent.service"]);
+        self.start_run();
         let part = self.wait_boot(boots + 1);
         (part, self.last_run_journal(slot))
     }
