@@ -49,6 +49,18 @@ impl Artifacts {
 pub fn artifacts() -> &'static Artifacts {
     static A: OnceLock<Artifacts> = OnceLock::new();
     A.get_or_init(|| {
+        // A static is never dropped: remove what earlier test processes left (about
+        // 1 GB each), then build this process's set.
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some(pid) = name.strip_prefix("fleet-os-artifacts-") {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
         let dir = std::env::temp_dir().join(format!("fleet-os-artifacts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let healthy = dir.join("healthy");
