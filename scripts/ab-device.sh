@@ -58,6 +58,7 @@
 # Needs root. Uses scripts/device.sh's helpers (sourced).
 set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck disable=SC2034 # read by device.sh: stop before its command dispatch
 DEVICE_SH_LIBRARY=1
 # shellcheck source=device.sh
 . "$here/device.sh"
@@ -147,7 +148,7 @@ build_image() {
     for deb in $(real_client_debs); do dpkg-deb -x "$deb" "$x"; done
     # bookworm is merged-/usr: /lib is a link to usr/lib in the base tree. The package's
     # /var/lib/mender is the link to /data/mender here.
-    if [ -d "$x/lib" ]; then mkdir -p "$x/usr/lib" && cp -a "$x/lib/." "$x/usr/lib/" && rm -rf "$x/lib"; fi
+    if [ -d "$x/lib" ]; then mkdir -p "$x/usr/lib" && cp -a "$x/lib/." "$x/usr/lib/" && rm -rf "${x:?}/lib"; fi
     rm -rf "$x/var/lib/mender"
     cp -a "$x/." "$d/"
     rm -rf "$x"
