@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# A simulated Mender A/B device: two root-filesystem slots, a persistent /data, a
+# A simulated Mender A/B device: two root-filesystem slots (full copies: each is
+# booted as its own directory, so its device number is stable across boots, as a
+# partition's is), a persistent /data, a
 # file-backed u-boot environment, and a "bootloader" loop on the host that applies
 # Mender's u-boot logic (scripts/mender-double/uboot-sim) and boots the selected slot
 # with systemd-nspawn. A reboot inside the device (systemctl reboot: nspawn exits 133)
@@ -21,9 +23,10 @@
 #   ab-device.sh stop NAME       power off, end the loop, remove everything
 #   ab-device.sh artifact OUT --name NAME [IMAGE OPTIONS]
 #       Builds an OS image and writes it as a Mender artifact (mender-artifact write
-#       rootfs-image; payload: a tar archive of the image, uncompressed).
+#       rootfs-image; payload: an uncompressed tar archive of the whole root filesystem,
+#       the cached bookworm tree plus the image's own files).
 #
-# IMAGE OPTIONS (what an OS image holds on top of the cached bookworm root filesystem):
+# IMAGE OPTIONS (what an OS image adds to the cached bookworm root filesystem):
 #   --name NAME            artifact name (default fleet-os-1): /etc/mender/artifact_info
 #                          and /etc/fleet-os-release
 #   --device-type TYPE     default pi4-sim (create: written to /data/mender/device_type;
@@ -37,13 +40,16 @@
 #   --debian-sources       keep Debian's mirror in apt's sources (default: none, as
 #                          device.sh --no-debian-sources)
 #   --client double|real   double (default): scripts/mender-double as /usr/bin/mender-update
-#                          and /usr/bin/mender; real: see docs/os-updates-simulation.md
+#                          and /usr/bin/mender. real: Debian's mender-client 3.4 (`mender`)
+#                          and libglib (apt-get download, cached); the slots are ext4
+#                          images on loop devices, booted from their mounts; the loop
+#                          numbers are the partition numbers (create prints PART_A,
+#                          PART_B); artifacts carry an ext4 image
 #
 # Layout: $FLEET_AB_RUN/NAME (default /tmp/fleet-agent-ab/NAME):
-#   slots/p2, slots/p3   upper directories of the two slots (overlays on the cached
-#                        rootfs); the device sees both at /slots/p2 and /slots/p3, the
-#                        double's RootfsPartA/B
-#   work/pN, root/       overlay work directories, the mount point of the booted slot
+#   slots/p2, slots/p3   the two root filesystems; the device sees both at /slots/p2 and
+#                        /slots/p3, the double's RootfsPartA/B
+#   image/               the factory image's own files (what it adds to the base tree)
 #   data/                /data in the device (persistent, both slots): mender/ (the
 #                        datastore, /var/lib/mender links there), fleet-agent/
 #   boot/                /uboot in the device: uboot.env (the environment),
@@ -52,6 +58,7 @@
 # Needs root. Uses scripts/device.sh's helpers (sourced).
 set -Eeuo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck disable=SC2034 # read by device.sh: stop before its command dispatch
 DEVICE_SH_LIBRARY=1
 # shellcheck source=device.sh
 . "$here/device.sh"
@@ -66,7 +73,7 @@ PART_B=3
 
 ab_load_state() {
   LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
-  STATE='' LOWER='' UUID='' WATCH_PID=''
+  STATE='' UUID='' WATCH_PID='' CLIENT=double LOOP_DEVS=''
   [ -f "$dir/state" ] || return 1
   # shellcheck disable=SC1091
   . "$dir/state"
@@ -82,8 +89,9 @@ PID_START=$PID_START
 BOOTS=$BOOTS
 PART=$PART
 STATE=$STATE
-LOWER=$LOWER
 UUID=$UUID
+CLIENT=$CLIENT
+LOOP_DEVS='$LOOP_DEVS'
 WATCH_PID=$WATCH_PID
 EOF
   mv -f "$dir/state.tmp.$$" "$dir/state"
@@ -106,6 +114,21 @@ parse_image_opt() { # sets SHIFT to the number of words consumed, 0 if not an im
   esac
 }
 
+# Debian's mender-client and libglib2.0-0 (the only dependency minbase lacks), fetched
+# once with apt-get download into the test cache; prints their paths.
+real_client_debs() {
+  local d=$cache/real-mender-debs p f
+  mkdir -p "$d"
+  for p in mender-client libglib2.0-0; do
+    f=$(ls "$d/${p}"_*.deb 2>/dev/null | head -n1)
+    if [ -z "$f" ]; then
+      (cd "$d" && apt-get download -q "$p" >&2) || die "apt-get download $p failed"
+      f=$(ls "$d/${p}"_*.deb | head -n1)
+    fi
+    echo "$f"
+  done
+}
+
 # Writes the image layer (everything the OS image adds to the cached rootfs) to DIR.
 build_image() {
   local d=$1 a src dest
@@ -117,7 +140,19 @@ build_image() {
   echo "/uboot/uboot.env 0x0000 0x4000" >"$d/etc/fw_env.config"
   # The datastore on the data partition, as on a Mender device.
   ln -sfn /data/mender "$d/var/lib/mender"
-  if [ "$img_client" = double ]; then
+  if [ "$img_client" = real ]; then
+    # Debian's mender-client 3.4 and the one library minbase lacks, unpacked (not
+    # configured: the daemon stays off; standalone mode needs no service).
+    local deb x
+    x=$(mktemp -d)
+    for deb in $(real_client_debs); do dpkg-deb -x "$deb" "$x"; done
+    # bookworm is merged-/usr: /lib is a link to usr/lib in the base tree. The package's
+    # /var/lib/mender is the link to /data/mender here.
+    if [ -d "$x/lib" ]; then mkdir -p "$x/usr/lib" && cp -a "$x/lib/." "$x/usr/lib/" && rm -rf "${x:?}/lib"; fi
+    rm -rf "$x/var/lib/mender"
+    cp -a "$x/." "$d/"
+    rm -rf "$x"
+  else
     install -m 755 "$double_dir/mender-update" "$d/usr/bin/mender-update"
     install -m 755 "$double_dir/mender-update" "$d/usr/bin/mender"
     cat >"$d/etc/mender-double.conf" <<EOF
@@ -151,7 +186,7 @@ EOF
 # --- the bootloader loop (runs detached, one per device) ---
 cmd_loop() {
   ab_load_state || die "no state for $name"
-  local part rc flag
+  local part rc flag root l binds
   exec >>"$dir/loop.log" 2>&1
   LOOP_PID=$$
   LOOP_START=$(starttime $$)
@@ -160,14 +195,18 @@ cmd_loop() {
     [ ! -e "$dir/poweroff" ] || break
     part=$("$double_dir/uboot-sim" boot "$dir/boot/fw_env.host.config")
     echo "/slots/p$part" >"$dir/boot/root"
-    rm -rf "$dir/work/p$part"
-    mkdir -p "$dir/work/p$part"
-    mount -t overlay overlay -o "lowerdir=$LOWER,upperdir=$dir/slots/p$part,workdir=$dir/work/p$part" "$dir/root"
     BOOTS=$((BOOTS + 1)) PART=$part PID='' PID_START='' STATE=booting
     echo "$BOOTS $part" >>"$dir/boots.log"
-    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$dir/root" --machine "$name" \
+    root=$dir/slots/p$part binds=(--bind="$dir/slots:/slots")
+    if [ "$CLIENT" = real ]; then
+      root=$dir/mnt binds=()
+      mkdir -p "$root"
+      mount "/dev/loop$part" "$root"
+      for l in $LOOP_DEVS; do binds+=(--bind="$l"); done
+    fi
+    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$root" --machine "$name" \
       --uuid "$UUID" --link-journal=no --console=pipe \
-      --bind="$dir/data:/data" --bind="$dir/slots:/slots" --bind="$dir/boot:/uboot" \
+      --bind="$dir/data:/data" --bind="$dir/boot:/uboot" "${binds[@]}" \
       </dev/null >>"$dir/nspawn.log" 2>&1 &
     NSPAWN_PID=$!
     NSPAWN_START=$(starttime "$NSPAWN_PID") || NSPAWN_START=''
@@ -177,11 +216,13 @@ cmd_loop() {
     echo "exit $rc" >>"$dir/boots.log"
     NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' STATE=off
     ab_write_state
-    for _ in $(seq 50); do
-      mountpoint -q "$dir/root" || break
-      umount "$dir/root" 2>/dev/null || sleep 0.1
-    done
-    mountpoint -q "$dir/root" && umount -l "$dir/root"
+    if [ "$CLIENT" = real ]; then
+      for _ in $(seq 50); do
+        mountpoint -q "$root" || break
+        umount "$root" 2>/dev/null || sleep 0.1
+      done
+      ! mountpoint -q "$root" || umount -l "$root"
+    fi
     rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
     flag=0
     [ ! -e "$dir/powercut" ] || { rm -f "$dir/powercut"; flag=1; }
@@ -223,6 +264,28 @@ current_init() {
   PID=$(find_init) || return 1
 }
 
+# --client real: the slots are ext4 images on loop devices (the real client writes
+# images to block devices, BLKGETSIZE64), booted from their mounts, so that the mounted
+# root is the partition the client sees. The loop devices' numbers are the partition
+# numbers (mender_boot_part), and RootfsPartA/B go to the fallback configuration on
+# /data (/var/lib/mender/mender.conf): artifacts are built once for every device.
+real_slots() { # ROOTFS
+  local tree=$dir/tree la lb
+  mkdir -p "$tree"
+  tar -C "$1" --numeric-owner -cf - . | tar -C "$tree" --numeric-owner -xpf -
+  cp -a "$dir/image/." "$tree/"
+  : >"$tree/etc/machine-id"
+  mkfs.ext4 -q -F -L rootfs -d "$tree" "$dir/slotA.img" 700M
+  cp --sparse=always "$dir/slotA.img" "$dir/slotB.img"
+  rm -rf "$tree"
+  rmdir "$dir/slots/p$PART_A" "$dir/slots/p$PART_B"
+  la=$(losetup -f --show "$dir/slotA.img")
+  lb=$(losetup -f --show "$dir/slotB.img")
+  LOOP_DEVS="$la $lb"
+  PART_A=${la#/dev/loop} PART_B=${lb#/dev/loop}
+  echo "{\"RootfsPartA\": \"$la\", \"RootfsPartB\": \"$lb\"}" >"$dir/data/mender/mender.conf"
+}
+
 cmd_create() {
   local watch='' timeout=${FLEET_DEVICE_BOOT_TIMEOUT:-120} t0 rootfs
   while [ $# -gt 0 ]; do
@@ -234,7 +297,6 @@ cmd_create() {
       *) die "create: unknown option $1" ;;
     esac
   done
-  [ "$img_client" = double ] || die "--client real: see docs/os-updates-simulation.md (not available)"
   lockf=$ab_run/.$name.lock
   mkdir -p "$ab_run"
   exec 8>>"$lockf"
@@ -243,26 +305,38 @@ cmd_create() {
   [ ! -e "$dir" ] || ab_teardown >/dev/null
   t0=$(now_ms)
   rootfs=$(readlink -f "$("$here/device-rootfs.sh")") || die "no root filesystem"
-  mkdir -p "$dir"/{image,slots/p$PART_A,slots/p$PART_B,work,root,data/mender,data/fleet-agent,boot}
+  mkdir -p "$dir"/{image,slots/p$PART_A,slots/p$PART_B,data/mender,data/fleet-agent,boot}
   trap 'rc=$?; if [ $rc != 0 ]; then log "create failed; nspawn.log:"; tail -n 30 "$dir/nspawn.log" >&2 2>/dev/null; ab_teardown >/dev/null 2>&1; fi' EXIT
   build_image "$dir/image"
-  # The factory image is flashed to both slots (a Mender disk image holds it twice).
-  cp -a "$dir/image/." "$dir/slots/p$PART_A/"
-  cp -a "$dir/image/." "$dir/slots/p$PART_B/"
-  install -d -m 755 "$dir/slots/p$PART_A/var/cache/apt/archives"
-  seed_archives "$dir/slots/p$PART_A/var/cache/apt/archives"
+  if [ "$img_client" = real ]; then
+    real_slots "$rootfs"
+  else
+    # The factory image is flashed to both slots (a Mender disk image holds it twice).
+    # Slot B is a tree of hard links to slot A's files: copying 180 MB twice costs
+    # seconds on a busy machine, and every install replaces all of B's names (rm, then
+    # extract), never writing into the shared inodes. Only booting B before any install
+    # would let in-place writes (logs) show through to A; no scenario does that.
+    tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$dir/slots/p$PART_A" --numeric-owner -xpf -
+    cp -a "$dir/image/." "$dir/slots/p$PART_A/"
+    : >"$dir/slots/p$PART_A/etc/machine-id"
+    rmdir "$dir/slots/p$PART_B"
+    cp -al "$dir/slots/p$PART_A" "$dir/slots/p$PART_B"
+    seed_archives "$dir/slots/p$PART_A/var/cache/apt/archives"
+  fi
   # Provisioning of the data partition: device type, and the name the image's
   # bootstrap artifact would record on first start.
   echo "device_type=$img_type" >"$dir/data/mender/device_type"
-  mkdir -p "$dir/data/mender/double-store"
-  echo "artifact_name=$img_name" >"$dir/data/mender/double-store/artifact_name"
+  if [ "$img_client" = double ]; then
+    mkdir -p "$dir/data/mender/double-store"
+    echo "artifact_name=$img_name" >"$dir/data/mender/double-store/artifact_name"
+  fi
   [ -z "$img_toml" ] || install -m 644 "$img_toml" "$dir/data/fleet-agent/agent.toml"
   # The environment: a zeroed 16 KiB file gets Mender's defaults (partition A).
   head -c 16384 /dev/zero >"$dir/boot/uboot.env"
   echo "$dir/boot/uboot.env 0x0000 0x4000" >"$dir/boot/fw_env.host.config"
   "$double_dir/uboot-sim" init "$dir/boot/fw_env.host.config" "$PART_A" "$PART_B"
   LOOP_PID='' LOOP_START='' NSPAWN_PID='' NSPAWN_START='' PID='' PID_START='' BOOTS=0 PART=''
-  STATE=created LOWER=$rootfs UUID=$(tr -d '-' </proc/sys/kernel/random/uuid) WATCH_PID=''
+  STATE=created UUID=$(tr -d '-' </proc/sys/kernel/random/uuid) WATCH_PID='' CLIENT=$img_client
   ab_write_state
   # From here on only the loop writes the state; it records its own PID first.
   setsid "$0" _loop "$name" </dev/null >/dev/null 2>&1 8>&- 9>&- &
@@ -281,6 +355,8 @@ cmd_create() {
   echo "NAME=$name"
   echo "DIR=$dir"
   echo "PART=$PART"
+  echo "PART_A=$PART_A"
+  echo "PART_B=$PART_B"
   echo "BOOTS=$BOOTS"
   echo "PID=$PID"
   echo "BOOT_MS=$(($(now_ms) - t0))"
@@ -315,12 +391,12 @@ ab_teardown() {
   if [ -f "$dir/watchdog.pid" ] && [ "${FLEET_AB_WATCHDOG:-}" != 1 ]; then
     kill "$(cat "$dir/watchdog.pid")" 2>/dev/null || true
   fi
-  for ((i = 0; i < 20; i++)); do
-    mountpoint -q "$dir/root" 2>/dev/null || break
-    umount "$dir/root" 2>/dev/null || sleep 0.1
-  done
-  mountpoint -q "$dir/root" 2>/dev/null && umount -l "$dir/root"
   rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
+  if [ -d "$dir/mnt" ]; then
+    mountpoint -q "$dir/mnt" && { umount "$dir/mnt" 2>/dev/null || umount -l "$dir/mnt"; }
+  fi
+  local l
+  for l in $LOOP_DEVS; do losetup -d "$l" 2>/dev/null || true; done
   local p
   for p in "$dir"/slots/p*; do
     [ -d "$p/var/cache/apt/archives" ] && harvest_archives "$p/var/cache/apt/archives"
@@ -340,9 +416,24 @@ cmd_artifact() {
   local tmp
   tmp=$(mktemp -d)
   build_image "$tmp/image"
-  tar -C "$tmp/image" --numeric-owner -cf "$tmp/rootfs.tar" .
+  local rootfs
+  rootfs=$(readlink -f "$("$here/device-rootfs.sh")") || die "no root filesystem"
+  local payload=$tmp/rootfs.tar
+  if [ "$img_client" = real ]; then
+    # An ext4 image of the whole tree, as a real rootfs-image artifact carries.
+    mkdir -p "$tmp/tree"
+    tar -C "$rootfs" --numeric-owner -cf - . | tar -C "$tmp/tree" --numeric-owner -xpf -
+    cp -a "$tmp/image/." "$tmp/tree/"
+    : >"$tmp/tree/etc/machine-id"
+    payload=$tmp/rootfs.ext4
+    mkfs.ext4 -q -F -L rootfs -d "$tmp/tree" "$payload" "$(($(du -sm "$tmp/tree" | cut -f1) * 13 / 10 + 64))M"
+    rm -rf "$tmp/tree"
+  else
+    # The whole tree: the base, then the image's files (later members win on extraction).
+    tar --numeric-owner -cf "$payload" -C "$rootfs" . -C "$tmp/image" .
+  fi
   mender-artifact --compression none write rootfs-image -t "$img_type" -n "$img_name" \
-    -f "$tmp/rootfs.tar" -o "$out" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "mender-artifact failed"; }
+    -f "$payload" -o "$out" >"$tmp/log" 2>&1 || { cat "$tmp/log" >&2; rm -rf "$tmp"; die "mender-artifact failed"; }
   rm -rf "$tmp"
   echo "ARTIFACT=$out"
   echo "NAME=$img_name"
@@ -390,8 +481,22 @@ case "$cmd" in
       esac
     done
     current_init || { log "device $name is not running"; exit 125; }
-    exec env -i PATH="$device_path" HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM=dumb \
-      "${extra_env[@]}" nsenter -t "$PID" -a -- "$@" ;;
+    env -i PATH="$device_path" HOME=/root USER=root LOGNAME=root LANG=C.UTF-8 TERM=dumb \
+      "${extra_env[@]}" nsenter -t "$PID" -a -- "$@" <&0 &
+    child=$!
+    # A shutdown of the device (systemd-shutdown) sends SIGSTOP to every process in it,
+    # then SIGTERM/SIGKILL, then SIGCONT. nsenter, outside the device, stops itself
+    # when its child stops and would stay stopped, its dead child unreaped, which keeps
+    # the device's shutdown waiting for that process forever. Keep nsenter going.
+    ( while kill -0 "$child" 2>/dev/null; do
+        [ "$(cut -d' ' -f3 "/proc/$child/stat" 2>/dev/null)" != T ] || kill -CONT "$child" 2>/dev/null
+        sleep 0.2
+      done ) &
+    watcher=$!
+    rc=0
+    wait "$child" || rc=$?
+    kill "$watcher" 2>/dev/null || true
+    exit "$rc" ;;
   env) fw_printenv -c "$dir/boot/fw_env.host.config" ;;
   boots) cat "$dir/boots.log" ;;
   reboot)

@@ -49,6 +49,18 @@ impl Artifacts {
 pub fn artifacts() -> &'static Artifacts {
     static A: OnceLock<Artifacts> = OnceLock::new();
     A.get_or_init(|| {
+        // A static is never dropped: remove what earlier test processes left (about
+        // 1 GB each), then build this process's set.
+        if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some(pid) = name.strip_prefix("fleet-os-artifacts-") {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+        }
         let dir = std::env::temp_dir().join(format!("fleet-os-artifacts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let healthy = dir.join("healthy");
@@ -86,20 +98,52 @@ pub fn artifacts() -> &'static Artifacts {
     })
 }
 
+/// The real-client (`--client real`) artifact: fleet-os-2 as an ext4 image with Debian's
+/// mender-client 3.4, built once per test process.
+pub fn real_artifact() -> &'static Path {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        let arts = artifacts();
+        let dir = arts.dir.join("real");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("fleet-os-2.mender");
+        let add = format!("{}:/etc/fleet-os-healthy", arts.healthy.display());
+        let run = ab(&[
+            "artifact",
+            out.to_str().unwrap(),
+            "--client",
+            "real",
+            "--name",
+            "fleet-os-2",
+            "--agent",
+            BIN,
+            "--add",
+            &add,
+        ]);
+        assert_eq!(run.code, 0, "real artifact: {run:?}");
+        dir
+    })
+}
+
 pub struct AbDevice {
     pub name: String,
     pub dir: PathBuf,
+    /// The partition numbers of slots A and B (2 and 3; the loop device numbers with
+    /// `--client real`).
+    pub part_a: u32,
+    pub part_b: u32,
 }
 
 impl AbDevice {
     /// Creates and boots a device running fleet-os-1 (healthy) with this agent.toml.
-    pub fn create(name: &str, agent_toml: &str) -> AbDevice {
+    /// `extra`: more ab-device.sh options (`--client real`).
+    pub fn create(name: &str, agent_toml: &str, extra: &[&str]) -> AbDevice {
         let arts = artifacts();
         let toml = arts.dir.join(format!("agent-{name}.toml"));
         std::fs::write(&toml, agent_toml).unwrap();
         let add = format!("{}:/etc/fleet-os-healthy", arts.healthy.display());
         let pid = std::process::id().to_string();
-        let run = ab(&[
+        let mut args = vec![
             "create",
             name,
             "--agent",
@@ -110,7 +154,9 @@ impl AbDevice {
             &add,
             "--watch-pid",
             &pid,
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        let run = ab(&args);
         assert_eq!(run.code, 0, "A/B device {name} did not boot: {run:?}");
         let dir = run
             .stdout
@@ -118,9 +164,18 @@ impl AbDevice {
             .find_map(|l| l.strip_prefix("DIR="))
             .map(PathBuf::from)
             .expect("ab-device.sh prints DIR=");
+        let part = |key: &str| -> u32 {
+            run.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("ab-device.sh prints {key}"))
+        };
         AbDevice {
             name: name.to_string(),
             dir,
+            part_a: part("PART_A="),
+            part_b: part("PART_B="),
         }
     }
 
@@ -194,25 +249,59 @@ impl AbDevice {
         self.sh("mender-update show-artifact")
     }
 
+    /// `systemctl start fleet-agent.service`. On this host's hybrid cgroups, systemd in
+    /// the device sometimes cannot set up the unit's cgroup right after the previous run
+    /// (exit status 219/CGROUP, the agent never ran): start it again, at most twice.
+    fn start_run(&self) {
+        for _ in 0..3 {
+            let boots = self.parts().len();
+            self.exec(&["systemctl", "start", "fleet-agent.service"]);
+            if self.parts().len() != boots {
+                return;
+            }
+            let st = self.exec(&[
+                "systemctl",
+                "show",
+                "-P",
+                "ExecMainStatus",
+                "fleet-agent.service",
+            ]);
+            if st.code != 0 || st.stdout.trim() != "219" {
+                return;
+            }
+            eprintln!(
+                "{}: fleet-agent.service did not get its cgroup (219/CGROUP); starting it again",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
     /// One agent run that must not reboot: the exit status of fleet-agent.service's
     /// run and its journal lines.
     pub fn pull(&self) -> (i32, String) {
         let boots = self.parts().len();
-        self.exec(&["systemctl", "start", "fleet-agent.service"]);
-        assert_eq!(
-            self.parts().len(),
-            boots,
-            "{}: the run rebooted the device; journal:\n{}",
-            self.name,
-            self.journal_of(*self.parts().last().unwrap())
-        );
-        let code: i32 = self
-            .sh("systemctl show -P ExecMainStatus fleet-agent.service")
-            .parse()
-            .unwrap();
+        let slot = *self.parts().last().unwrap();
+        self.start_run();
+        let status = self.exec(&[
+            "systemctl",
+            "show",
+            "-P",
+            "ExecMainStatus",
+            "fleet-agent.service",
+        ]);
+        let code: i32 = status.stdout.trim().parse().unwrap_or(-1);
+        if status.code != 0 || code == 5 || self.parts().len() != boots {
+            // The device is going down: the run asked for a reboot.
+            self.wait_boot(boots + 1);
+            panic!(
+                "{}: the run rebooted the device; its journal:\n{}",
+                self.name,
+                self.last_run_journal(slot)
+            );
+        }
         let all = self.sh("journalctl -q -o short-monotonic -u fleet-agent.service");
-        let journal = last_run(&all);
-        (code, journal)
+        (code, last_run(&all))
     }
 
     /// One agent run that reboots the device (the OS step asked for it): waits for the
@@ -221,7 +310,7 @@ impl AbDevice {
     pub fn pull_rebooting(&self) -> (u32, String) {
         let boots = self.parts().len();
         let slot = *self.parts().last().unwrap();
-        self.exec(&["systemctl", "start", "fleet-agent.service"]);
+        self.start_run();
         let part = self.wait_boot(boots + 1);
         (part, self.last_run_journal(slot))
     }

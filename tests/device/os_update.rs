@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::ab::{artifacts, AbDevice};
+use super::ab::{artifacts, real_artifact, AbDevice};
 use super::harness::StaticServer;
 use super::support::{FleetRepo, GitHttpServer};
 use super::{commit, SERVICE_UNIT};
@@ -73,9 +73,18 @@ struct World {
 
 impl World {
     fn new(name: &str, os: impl Fn(&World0) -> String, agent_extra: &str) -> World {
+        World::with(name, os, agent_extra, &artifacts().dir, &[])
+    }
+
+    fn with(
+        name: &str,
+        os: impl Fn(&World0) -> String,
+        agent_extra: &str,
+        served: &std::path::Path,
+        create: &[&str],
+    ) -> World {
         let started = Instant::now();
-        let a = artifacts();
-        let arts = StaticServer::start(&a.dir);
+        let arts = StaticServer::start(served);
         let w0 = World0 { port: arts.port };
         let repo = FleetRepo::new(&[("README", "A/B device tests\n")]);
         commit(&repo, &fleet(&os(&w0)), "fleet with an OS image");
@@ -84,7 +93,7 @@ impl World {
             "repo = \"{}\"\nbranch = \"main\"\ndevice_id = \"{name}\"\nstate_dir = \"/data/fleet-agent\"\n{agent_extra}",
             git.url("fleet.git")
         );
-        let dev = AbDevice::create(name, &toml);
+        let dev = AbDevice::create(name, &toml, create);
         eprintln!(
             "[timing] {name}: setup {:.1} s",
             started.elapsed().as_secs_f64()
@@ -510,4 +519,125 @@ fn os_update_leaves_a_foreign_pending_update_alone() {
     assert_eq!(dev.env("mender_boot_part"), part);
     assert_eq!(dev.parts(), [2]);
     w.done();
+}
+
+/// The real Mender 3.x client of Debian bookworm (mender-client 3.4, installed with apt
+/// from Debian's mirror) on loop devices as RootfsPartA/B and the same file-backed
+/// u-boot environment: the facts the double's 3.x form follows
+/// (scripts/mender-double/real-client-probe.sh prints them).
+#[test]
+fn real_mender_3x_client_on_loop_device_partitions() {
+    let started = Instant::now();
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/mender-double/real-client-probe.sh"
+    ))
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for fact in [
+        "PROBE mender install --reboot-exit-code: exit 4",
+        "PROBE the image was written to RootfsPartB (/dev/mmcblk0p3)",
+        "PROBE boot environment after install: mender_boot_part=3 upgrade_available=1 bootcount=0",
+        // 3.x does not refuse a second install while one is pending.
+        "PROBE second mender install while one is pending: exit 4",
+        "PROBE mender rollback: exit 0",
+        "PROBE mender commit with nothing in progress: exit 2",
+        "PROBE mender commit after a fall-back: exit 1",
+        "PROBE mender commit again: exit 2",
+        "PROBE mender show-artifact: fleet-os-1",
+    ] {
+        assert!(text.contains(fact), "missing {fact:?} in:\n{text}");
+    }
+    eprintln!(
+        "[timing] real mender 3.4 probe: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    excerpt("real mender 3.4 probe", &text);
+}
+
+/// The whole A/B update through the real Mender 3.4 client (Debian's mender-client in
+/// the images, `[os_update] client = "mender"`), slots as ext4 images on loop devices:
+/// first an update that never commits (two boots: the bootloader falls back, the agent
+/// reports it and marks the version failed), then `fleet-agent os retry` and the same
+/// update committed.
+#[test]
+fn real_mender_3x_client_update_fall_back_then_commit() {
+    let dir = real_artifact();
+    let sha = {
+        let out = std::process::Command::new("sha256sum")
+            .arg(dir.join("fleet-os-2.mender"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let w = World::with(
+        "fa-os-real",
+        |w| {
+            os_yaml(
+                "fleet-os-2",
+                &format!("http://127.0.0.1:{}/fleet-os-2.mender", w.port),
+                Some(&sha),
+                "now",
+            )
+        },
+        "[os_update]\nclient = \"mender\"\n",
+        dir,
+        &["--client", "real"],
+    );
+    let dev = &w.dev;
+    let (a, b) = (dev.part_a, dev.part_b);
+    assert_eq!(
+        dev.sh("mount | grep ' on / '"),
+        format!("/dev/loop{a} on / type ext4 (rw,relatime)")
+    );
+
+    // Installed by the real client into slot B's loop device; the first boot of B is
+    // never committed, the second boot falls back to A.
+    let (part, journal1) = dev.pull_rebooting();
+    assert_eq!(part, b, "{journal1}");
+    assert_eq!(dev.sh("cat /etc/fleet-os-release"), "fleet-os-2");
+    dev.reboot();
+    assert_eq!(dev.wait_boot(3), a, "the bootloader fell back");
+    let (code, journal2) = dev.pull();
+    assert_eq!(code, 0, "{journal2}");
+    assert!(journal2.contains("fell back"), "{journal2}");
+    assert_eq!(dev.os()["failed"], serde_json::json!(["fleet-os-2"]));
+    assert_eq!(
+        dev.sh("mender --no-syslog show-artifact 2>/dev/null"),
+        "fleet-os-1"
+    );
+
+    // An operator allows it again: installed, rebooted, committed by the real client.
+    dev.sh("fleet-agent os retry");
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, b);
+    let (code, journal3) = dev.pull();
+    assert_eq!(code, 0, "{journal3}");
+    assert!(journal3.contains("committed fleet-os-2"), "{journal3}");
+    assert_eq!(
+        dev.sh("mender --no-syslog show-artifact 2>/dev/null"),
+        "fleet-os-2"
+    );
+    assert_eq!(dev.env("upgrade_available"), "0");
+    assert_eq!(dev.env("mender_boot_part"), b.to_string());
+    assert_eq!(dev.parts(), [a, b, a, b]);
+    w.done();
+    excerpt(
+        "real client: journal of the fall-back run",
+        &os_lines(&journal2),
+    );
+    excerpt(
+        "real client: journal of the committing run",
+        &os_lines(&journal3),
+    );
 }
