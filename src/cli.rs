@@ -230,13 +230,20 @@ fn converge(
     // A run that stops before applying records why (plan records nothing).
     let stopped = |outcome: Outcome, e: Error| -> Result<i32> {
         if !matches!(mode, Mode::Plan { .. }) {
-            record(&state_path, previous.clone(), |s| {
+            let mut recorded = record(&state_path, previous.clone(), |s| {
                 s.last_commit = commit.clone();
                 s.outcome = Some(outcome);
                 s.message = Some(e.to_string());
                 s.offline = offline.is_some();
                 s.changes = 0;
             })?;
+            // An OS update being verified cannot converge: its health timeout still runs.
+            if mode == Mode::Pull
+                && crate::oscli::stopped_pull_step(host, &config, &mut recorded, &state_path)?
+            {
+                log::error!("{e}");
+                return Ok(exit::REBOOTING);
+            }
         }
         Err(e)
     };

@@ -110,3 +110,36 @@ pub fn pull_step(
     let outcome = step.run(declared, &mut os, converged, &mut save)?;
     Ok(outcome == Outcome::Rebooting)
 }
+
+/// The OS step of a `pull` that stopped before applying (the branch did not load, or
+/// the agent could not upgrade itself). A new slot waiting for its verdict cannot
+/// converge its roles, so it counts as unhealthy: past the health timeout recorded at
+/// install it rolls back and reboots, and an interrupted rollback or a reboot still
+/// pending goes on. Other phases wait for a branch that loads. True: reboot requested.
+pub fn stopped_pull_step(
+    host: &Host,
+    config: &Config,
+    state: &mut State,
+    state_path: &Path,
+) -> Result<bool> {
+    use crate::osupdate::Phase;
+    let os = &state.os_update;
+    if !matches!(
+        os.phase,
+        Phase::Rebooting | Phase::Verifying | Phase::RollingBack
+    ) {
+        return Ok(false);
+    }
+    let mut health = crate::osdecl::Health::default();
+    if let Some(t) = os.health_timeout {
+        health.timeout_seconds = t;
+    }
+    let declared = Declared {
+        device_type: None,
+        image: None,
+        reboot: crate::osdecl::Reboot::Now,
+        health,
+        retry: Default::default(),
+    };
+    pull_step(host, config, &declared, state, state_path, false)
+}

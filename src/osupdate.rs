@@ -122,6 +122,9 @@ pub struct OsState {
     pub old_rootfs: Option<String>,
     /// When the first run on the new slot began verifying.
     pub verify_since: Option<u64>,
+    /// The declared health timeout when the install began: the bound still applies
+    /// when a later run cannot load the branch.
+    pub health_timeout: Option<u64>,
     /// What the last transition said (shown by `os status`).
     pub message: Option<String>,
     /// When the last transition happened.
@@ -489,6 +492,7 @@ impl Step<'_> {
                 // it after a reboot means the old slot (the bootloader fell back).
                 s.old_rootfs = Some(crate::state::new_rootfs_marker(self.host)?);
                 s.verify_since = None;
+                s.health_timeout = Some(declared.health.timeout_seconds);
                 enter(
                     save,
                     s,

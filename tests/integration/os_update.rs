@@ -700,3 +700,35 @@ fn a_power_cut_during_install_is_rolled_back_and_the_install_retried() {
     assert_eq!(sim.run(&["pull"]).code, 0);
     assert_eq!(sim.show_artifact(), "fleet-os-2");
 }
+
+#[test]
+fn a_branch_that_breaks_while_verifying_rolls_back_after_the_health_timeout() {
+    let mut sim = Sim::new(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    // Before the device comes back, someone pushes a branch that does not load.
+    let broken = format!("{}roles: [no-such-role]\n", fleet_yml(&sim.server, NOW_2))
+        .replace("roles: [base]\n", "");
+    sim.repo.commit(&[("fleet.yml", &broken)], "broken");
+    assert_eq!(sim.boot(), 3);
+    // The new slot cannot converge: unhealthy, but within its 2 s it waits.
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("no-such-role"), "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "verifying", "{}", sim.os_state());
+    assert_eq!(sim.reboots(), 1);
+    // Past the health timeout recorded at install: rollback and reboot.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "rolling-back", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]));
+    assert_eq!(sim.reboots(), 2);
+    assert_eq!(sim.env("mender_boot_part"), "2");
+    // Back on the old slot, still with the broken branch: the rollback completes.
+    assert_eq!(sim.boot(), 2);
+    assert_eq!(sim.run(&["pull"]).code, 1);
+    assert_eq!(sim.os_state()["phase"], "idle", "{}", sim.os_state());
+    assert_eq!(sim.env("upgrade_available"), "0");
+    assert_eq!(sim.reboots(), 2);
+}
