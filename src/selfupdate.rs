@@ -103,12 +103,17 @@ impl Requirement {
         Version::running() >= self.min
     }
 
-    /// The one-line report of `plan` and the lead of the error of other commands.
-    pub fn report(&self) -> String {
+    /// What is missing: the running version against the branch's minimum and where.
+    pub fn shortfall(&self) -> String {
         format!(
-            "agent {VERSION} is older than the branch's min_agent_version {} ({}): pull would upgrade the agent first",
+            "agent {VERSION} is older than the branch's min_agent_version {} ({})",
             self.min, self.pos
         )
+    }
+
+    /// The one-line report of `plan` and the lead of the error of other commands.
+    pub fn report(&self) -> String {
+        format!("{}: pull would upgrade the agent first", self.shortfall())
     }
 }
 
@@ -211,8 +216,8 @@ pub fn upgrade_and_reexec(host: &Host, req: &Requirement, pin: Option<&str>) -> 
         ));
     }
     info!(
-        "{}; upgrading {PACKAGE}{}",
-        req.report(),
+        "{}; upgrading {PACKAGE} first{}",
+        req.shortfall(),
         pin.map(|v| format!(" to the pinned version {v}"))
             .unwrap_or_default()
     );

@@ -446,10 +446,7 @@ fn an_agent_older_than_min_agent_version_upgrades_reexecs_and_applies_in_one_run
         "the same process, re-executed: {journal:?}"
     );
     assert!(
-        has(
-            &journal,
-            "pull would upgrade the agent first; upgrading fleet-agent"
-        ),
+        has(&journal, "(fleet.yml:3:22); upgrading fleet-agent first"),
         "{journal:?}"
     );
     // The upgrade restarted the timer (postinst), which may have started one more run
