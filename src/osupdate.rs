@@ -289,6 +289,11 @@ pub fn decide(d: &Declared, s: &OsState, f: &Facts) -> Action {
             deadline: s.verify_since.unwrap_or(f.now) + d.health.timeout_seconds,
         },
         Phase::Committed => Action::Finish,
+        // Rebooted but still on the failed, uncommitted image (the power was cut before
+        // `rollback`, or the bootloader tried the new slot again): roll back again.
+        Phase::RollingBack if rebooted && s.old_rootfs.is_some() && !on_old_slot => {
+            Action::RollBack("the new root filesystem is still running after the reboot".into())
+        }
         Phase::RollingBack if rebooted => Action::RolledBack,
         Phase::RollingBack => Action::RollBack("resuming an interrupted rollback".into()),
     }
@@ -664,6 +669,12 @@ impl Step<'_> {
                 Ok(Some(Outcome::Rebooting))
             }
             Action::RolledBack => {
+                // The power may have been cut before `rollback` ran (the bootloader then
+                // fell back on its own): without it the client keeps its record of the
+                // pending update and refuses every later install. 2: already done.
+                if let Err(e) = client.finish(self.host, "rollback") {
+                    warn!("OS update: rollback after returning to the old slot: {e}");
+                }
                 let target = s.target.take().unwrap_or_default();
                 s.current = f.artifact.clone();
                 self.remove_image();

@@ -135,19 +135,31 @@ impl Sim {
         )
         .unwrap();
         std::fs::write(d.join("data/mender/device_type"), "device_type=pi4-sim\n").unwrap();
-        std::os::unix::fs::symlink(
-            double_dir().join("mender-update"),
-            d.join("bin/mender-update"),
+        // The double, except that a verb fails (exit 1) while d/fail-VERB exists.
+        let client = d.join("bin/mender-update");
+        std::fs::write(
+            &client,
+            format!(
+                "#!/bin/sh\nif [ -e {0}/fail-\"$1\" ]; then echo \"injected $1 failure\" >&2; exit 1; fi\nexec {1} \"$@\"\n",
+                d.display(),
+                double_dir().join("mender-update").display()
+            ),
         )
         .unwrap();
+        // The reboot command fails while d/fail-reboot exists.
         let reboot = d.join("bin/reboot");
         std::fs::write(
             &reboot,
-            format!("#!/bin/sh\necho reboot >> {}/reboots\n", d.display()),
+            format!(
+                "#!/bin/sh\nif [ -e {0}/fail-reboot ]; then echo 'injected reboot failure' >&2; exit 1; fi\necho reboot >> {0}/reboots\n",
+                d.display()
+            ),
         )
         .unwrap();
-        std::fs::set_permissions(&reboot, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        for f in [&client, &reboot] {
+            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
         uboot(
             d,
             &[
@@ -271,12 +283,22 @@ impl Sim {
     }
 
     fn show_artifact(&self) -> String {
-        let out = Command::new(self.dir().join("bin/mender-update"))
+        let out = Command::new(double_dir().join("mender-update"))
             .arg("show-artifact")
             .env("MENDER_DOUBLE_CONF", self.dir().join("double.conf"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// While `on`, the client verb (or `reboot`) fails with exit 1.
+    fn fail(&self, verb: &str, on: bool) {
+        let flag = self.dir().join(format!("fail-{verb}"));
+        if on {
+            std::fs::write(flag, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
     }
 
     fn declare(&self, os_yaml: &str) {
@@ -731,4 +753,33 @@ fn a_branch_that_breaks_while_verifying_rolls_back_after_the_health_timeout() {
     assert_eq!(sim.os_state()["phase"], "idle", "{}", sim.os_state());
     assert_eq!(sim.env("upgrade_available"), "0");
     assert_eq!(sim.reboots(), 2);
+}
+
+#[test]
+fn a_power_cut_before_rollback_still_clears_the_clients_pending_update() {
+    let mut sim = Sim::new(&NOW_2.replace("URL/health", "URL/sick"));
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    // rolling-back is saved, then the power is cut before `rollback` (simulated by a
+    // rollback that fails, before any reboot is asked for).
+    sim.fail("rollback", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(sim.os_state()["phase"], "rolling-back", "{run:?}");
+    assert_eq!(sim.env("upgrade_available"), "1");
+    sim.fail("rollback", false);
+    // The bootloader falls back on its own (the boot limit was reached on slot 3).
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]));
+    // The client no longer has a pending update: a newer artifact installs.
+    sim.declare(&NOW_2.replace("fleet-os-2", "fleet-os-3"));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "rebooting");
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.show_artifact(), "fleet-os-3");
 }
