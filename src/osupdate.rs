@@ -31,6 +31,11 @@ use crate::osdecl::{Health, Image, OsDecl, Reboot, Retry};
 
 /// Where the kernel says which boot this is (a new random id every boot).
 pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+/// A random marker written on the running slot just before each install (a fresh value
+/// every time): an image built earlier cannot carry it, so finding it after a reboot
+/// means the old slot. Separate from the agent's rootfs-id (state.rs), which must stay
+/// put for the next run on the same slot to plan against its previous state.
+pub const SLOT_MARKER: &str = "/etc/fleet-agent/os-update-slot";
 /// A downloaded artifact, in the state directory (on /data on a Mender device).
 pub const IMAGE_FILE: &str = "os-image";
 
@@ -118,7 +123,8 @@ pub struct OsState {
     pub backoff: Option<Backoff>,
     /// The boot during which the last transition happened (kernel boot id).
     pub boot_id: Option<String>,
-    /// The marker written on the slot the update started from, just before installing.
+    /// The marker (SLOT_MARKER) written on the slot the update started from, just
+    /// before installing.
     pub old_rootfs: Option<String>,
     /// When the first run on the new slot began verifying.
     pub verify_since: Option<u64>,
@@ -163,7 +169,7 @@ pub struct Facts {
     /// Device-local minutes after midnight.
     pub local_minutes: u16,
     pub boot_id: String,
-    /// This root filesystem's marker (state::rootfs_marker; None on a new slot).
+    /// This root filesystem's OS-update marker (SLOT_MARKER; None on a new slot).
     pub rootfs: Option<String>,
     /// `show-artifact`.
     pub artifact: Option<String>,
@@ -413,7 +419,7 @@ impl Step<'_> {
             now,
             local_minutes: local_minutes(now),
             boot_id: String::from_utf8_lossy(&boot).trim().to_string(),
-            rootfs: crate::state::rootfs_marker(self.host)?,
+            rootfs: crate::state::read_marker(self.host, Path::new(SLOT_MARKER))?,
             artifact: client.show_artifact(self.host)?,
             upgrade_available: self.upgrade_available()?,
             converged,
@@ -495,7 +501,7 @@ impl Step<'_> {
                 s.boot_id = Some(f.boot_id.clone());
                 // A fresh marker for this slot: the new image cannot carry it, so seeing
                 // it after a reboot means the old slot (the bootloader fell back).
-                s.old_rootfs = Some(crate::state::new_rootfs_marker(self.host)?);
+                s.old_rootfs = Some(crate::state::new_marker(self.host, Path::new(SLOT_MARKER))?);
                 s.verify_since = None;
                 s.health_timeout = Some(declared.health.timeout_seconds);
                 enter(

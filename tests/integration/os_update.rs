@@ -3,7 +3,8 @@
 //! mender-update double (scripts/mender-double) on a simulated A/B device whose u-boot
 //! environment is a file read and written by the real libubootenv tools. A "boot" runs
 //! the simulated bootloader (uboot-sim), gives the kernel a new boot id, and swaps the
-//! agent's rootfs-id marker for the one of the slot booted (each slot has its own /etc).
+//! agent's markers (rootfs-id, os-update-slot) for the ones of the slot booted (each
+//! slot has its own /etc).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -225,17 +226,23 @@ impl Sim {
         .parse()
         .unwrap();
         let root_file = d.join("boot/root");
-        let marker = self.device.path("/etc/fleet-agent/rootfs-id");
-        // Keep the marker of the slot left; bring the booted slot's (none if new).
-        if let Ok(previous) = std::fs::read_to_string(&root_file) {
-            let previous = previous.trim().rsplit('/').next().unwrap().to_string();
-            if let Ok(id) = std::fs::read(&marker) {
-                std::fs::write(d.join("markers").join(&previous), id).unwrap();
+        // Keep the markers of the slot left; bring the booted slot's (none if new).
+        let previous = std::fs::read_to_string(&root_file)
+            .ok()
+            .map(|p| p.trim().rsplit('/').next().unwrap().to_string());
+        for name in ["rootfs-id", "os-update-slot"] {
+            let marker = self.device.path(&format!("/etc/fleet-agent/{name}"));
+            if let Some(previous) = &previous {
+                let kept = d.join("markers").join(previous);
+                std::fs::create_dir_all(&kept).unwrap();
+                if let Ok(id) = std::fs::read(&marker) {
+                    std::fs::write(kept.join(name), id).unwrap();
+                }
             }
-        }
-        let _ = std::fs::remove_file(&marker);
-        if let Ok(id) = std::fs::read(d.join("markers").join(format!("p{slot}"))) {
-            std::fs::write(&marker, id).unwrap();
+            let _ = std::fs::remove_file(&marker);
+            if let Ok(id) = std::fs::read(d.join(format!("markers/p{slot}/{name}"))) {
+                std::fs::write(&marker, id).unwrap();
+            }
         }
         std::fs::write(&root_file, format!("{}/slots/p{slot}\n", d.display())).unwrap();
         self.boots += 1;
@@ -782,4 +789,35 @@ fn a_power_cut_before_rollback_still_clears_the_clients_pending_update() {
     assert_eq!(sim.boot(), 3);
     assert_eq!(sim.run(&["pull"]).code, 0);
     assert_eq!(sim.show_artifact(), "fleet-os-3");
+}
+
+#[test]
+fn a_failed_install_keeps_the_state_of_the_slot_and_prunes_later() {
+    let sim = Sim::new(&NOW_2.replace("fleet-os-2.mender", "missing.mender"));
+    let rootfs_id = || sim.device.read("/etc/fleet-agent/rootfs-id");
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(sim.device.read("/etc/motd"), "fleet\n");
+    let id = rootfs_id();
+    // The fall-back marker was written on this slot, apart from rootfs-id.
+    assert!(sim.device.path("/etc/fleet-agent/os-update-slot").is_file());
+    assert_eq!(sim.os_state()["backoff"]["attempts"], 1);
+    // The role no longer declares /etc/motd; the next run (same slot, backing off)
+    // still knows the agent created it and prunes it.
+    sim.repo.commit(
+        &[(
+            "roles/base/role.yml",
+            "resources:\n  - file:\n      path: /etc/issue.fleet\n      content: \"x\\n\"\n",
+        )],
+        "drop motd",
+    );
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !run.stderr.contains("not the one of the last run"),
+        "{run:?}"
+    );
+    assert!(!sim.device.path("/etc/motd").exists(), "{run:?}");
+    assert_eq!(sim.device.read("/etc/issue.fleet"), "x\n");
+    assert_eq!(rootfs_id(), id);
 }
