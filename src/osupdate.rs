@@ -173,6 +173,9 @@ pub struct Facts {
     pub rootfs: Option<String>,
     /// `show-artifact`.
     pub artifact: Option<String>,
+    /// Why `show-artifact` failed (then `artifact` is None); a health problem while
+    /// verifying.
+    pub artifact_error: Option<String>,
     /// `fw_printenv upgrade_available`; None without fw_printenv.
     pub upgrade_available: Option<bool>,
     /// This run reached the fleet repository and converged every role without error.
@@ -412,15 +415,26 @@ pub struct Step<'a> {
 
 impl Step<'_> {
     /// Reads the facts of this run.
-    pub fn facts(&self, client: &Client, converged: bool) -> Result<Facts> {
+    /// A failing `show-artifact` is an error when idle (nothing is under way, nothing
+    /// starts), and otherwise a fact: an update under way must still reach its end.
+    pub fn facts(&self, client: &Client, converged: bool, phase: Phase) -> Result<Facts> {
         let now = crate::state::now();
         let boot = self.host.read(Path::new(BOOT_ID))?;
+        let (artifact, artifact_error) = match client.show_artifact(self.host) {
+            Ok(a) => (a, None),
+            Err(e) if phase == Phase::Idle => return Err(e),
+            Err(e) => {
+                warn!("OS update: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
         Ok(Facts {
             now,
             local_minutes: local_minutes(now),
             boot_id: String::from_utf8_lossy(&boot).trim().to_string(),
             rootfs: crate::state::read_marker(self.host, Path::new(SLOT_MARKER))?,
-            artifact: client.show_artifact(self.host)?,
+            artifact,
+            artifact_error,
             upgrade_available: self.upgrade_available()?,
             converged,
         })
@@ -464,7 +478,7 @@ impl Step<'_> {
             return Ok(Outcome::Done);
         }
         let client = Client::resolve(self.config);
-        let mut facts = self.facts(&client, converged)?;
+        let mut facts = self.facts(&client, converged, state.phase)?;
         if state.phase == Phase::Idle && state.current != facts.artifact {
             state.current = facts.artifact.clone();
             save(state)?;
@@ -568,9 +582,32 @@ impl Step<'_> {
             }
             Action::Cancel(why) => {
                 // 2: nothing was pending (the install had not started or was undone).
-                client.finish(self.host, "rollback")?;
+                let rollback = client.finish(self.host, "rollback");
                 let target = s.target.take().unwrap_or_default();
                 self.remove_image();
+                if let Err(e) = rollback {
+                    // Not stuck in installing: idle, and the artifact waits like after a
+                    // failed install (the client may still refuse it while its pending
+                    // update is there; every attempt is then logged).
+                    let attempts = match &s.backoff {
+                        Some(b) if b.artifact == target => b.attempts + 1,
+                        _ => 1,
+                    };
+                    let delay = declared.retry.delay(attempts);
+                    s.backoff = Some(Backoff {
+                        artifact: target.clone(),
+                        attempts,
+                        after: crate::state::now() + delay,
+                        error: e.to_string(),
+                    });
+                    enter(
+                        save,
+                        s,
+                        Phase::Idle,
+                        format!("cancelling {target} ({why}): rollback failed; next attempt in {delay}s"),
+                    )?;
+                    return Err(e);
+                }
                 enter(save, s, Phase::Idle, format!("cancelled {target}: {why}"))?;
                 Ok(None)
             }
@@ -617,7 +654,10 @@ impl Step<'_> {
                 Ok(None)
             }
             Action::Verify { deadline } => loop {
-                let problems = self.health(&declared.health, f.converged, deadline);
+                let mut problems = self.health(&declared.health, f.converged, deadline);
+                if let Some(e) = &f.artifact_error {
+                    problems.push(format!("the Mender client cannot say what runs: {e}"));
+                }
                 let now = crate::state::now();
                 if let Some(next) = verdict(deadline, now, &problems, f.converged) {
                     return self.execute(client, declared, s, f, next, save);
@@ -670,7 +710,11 @@ impl Step<'_> {
                     Phase::RollingBack,
                     format!("rolling back {target}: {why}"),
                 )?;
-                client.finish(self.host, "rollback")?;
+                // A reboot alone makes the bootloader fall back (the new slot is not
+                // committed): a failing `rollback` does not stop it.
+                if let Err(e) = client.finish(self.host, "rollback") {
+                    log::error!("OS update: {e}; rebooting anyway");
+                }
                 self.reboot()?;
                 Ok(Some(Outcome::Rebooting))
             }

@@ -32,6 +32,7 @@ fn facts() -> Facts {
         boot_id: "boot-1".into(),
         rootfs: Some("slot-a".into()),
         artifact: Some("fleet-os-1".into()),
+        artifact_error: None,
         upgrade_available: Some(false),
         converged: true,
     }

@@ -821,3 +821,94 @@ fn a_failed_install_keeps_the_state_of_the_slot_and_prunes_later() {
     assert_eq!(sim.device.read("/etc/issue.fleet"), "x\n");
     assert_eq!(rootfs_id(), id);
 }
+
+#[test]
+fn show_artifact_failing_on_the_new_slot_counts_against_its_health() {
+    let mut sim = Sim::new(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    sim.fail("show-artifact", true);
+    // Every other check passes, but the client cannot say what runs: past the health
+    // timeout, the update is rolled back instead of staying in rebooting.
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the Mender client cannot say what runs"),
+        "{run:?}"
+    );
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "rolling-back", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]));
+    assert_eq!(sim.reboots(), 2);
+    assert_eq!(sim.env("mender_boot_part"), "2");
+    assert_eq!(sim.boot(), 2);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.os_state()["phase"], "idle");
+    // Idle, nothing under way: a failing client is an error and nothing starts.
+    sim.declare(&NOW_2.replace("fleet-os-2", "fleet-os-3"));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("injected show-artifact failure"),
+        "{run:?}"
+    );
+    assert_eq!(sim.server.count("/fleet-os-3.mender"), 0);
+}
+
+#[test]
+fn a_failing_rollback_still_reboots_to_the_old_slot() {
+    let mut sim = Sim::new(&NOW_2.replace("URL/health", "URL/sick"));
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    sim.fail("rollback", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.stderr.contains("rebooting anyway"), "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "rolling-back");
+    assert_eq!(sim.reboots(), 2);
+    // The bootloader falls back by itself (the new slot was never committed).
+    sim.fail("rollback", false);
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "idle");
+    assert_eq!(sim.env("upgrade_available"), "0");
+    assert_eq!(sim.show_artifact(), "unknown");
+}
+
+#[test]
+fn a_cancel_whose_rollback_fails_goes_idle_with_a_backoff() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let m = ((now / 60) as i64 + 120).rem_euclid(1440);
+    let closed = format!(
+        "\"{:02}:{:02}-{:02}:{:02}\"",
+        m / 60,
+        m % 60,
+        (m / 60 + 1) % 24,
+        m % 60
+    );
+    let waiting = NOW_2.replace("reboot: now", &format!("reboot: {closed}"));
+    let sim = Sim::new(&waiting);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.os_state()["phase"], "installed");
+    // The branch moves on; the cancel's rollback keeps failing.
+    sim.declare(&waiting.replace("fleet-os-2", "fleet-os-3"));
+    sim.fail("rollback", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("injected rollback failure"), "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["target"], serde_json::Value::Null, "{os}");
+    assert_eq!(os["backoff"]["artifact"], "fleet-os-2", "{os}");
+    assert_eq!(os["backoff"]["attempts"], 1, "{os}");
+    assert!(
+        os["message"].as_str().unwrap().contains("rollback failed"),
+        "{os}"
+    );
+    assert!(!sim.device.path("/data/fleet-agent/os-image").exists());
+}
