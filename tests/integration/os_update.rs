@@ -912,3 +912,34 @@ fn a_cancel_whose_rollback_fails_goes_idle_with_a_backoff() {
     );
     assert!(!sim.device.path("/data/fleet-agent/os-image").exists());
 }
+
+#[test]
+fn a_branch_that_breaks_before_an_operator_reboot_still_verifies_the_new_slot() {
+    let mut sim = Sim::new(&NOW_2.replace("reboot: now", "reboot: never"));
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.os_state()["phase"], "installed");
+    let broken = format!(
+        "{}roles: [no-such-role]\n",
+        fleet_yml(&sim.server, &NOW_2.replace("reboot: now", "reboot: never"))
+    )
+    .replace("roles: [base]\n", "");
+    sim.repo.commit(&[("fleet.yml", &broken)], "broken");
+    // Same boot: the broken branch does not cancel the good install.
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "installed", "{}", sim.os_state());
+    assert_eq!(sim.env("upgrade_available"), "1");
+    // The operator reboots into the new slot: it is verifying, and unhealthy since the
+    // branch cannot converge; past the health timeout it rolls back.
+    assert_eq!(sim.boot(), 3);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "verifying", "{}", sim.os_state());
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "rolling-back", "{os}");
+    assert_eq!(sim.reboots(), 1);
+    assert_eq!(sim.env("mender_boot_part"), "2");
+}
