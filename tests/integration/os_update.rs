@@ -943,3 +943,28 @@ fn a_branch_that_breaks_before_an_operator_reboot_still_verifies_the_new_slot() 
     assert_eq!(sim.reboots(), 1);
     assert_eq!(sim.env("mender_boot_part"), "2");
 }
+
+#[test]
+fn a_failing_os_step_after_a_branch_error_shows_both_errors() {
+    let mut sim = Sim::new(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    let broken = format!("{}roles: [no-such-role]\n", fleet_yml(&sim.server, NOW_2))
+        .replace("roles: [base]\n", "");
+    sim.repo.commit(&[("fleet.yml", &broken)], "broken");
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.run(&["pull"]).code, 1);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Past the timeout the rollback's reboot fails: the run says why the branch did
+    // not load, and why the reboot failed.
+    sim.fail("reboot", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("no-such-role"), "{run:?}");
+    assert!(run.stderr.contains("injected reboot failure"), "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "rolling-back");
+    // The reboot works again: the interrupted rollback goes on.
+    sim.fail("reboot", false);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(sim.reboots(), 2);
+}
