@@ -238,11 +238,19 @@ fn converge(
                 s.changes = 0;
             })?;
             // An OS update being verified cannot converge: its health timeout still runs.
-            if mode == Mode::Pull
-                && crate::oscli::stopped_pull_step(host, &config, &mut recorded, &state_path)?
-            {
-                log::error!("{e}");
-                return Ok(exit::REBOOTING);
+            if mode == Mode::Pull {
+                match crate::oscli::stopped_pull_step(host, &config, &mut recorded, &state_path) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        log::error!("{e}");
+                        return Ok(exit::REBOOTING);
+                    }
+                    // Both errors are shown: the load error first, then the OS step's.
+                    Err(os) => {
+                        log::error!("{e}");
+                        return Err(os);
+                    }
+                }
             }
         }
         Err(e)

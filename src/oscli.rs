@@ -115,7 +115,10 @@ pub fn pull_step(
 /// the agent could not upgrade itself). A new slot waiting for its verdict cannot
 /// converge its roles, so it counts as unhealthy: past the health timeout recorded at
 /// install it rolls back and reboots, and an interrupted rollback or a reboot still
-/// pending goes on. Other phases wait for a branch that loads. True: reboot requested.
+/// pending goes on. Installing or installed count too once the device has rebooted since
+/// (it may run the new slot, which must reach its verdict in time); in the same boot
+/// they wait, since without a declaration they would be cancelled over a typo. Idle
+/// waits for a branch that loads. True: reboot requested.
 pub fn stopped_pull_step(
     host: &Host,
     config: &Config,
@@ -124,10 +127,16 @@ pub fn stopped_pull_step(
 ) -> Result<bool> {
     use crate::osupdate::Phase;
     let os = &state.os_update;
-    if !matches!(
-        os.phase,
-        Phase::Rebooting | Phase::Verifying | Phase::RollingBack
-    ) {
+    let rebooted = || -> Result<bool> {
+        let boot = host.read(Path::new(crate::osupdate::BOOT_ID))?;
+        Ok(os.boot_id.as_deref() != Some(String::from_utf8_lossy(&boot).trim()))
+    };
+    let act = match os.phase {
+        Phase::Rebooting | Phase::Verifying | Phase::RollingBack => true,
+        Phase::Installing | Phase::Installed => rebooted()?,
+        Phase::Idle | Phase::Committed => false,
+    };
+    if !act {
         return Ok(false);
     }
     let mut health = crate::osdecl::Health::default();

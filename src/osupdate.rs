@@ -31,6 +31,11 @@ use crate::osdecl::{Health, Image, OsDecl, Reboot, Retry};
 
 /// Where the kernel says which boot this is (a new random id every boot).
 pub const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+/// A random marker written on the running slot just before each install (a fresh value
+/// every time): an image built earlier cannot carry it, so finding it after a reboot
+/// means the old slot. Separate from the agent's rootfs-id (state.rs), which must stay
+/// put for the next run on the same slot to plan against its previous state.
+pub const SLOT_MARKER: &str = "/etc/fleet-agent/os-update-slot";
 /// A downloaded artifact, in the state directory (on /data on a Mender device).
 pub const IMAGE_FILE: &str = "os-image";
 
@@ -118,7 +123,8 @@ pub struct OsState {
     pub backoff: Option<Backoff>,
     /// The boot during which the last transition happened (kernel boot id).
     pub boot_id: Option<String>,
-    /// The marker written on the slot the update started from, just before installing.
+    /// The marker (SLOT_MARKER) written on the slot the update started from, just
+    /// before installing.
     pub old_rootfs: Option<String>,
     /// When the first run on the new slot began verifying.
     pub verify_since: Option<u64>,
@@ -163,10 +169,13 @@ pub struct Facts {
     /// Device-local minutes after midnight.
     pub local_minutes: u16,
     pub boot_id: String,
-    /// This root filesystem's marker (state::rootfs_marker; None on a new slot).
+    /// This root filesystem's OS-update marker (SLOT_MARKER; None on a new slot).
     pub rootfs: Option<String>,
     /// `show-artifact`.
     pub artifact: Option<String>,
+    /// Why `show-artifact` failed (then `artifact` is None); a health problem while
+    /// verifying.
+    pub artifact_error: Option<String>,
     /// `fw_printenv upgrade_available`; None without fw_printenv.
     pub upgrade_available: Option<bool>,
     /// This run reached the fleet repository and converged every role without error.
@@ -289,6 +298,11 @@ pub fn decide(d: &Declared, s: &OsState, f: &Facts) -> Action {
             deadline: s.verify_since.unwrap_or(f.now) + d.health.timeout_seconds,
         },
         Phase::Committed => Action::Finish,
+        // Rebooted but still on the failed, uncommitted image (the power was cut before
+        // `rollback`, or the bootloader tried the new slot again): roll back again.
+        Phase::RollingBack if rebooted && s.old_rootfs.is_some() && !on_old_slot => {
+            Action::RollBack("the new root filesystem is still running after the reboot".into())
+        }
         Phase::RollingBack if rebooted => Action::RolledBack,
         Phase::RollingBack => Action::RollBack("resuming an interrupted rollback".into()),
     }
@@ -401,15 +415,26 @@ pub struct Step<'a> {
 
 impl Step<'_> {
     /// Reads the facts of this run.
-    pub fn facts(&self, client: &Client, converged: bool) -> Result<Facts> {
+    /// A failing `show-artifact` is an error when idle (nothing is under way, nothing
+    /// starts), and otherwise a fact: an update under way must still reach its end.
+    pub fn facts(&self, client: &Client, converged: bool, phase: Phase) -> Result<Facts> {
         let now = crate::state::now();
         let boot = self.host.read(Path::new(BOOT_ID))?;
+        let (artifact, artifact_error) = match client.show_artifact(self.host) {
+            Ok(a) => (a, None),
+            Err(e) if phase == Phase::Idle => return Err(e),
+            Err(e) => {
+                warn!("OS update: {e}");
+                (None, Some(e.to_string()))
+            }
+        };
         Ok(Facts {
             now,
             local_minutes: local_minutes(now),
             boot_id: String::from_utf8_lossy(&boot).trim().to_string(),
-            rootfs: crate::state::rootfs_marker(self.host)?,
-            artifact: client.show_artifact(self.host)?,
+            rootfs: crate::state::read_marker(self.host, Path::new(SLOT_MARKER))?,
+            artifact,
+            artifact_error,
             upgrade_available: self.upgrade_available()?,
             converged,
         })
@@ -453,7 +478,7 @@ impl Step<'_> {
             return Ok(Outcome::Done);
         }
         let client = Client::resolve(self.config);
-        let mut facts = self.facts(&client, converged)?;
+        let mut facts = self.facts(&client, converged, state.phase)?;
         if state.phase == Phase::Idle && state.current != facts.artifact {
             state.current = facts.artifact.clone();
             save(state)?;
@@ -490,7 +515,7 @@ impl Step<'_> {
                 s.boot_id = Some(f.boot_id.clone());
                 // A fresh marker for this slot: the new image cannot carry it, so seeing
                 // it after a reboot means the old slot (the bootloader fell back).
-                s.old_rootfs = Some(crate::state::new_rootfs_marker(self.host)?);
+                s.old_rootfs = Some(crate::state::new_marker(self.host, Path::new(SLOT_MARKER))?);
                 s.verify_since = None;
                 s.health_timeout = Some(declared.health.timeout_seconds);
                 enter(
@@ -557,9 +582,32 @@ impl Step<'_> {
             }
             Action::Cancel(why) => {
                 // 2: nothing was pending (the install had not started or was undone).
-                client.finish(self.host, "rollback")?;
+                let rollback = client.finish(self.host, "rollback");
                 let target = s.target.take().unwrap_or_default();
                 self.remove_image();
+                if let Err(e) = rollback {
+                    // Not stuck in installing: idle, and the artifact waits like after a
+                    // failed install (the client may still refuse it while its pending
+                    // update is there; every attempt is then logged).
+                    let attempts = match &s.backoff {
+                        Some(b) if b.artifact == target => b.attempts + 1,
+                        _ => 1,
+                    };
+                    let delay = declared.retry.delay(attempts);
+                    s.backoff = Some(Backoff {
+                        artifact: target.clone(),
+                        attempts,
+                        after: crate::state::now() + delay,
+                        error: e.to_string(),
+                    });
+                    enter(
+                        save,
+                        s,
+                        Phase::Idle,
+                        format!("cancelling {target} ({why}): rollback failed; next attempt in {delay}s"),
+                    )?;
+                    return Err(e);
+                }
                 enter(save, s, Phase::Idle, format!("cancelled {target}: {why}"))?;
                 Ok(None)
             }
@@ -606,7 +654,10 @@ impl Step<'_> {
                 Ok(None)
             }
             Action::Verify { deadline } => loop {
-                let problems = self.health(&declared.health, f.converged, deadline);
+                let mut problems = self.health(&declared.health, f.converged, deadline);
+                if let Some(e) = &f.artifact_error {
+                    problems.push(format!("the Mender client cannot say what runs: {e}"));
+                }
                 let now = crate::state::now();
                 if let Some(next) = verdict(deadline, now, &problems, f.converged) {
                     return self.execute(client, declared, s, f, next, save);
@@ -659,11 +710,21 @@ impl Step<'_> {
                     Phase::RollingBack,
                     format!("rolling back {target}: {why}"),
                 )?;
-                client.finish(self.host, "rollback")?;
+                // A reboot alone makes the bootloader fall back (the new slot is not
+                // committed): a failing `rollback` does not stop it.
+                if let Err(e) = client.finish(self.host, "rollback") {
+                    log::error!("OS update: {e}; rebooting anyway");
+                }
                 self.reboot()?;
                 Ok(Some(Outcome::Rebooting))
             }
             Action::RolledBack => {
+                // The power may have been cut before `rollback` ran (the bootloader then
+                // fell back on its own): without it the client keeps its record of the
+                // pending update and refuses every later install. 2: already done.
+                if let Err(e) = client.finish(self.host, "rollback") {
+                    warn!("OS update: rollback after returning to the old slot: {e}");
+                }
                 let target = s.target.take().unwrap_or_default();
                 s.current = f.artifact.clone();
                 self.remove_image();

@@ -139,13 +139,13 @@ pub fn ensure_rootfs_id(host: &Host) -> Result<String> {
     if let Some(id) = rootfs_id(host)? {
         return Ok(id);
     }
-    new_rootfs_marker(host)?;
+    new_marker(host, Path::new(ROOTFS_MARKER))?;
     Ok(rootfs_id(host)?.expect("marker just written"))
 }
 
-/// The marker alone (no device number: an overlay root gets a new one at every mount).
-pub fn rootfs_marker(host: &Host) -> Result<Option<String>> {
-    let marker = host.path(Path::new(ROOTFS_MARKER));
+/// A marker file's content (trimmed); None when missing or empty.
+pub fn read_marker(host: &Host, device_path: &Path) -> Result<Option<String>> {
+    let marker = host.path(device_path);
     match std::fs::read_to_string(&marker) {
         Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -153,10 +153,9 @@ pub fn rootfs_marker(host: &Host) -> Result<Option<String>> {
     }
 }
 
-/// Writes a fresh random marker (replacing any) and returns it. The OS update calls it
-/// before installing, so that no image built earlier can carry the old slot's marker.
-pub fn new_rootfs_marker(host: &Host) -> Result<String> {
-    let marker = host.path(Path::new(ROOTFS_MARKER));
+/// Writes a fresh random marker (atomically, replacing any) and returns it.
+pub fn new_marker(host: &Host, device_path: &Path) -> Result<String> {
+    let marker = host.path(device_path);
     if let Some(dir) = marker.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
     }

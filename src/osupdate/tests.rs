@@ -32,6 +32,7 @@ fn facts() -> Facts {
         boot_id: "boot-1".into(),
         rootfs: Some("slot-a".into()),
         artifact: Some("fleet-os-1".into()),
+        artifact_error: None,
         upgrade_available: Some(false),
         converged: true,
     }
@@ -353,6 +354,41 @@ fn rolling_back_resumes_in_the_same_boot_and_ends_after_the_reboot() {
         ..facts()
     };
     assert_eq!(decide(&d, &s, &back), Action::RolledBack);
+}
+
+#[test]
+fn rolling_back_after_a_reboot_still_on_the_new_slot_rolls_back_again() {
+    let d = declared(Some("fleet-os-2"), Reboot::Now);
+    // The power was cut after rolling-back was saved, before `rollback`: the new,
+    // uncommitted image booted again.
+    match decide(&d, &in_phase(Phase::RollingBack), &new_slot()) {
+        Action::RollBack(_) => {}
+        other => panic!("{other:?}"),
+    }
+    // A new slot without any marker is not the old one either.
+    let unmarked = Facts {
+        rootfs: None,
+        ..new_slot()
+    };
+    assert!(matches!(
+        decide(&d, &in_phase(Phase::RollingBack), &unmarked),
+        Action::RollBack(_)
+    ));
+    // Back on the old slot: rolled back.
+    let old = Facts {
+        boot_id: "boot-2".into(),
+        ..facts()
+    };
+    assert_eq!(
+        decide(&d, &in_phase(Phase::RollingBack), &old),
+        Action::RolledBack
+    );
+    // An update that needed no reboot has no old slot marker: the reboot ends it.
+    let no_reboot = OsState {
+        old_rootfs: None,
+        ..in_phase(Phase::RollingBack)
+    };
+    assert_eq!(decide(&d, &no_reboot, &new_slot()), Action::RolledBack);
 }
 
 #[test]

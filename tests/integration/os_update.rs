@@ -3,7 +3,8 @@
 //! mender-update double (scripts/mender-double) on a simulated A/B device whose u-boot
 //! environment is a file read and written by the real libubootenv tools. A "boot" runs
 //! the simulated bootloader (uboot-sim), gives the kernel a new boot id, and swaps the
-//! agent's rootfs-id marker for the one of the slot booted (each slot has its own /etc).
+//! agent's markers (rootfs-id, os-update-slot) for the ones of the slot booted (each
+//! slot has its own /etc).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -135,19 +136,31 @@ impl Sim {
         )
         .unwrap();
         std::fs::write(d.join("data/mender/device_type"), "device_type=pi4-sim\n").unwrap();
-        std::os::unix::fs::symlink(
-            double_dir().join("mender-update"),
-            d.join("bin/mender-update"),
+        // The double, except that a verb fails (exit 1) while d/fail-VERB exists.
+        let client = d.join("bin/mender-update");
+        std::fs::write(
+            &client,
+            format!(
+                "#!/bin/sh\nif [ -e {0}/fail-\"$1\" ]; then echo \"injected $1 failure\" >&2; exit 1; fi\nexec {1} \"$@\"\n",
+                d.display(),
+                double_dir().join("mender-update").display()
+            ),
         )
         .unwrap();
+        // The reboot command fails while d/fail-reboot exists.
         let reboot = d.join("bin/reboot");
         std::fs::write(
             &reboot,
-            format!("#!/bin/sh\necho reboot >> {}/reboots\n", d.display()),
+            format!(
+                "#!/bin/sh\nif [ -e {0}/fail-reboot ]; then echo 'injected reboot failure' >&2; exit 1; fi\necho reboot >> {0}/reboots\n",
+                d.display()
+            ),
         )
         .unwrap();
-        std::fs::set_permissions(&reboot, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        for f in [&client, &reboot] {
+            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
         uboot(
             d,
             &[
@@ -213,17 +226,23 @@ impl Sim {
         .parse()
         .unwrap();
         let root_file = d.join("boot/root");
-        let marker = self.device.path("/etc/fleet-agent/rootfs-id");
-        // Keep the marker of the slot left; bring the booted slot's (none if new).
-        if let Ok(previous) = std::fs::read_to_string(&root_file) {
-            let previous = previous.trim().rsplit('/').next().unwrap().to_string();
-            if let Ok(id) = std::fs::read(&marker) {
-                std::fs::write(d.join("markers").join(&previous), id).unwrap();
+        // Keep the markers of the slot left; bring the booted slot's (none if new).
+        let previous = std::fs::read_to_string(&root_file)
+            .ok()
+            .map(|p| p.trim().rsplit('/').next().unwrap().to_string());
+        for name in ["rootfs-id", "os-update-slot"] {
+            let marker = self.device.path(&format!("/etc/fleet-agent/{name}"));
+            if let Some(previous) = &previous {
+                let kept = d.join("markers").join(previous);
+                std::fs::create_dir_all(&kept).unwrap();
+                if let Ok(id) = std::fs::read(&marker) {
+                    std::fs::write(kept.join(name), id).unwrap();
+                }
             }
-        }
-        let _ = std::fs::remove_file(&marker);
-        if let Ok(id) = std::fs::read(d.join("markers").join(format!("p{slot}"))) {
-            std::fs::write(&marker, id).unwrap();
+            let _ = std::fs::remove_file(&marker);
+            if let Ok(id) = std::fs::read(d.join(format!("markers/p{slot}/{name}"))) {
+                std::fs::write(&marker, id).unwrap();
+            }
         }
         std::fs::write(&root_file, format!("{}/slots/p{slot}\n", d.display())).unwrap();
         self.boots += 1;
@@ -271,12 +290,22 @@ impl Sim {
     }
 
     fn show_artifact(&self) -> String {
-        let out = Command::new(self.dir().join("bin/mender-update"))
+        let out = Command::new(double_dir().join("mender-update"))
             .arg("show-artifact")
             .env("MENDER_DOUBLE_CONF", self.dir().join("double.conf"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// While `on`, the client verb (or `reboot`) fails with exit 1.
+    fn fail(&self, verb: &str, on: bool) {
+        let flag = self.dir().join(format!("fail-{verb}"));
+        if on {
+            std::fs::write(flag, "").unwrap();
+        } else {
+            let _ = std::fs::remove_file(flag);
+        }
     }
 
     fn declare(&self, os_yaml: &str) {
@@ -730,5 +759,212 @@ fn a_branch_that_breaks_while_verifying_rolls_back_after_the_health_timeout() {
     assert_eq!(sim.run(&["pull"]).code, 1);
     assert_eq!(sim.os_state()["phase"], "idle", "{}", sim.os_state());
     assert_eq!(sim.env("upgrade_available"), "0");
+    assert_eq!(sim.reboots(), 2);
+}
+
+#[test]
+fn a_power_cut_before_rollback_still_clears_the_clients_pending_update() {
+    let mut sim = Sim::new(&NOW_2.replace("URL/health", "URL/sick"));
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    // rolling-back is saved, then the power is cut before `rollback` (simulated by a
+    // rollback that fails, before any reboot is asked for).
+    sim.fail("rollback", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(sim.os_state()["phase"], "rolling-back", "{run:?}");
+    assert_eq!(sim.env("upgrade_available"), "1");
+    sim.fail("rollback", false);
+    // The bootloader falls back on its own (the boot limit was reached on slot 3).
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]));
+    // The client no longer has a pending update: a newer artifact installs.
+    sim.declare(&NOW_2.replace("fleet-os-2", "fleet-os-3"));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "rebooting");
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.show_artifact(), "fleet-os-3");
+}
+
+#[test]
+fn a_failed_install_keeps_the_state_of_the_slot_and_prunes_later() {
+    let sim = Sim::new(&NOW_2.replace("fleet-os-2.mender", "missing.mender"));
+    let rootfs_id = || sim.device.read("/etc/fleet-agent/rootfs-id");
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(sim.device.read("/etc/motd"), "fleet\n");
+    let id = rootfs_id();
+    // The fall-back marker was written on this slot, apart from rootfs-id.
+    assert!(sim.device.path("/etc/fleet-agent/os-update-slot").is_file());
+    assert_eq!(sim.os_state()["backoff"]["attempts"], 1);
+    // The role no longer declares /etc/motd; the next run (same slot, backing off)
+    // still knows the agent created it and prunes it.
+    sim.repo.commit(
+        &[(
+            "roles/base/role.yml",
+            "resources:\n  - file:\n      path: /etc/issue.fleet\n      content: \"x\\n\"\n",
+        )],
+        "drop motd",
+    );
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        !run.stderr.contains("not the one of the last run"),
+        "{run:?}"
+    );
+    assert!(!sim.device.path("/etc/motd").exists(), "{run:?}");
+    assert_eq!(sim.device.read("/etc/issue.fleet"), "x\n");
+    assert_eq!(rootfs_id(), id);
+}
+
+#[test]
+fn show_artifact_failing_on_the_new_slot_counts_against_its_health() {
+    let mut sim = Sim::new(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    sim.fail("show-artifact", true);
+    // Every other check passes, but the client cannot say what runs: past the health
+    // timeout, the update is rolled back instead of staying in rebooting.
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the Mender client cannot say what runs"),
+        "{run:?}"
+    );
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "rolling-back", "{os}");
+    assert_eq!(os["failed"], serde_json::json!(["fleet-os-2"]));
+    assert_eq!(sim.reboots(), 2);
+    assert_eq!(sim.env("mender_boot_part"), "2");
+    assert_eq!(sim.boot(), 2);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.os_state()["phase"], "idle");
+    // Idle, nothing under way: a failing client is an error and nothing starts.
+    sim.declare(&NOW_2.replace("fleet-os-2", "fleet-os-3"));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("injected show-artifact failure"),
+        "{run:?}"
+    );
+    assert_eq!(sim.server.count("/fleet-os-3.mender"), 0);
+}
+
+#[test]
+fn a_failing_rollback_still_reboots_to_the_old_slot() {
+    let mut sim = Sim::new(&NOW_2.replace("URL/health", "URL/sick"));
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    sim.fail("rollback", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(run.stderr.contains("rebooting anyway"), "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "rolling-back");
+    assert_eq!(sim.reboots(), 2);
+    // The bootloader falls back by itself (the new slot was never committed).
+    sim.fail("rollback", false);
+    assert_eq!(sim.boot(), 2);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "idle");
+    assert_eq!(sim.env("upgrade_available"), "0");
+    assert_eq!(sim.show_artifact(), "unknown");
+}
+
+#[test]
+fn a_cancel_whose_rollback_fails_goes_idle_with_a_backoff() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let m = ((now / 60) as i64 + 120).rem_euclid(1440);
+    let closed = format!(
+        "\"{:02}:{:02}-{:02}:{:02}\"",
+        m / 60,
+        m % 60,
+        (m / 60 + 1) % 24,
+        m % 60
+    );
+    let waiting = NOW_2.replace("reboot: now", &format!("reboot: {closed}"));
+    let sim = Sim::new(&waiting);
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.os_state()["phase"], "installed");
+    // The branch moves on; the cancel's rollback keeps failing.
+    sim.declare(&waiting.replace("fleet-os-2", "fleet-os-3"));
+    sim.fail("rollback", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("injected rollback failure"), "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert_eq!(os["target"], serde_json::Value::Null, "{os}");
+    assert_eq!(os["backoff"]["artifact"], "fleet-os-2", "{os}");
+    assert_eq!(os["backoff"]["attempts"], 1, "{os}");
+    assert!(
+        os["message"].as_str().unwrap().contains("rollback failed"),
+        "{os}"
+    );
+    assert!(!sim.device.path("/data/fleet-agent/os-image").exists());
+}
+
+#[test]
+fn a_branch_that_breaks_before_an_operator_reboot_still_verifies_the_new_slot() {
+    let mut sim = Sim::new(&NOW_2.replace("reboot: now", "reboot: never"));
+    assert_eq!(sim.run(&["pull"]).code, 0);
+    assert_eq!(sim.os_state()["phase"], "installed");
+    let broken = format!(
+        "{}roles: [no-such-role]\n",
+        fleet_yml(&sim.server, &NOW_2.replace("reboot: now", "reboot: never"))
+    )
+    .replace("roles: [base]\n", "");
+    sim.repo.commit(&[("fleet.yml", &broken)], "broken");
+    // Same boot: the broken branch does not cancel the good install.
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "installed", "{}", sim.os_state());
+    assert_eq!(sim.env("upgrade_available"), "1");
+    // The operator reboots into the new slot: it is verifying, and unhealthy since the
+    // branch cannot converge; past the health timeout it rolls back.
+    assert_eq!(sim.boot(), 3);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "verifying", "{}", sim.os_state());
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    let os = sim.os_state();
+    assert_eq!(os["phase"], "rolling-back", "{os}");
+    assert_eq!(sim.reboots(), 1);
+    assert_eq!(sim.env("mender_boot_part"), "2");
+}
+
+#[test]
+fn a_failing_os_step_after_a_branch_error_shows_both_errors() {
+    let mut sim = Sim::new(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    let broken = format!("{}roles: [no-such-role]\n", fleet_yml(&sim.server, NOW_2))
+        .replace("roles: [base]\n", "");
+    sim.repo.commit(&[("fleet.yml", &broken)], "broken");
+    assert_eq!(sim.boot(), 3);
+    assert_eq!(sim.run(&["pull"]).code, 1);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Past the timeout the rollback's reboot fails: the run says why the branch did
+    // not load, and why the reboot failed.
+    sim.fail("reboot", true);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("no-such-role"), "{run:?}");
+    assert!(run.stderr.contains("injected reboot failure"), "{run:?}");
+    assert_eq!(sim.os_state()["phase"], "rolling-back");
+    // The reboot works again: the interrupted rollback goes on.
+    sim.fail("reboot", false);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
     assert_eq!(sim.reboots(), 2);
 }
