@@ -367,6 +367,7 @@ impl<'a> Fleet<'a> {
                 if let Some(p) = crate::selfupdate::check_min_version(&doc.settings) {
                     problems.push(p);
                 }
+                problems.extend(crate::selfupdate::check_pins(repo, &doc.settings)?);
                 settings = doc.settings;
                 os = crate::osdecl::read(FLEET_FILE, &node, &mut problems);
                 all = read_layer(FLEET_FILE, &node, &mut problems);
