@@ -284,8 +284,8 @@ struct ParamDef {
     name: String,
     required: bool,
     default: Option<Node>,
-    /// `choices:` the values the parameter may take: (as written, as compared).
-    choices: Option<Vec<(String, String)>>,
+    /// `choices:` the values the parameter may take: (as written, typed as YAML reads it).
+    choices: Option<Vec<(String, Value)>>,
 }
 
 struct RoleDef {
@@ -367,6 +367,7 @@ impl<'a> Fleet<'a> {
                 if let Some(p) = crate::selfupdate::check_min_version(&doc.settings) {
                     problems.push(p);
                 }
+                problems.extend(crate::selfupdate::check_pins(repo, &doc.settings)?);
                 settings = doc.settings;
                 os = crate::osdecl::read(FLEET_FILE, &node, &mut problems);
                 all = read_layer(FLEET_FILE, &node, &mut problems);
@@ -871,11 +872,8 @@ fn read_groups(node: &Node, problems: &mut Vec<Invalid>) -> Vec<Group> {
     groups
 }
 
-/// A parameter's `choices:`: a list of plain values, kept as text.
-fn param_choices(
-    file: &str,
-    node: Option<&Node>,
-) -> Result<Option<Vec<(String, String)>>, Invalid> {
+/// A parameter's `choices:`: a list of plain values, kept as written and typed.
+fn param_choices(file: &str, node: Option<&Node>) -> Result<Option<Vec<(String, Value)>>, Invalid> {
     let Some(node) = node else { return Ok(None) };
     let expected = "expected `choices:` as a list of plain values, such as [0, 90, 180, 270]";
     let Some(seq) = node.as_sequence() else {
@@ -885,7 +883,7 @@ fn param_choices(
     for item in seq.iter() {
         match item {
             Node::Scalar(s) if !s.as_str().is_empty() => {
-                choices.push((s.as_str().to_string(), yaml::to_value(item).to_string()))
+                choices.push((s.as_str().to_string(), yaml::to_value(item)))
             }
             _ => return Err(invalid(file, item.span(), expected)),
         }
@@ -896,30 +894,34 @@ fn param_choices(
     Ok(Some(choices))
 }
 
-/// A parameter value that is not one of its `choices:` (compared as rendered text, so
-/// that a templated `"90"` matches a plain 90), as a problem where the value is written.
-fn not_a_choice(
+/// A parameter value checked against its `choices:` (compared as rendered text, so that a
+/// templated `"90"` matches a plain 90): the matching choice's own typed value (so that a
+/// templated or quoted `"false"` becomes the boolean false a template tests, not a
+/// non-empty string), the value itself without choices, or a problem where it is written.
+fn as_choice(
     def: &RoleDef,
     name: &str,
-    value: &Value,
+    value: Value,
     file: &str,
     node: &Node,
-) -> Option<Invalid> {
-    let choices = def
+) -> Result<Value, Invalid> {
+    let Some(choices) = def
         .params
         .iter()
-        .find(|p| p.name == name)?
-        .choices
-        .as_ref()?;
-    let text = value.to_string();
-    if choices.iter().any(|(_, c)| c == &text) {
-        return None;
+        .find(|p| p.name == name)
+        .and_then(|p| p.choices.as_ref())
+    else {
+        return Ok(value);
+    };
+    let text = choice_text(&value);
+    if let Some((_, typed)) = choices.iter().find(|(_, c)| choice_text(c) == text) {
+        return Ok(typed.clone());
     }
     let shown = match node {
         Node::Scalar(s) if !s.as_str().contains("{{") => s.as_str().to_string(),
         _ => text,
     };
-    Some(invalid(
+    Err(invalid(
         file,
         node.span(),
         format!(
@@ -932,6 +934,22 @@ fn not_a_choice(
                 .join(", ")
         ),
     ))
+}
+
+/// A value as text for `choices:`, booleans spelled `true`/`false` whatever their form
+/// (minijinja's `Display` and a rendered `{{ flag }}` give `False`; YAML also reads
+/// `False` and `FALSE` as the boolean), so that a plain, quoted or templated value compare
+/// alike.
+fn choice_text(value: &Value) -> String {
+    if value.kind() == minijinja::value::ValueKind::Bool {
+        return value.is_true().to_string();
+    }
+    let text = value.to_string();
+    match text.as_str() {
+        "True" | "TRUE" => "true".to_string(),
+        "False" | "FALSE" => "false".to_string(),
+        _ => text,
+    }
 }
 
 /// `roles:` / `include:` entries: `name` or `{role: name, params: {...}}`.
@@ -1074,12 +1092,11 @@ impl Expander<'_, '_> {
                 ok = false;
                 continue;
             }
-            match self.render_node(&r.pos.file, node, caller) {
+            match self
+                .render_node(&r.pos.file, node, caller)
+                .and_then(|v| as_choice(&def, name, v, &r.pos.file, node))
+            {
                 Ok(v) => {
-                    if let Some(p) = not_a_choice(&def, name, &v, &r.pos.file, node) {
-                        self.problems.push(p);
-                        ok = false;
-                    }
                     params.insert(name.clone(), v);
                 }
                 Err(p) => {
@@ -1094,12 +1111,11 @@ impl Expander<'_, '_> {
                 continue;
             }
             match &p.default {
-                Some(d) => match self.render_node(&def.file, d, &vars_only) {
+                Some(d) => match self
+                    .render_node(&def.file, d, &vars_only)
+                    .and_then(|v| as_choice(&def, &p.name, v, &def.file, d))
+                {
                     Ok(v) => {
-                        if let Some(e) = not_a_choice(&def, &p.name, &v, &def.file, d) {
-                            self.problems.push(e);
-                            ok = false;
-                        }
                         params.insert(p.name.clone(), v);
                     }
                     Err(e) => {

@@ -167,10 +167,11 @@ pub fn too_old(req: &Requirement) -> Error {
     )
 }
 
-/// The fleet-agent version that roles of the branch pin, when exactly one `package`
-/// declaration of fleet-agent in the repository's roles gives a version (read
-/// leniently, like [`required`]; a role that does not parse is skipped).
-pub fn pinned_version(source: &Source) -> Result<Option<String>> {
+/// Every `package` declaration of fleet-agent with a `version` in the repository's roles
+/// (not `state: absent`), with the position of the version; read leniently, like
+/// [`required`]: a role that does not parse is skipped (the full load reports it when a
+/// device uses it).
+fn agent_pins(source: &Source) -> Result<Vec<(String, Pos)>> {
     let mut pins = Vec::new();
     for role in source.list("roles")?.unwrap_or_default() {
         let file = format!("roles/{role}/role.yml");
@@ -190,30 +191,75 @@ pub fn pinned_version(source: &Source) -> Result<Option<String>> {
             let is_agent = p.get_scalar("name").map(|n| n.as_str()) == Some(PACKAGE);
             let absent = p.get_scalar("state").map(|s| s.as_str()) == Some("absent");
             if let (true, false, Some(v)) = (is_agent, absent, p.get_scalar("version")) {
-                pins.push(v.as_str().to_string());
+                pins.push((v.as_str().to_string(), yaml::pos(&file, v.span())));
             }
         }
     }
+    Ok(pins)
+}
+
+/// The fleet-agent version that roles of the branch pin, when exactly one `package`
+/// declaration of fleet-agent in the repository's roles gives a version (read
+/// leniently, like [`required`]; a role that does not parse is skipped).
+pub fn pinned_version(source: &Source) -> Result<Option<String>> {
+    let pins = agent_pins(source)?;
     Ok(match pins.as_slice() {
-        [one] => Some(one.clone()),
+        [(one, _)] => Some(one.clone()),
         _ => None,
     })
 }
 
+/// Why a pinned fleet-agent version may not be installed under a minimum: apt would
+/// downgrade the agent below what the branch needs. None for a version that is new
+/// enough, or that is not a plain version (a glob or a template: checked once
+/// resolved, by the upgrade).
+fn pin_below(pin: &str, min: Version) -> Option<String> {
+    Version::parse_prefix(pin)
+        .filter(|v| *v < min)
+        .map(|_| format!("{PACKAGE} {pin} is older than settings.min_agent_version {min}"))
+}
+
+/// The full load's check of the roles' fleet-agent pins against
+/// `settings.min_agent_version`: a pin below it would make the packages phase downgrade
+/// the agent (apt runs with --allow-downgrades), as a problem at the pinned version.
+/// Every role of the repository counts, as for [`pinned_version`].
+pub fn check_pins(source: &Source, settings: &crate::load::Settings) -> Result<Vec<Invalid>> {
+    let Some(value) = settings.min_agent_version.as_ref() else {
+        return Ok(vec![]);
+    };
+    let Some(min) = Version::parse(value.as_str()) else {
+        return Ok(vec![]);
+    };
+    let at = yaml::pos("fleet.yml", value.span());
+    Ok(agent_pins(source)?
+        .into_iter()
+        .filter_map(|(pin, pos)| {
+            pin_below(&pin, min).map(|why| Invalid {
+                pos,
+                message: format!("{why} ({at})"),
+            })
+        })
+        .collect())
+}
+
 /// Performs the agent's own upgrade, then replaces this process with the new agent.
-/// Returns only on failure, with "self-update to >= X failed: ..."; the old agent is
-/// then still installed (apt failed, or left it) and nothing else was changed.
+/// Returns only on failure, with "self-update to >= X failed (fleet-agent Y is the
+/// installed agent; ...)", Y being what is installed now, read after the failure;
+/// nothing else was changed.
 pub fn upgrade_and_reexec(host: &Host, req: &Requirement, pin: Option<&str>) -> Error {
-    let failed = |why: String| {
+    let failed = |now: String, why: String| {
         Error::Other(format!(
-            "self-update to >= {} failed (fleet-agent {VERSION} is still the agent; nothing else was applied): {why}",
+            "self-update to >= {} failed (fleet-agent {now} is the installed agent; nothing else was applied): {why}",
             req.min
         ))
     };
     if std::env::var_os(REEXEC_ENV).is_some() {
-        return failed(format!(
-            "this agent ({VERSION}) was already started by a self-update ({REEXEC_ENV} is set) and is still too old"
-        ));
+        return failed(
+            agent_now(host),
+            format!(
+                "this agent ({VERSION}) was already started by a self-update ({REEXEC_ENV} is set) and is still too old"
+            ),
+        );
     }
     info!(
         "{}; upgrading {PACKAGE} first{}",
@@ -221,16 +267,19 @@ pub fn upgrade_and_reexec(host: &Host, req: &Requirement, pin: Option<&str>) -> 
         pin.map(|v| format!(" to the pinned version {v}"))
             .unwrap_or_default()
     );
-    let installed = match upgrade(host, pin) {
+    let installed = match upgrade(host, pin, req.min) {
         Ok(v) => v,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return failed(agent_now(host), e.to_string()),
     };
     if installed < req.min {
-        return failed(format!(
-            "{AGENT_BIN} is {installed} after the upgrade (apt had no newer {PACKAGE}{})",
-            pin.map(|v| format!(" than the pinned {v}"))
-                .unwrap_or_default()
-        ));
+        return failed(
+            installed.to_string(),
+            format!(
+                "{AGENT_BIN} is {installed} after the upgrade (apt had no newer {PACKAGE}{})",
+                pin.map(|v| format!(" than the pinned {v}"))
+                    .unwrap_or_default()
+            ),
+        );
     }
     info!("upgraded {PACKAGE} from {VERSION} to {installed}; running the new agent");
     use std::os::unix::process::CommandExt;
@@ -240,20 +289,52 @@ pub fn upgrade_and_reexec(host: &Host, req: &Requirement, pin: Option<&str>) -> 
         .args(std::env::args_os().skip(1))
         .env(REEXEC_ENV, "1")
         .exec();
-    failed(format!("cannot run {AGENT_BIN}: {err}"))
+    failed(
+        agent_now(host),
+        format!("the upgrade succeeded, but {AGENT_BIN} cannot be run: {err}"),
+    )
+}
+
+/// The agent installed now, for a failure message: what `/usr/bin/fleet-agent
+/// --version` says, else dpkg's version of the package, else that it is not known.
+fn agent_now(host: &Host) -> String {
+    if let Ok(v) = installed_agent_version(host) {
+        return v.to_string();
+    }
+    let dpkg = crate::system::dpkg_status(host).ok().and_then(|status| {
+        status
+            .get(PACKAGE)
+            .filter(|p| p.is_installed())
+            .map(|p| p.version.clone())
+    });
+    dpkg.unwrap_or_else(|| "of an unknown version".to_string())
 }
 
 /// apt-get update, then one apt transaction installing fleet-agent (pinned or the
-/// candidate); returns the version the installed binary reports.
-fn upgrade(host: &Host, pin: Option<&str>) -> Result<Version> {
+/// candidate); returns the version the installed binary reports. A pin below `min` is
+/// refused before apt runs: apt would downgrade the agent (the full load reports such
+/// a pin too; this read of the pin is the lenient one, before it).
+fn upgrade(host: &Host, pin: Option<&str>, min: Version) -> Result<Version> {
+    let refuse = |why: String| {
+        Error::Other(format!(
+            "{why}: not installing it, apt would downgrade the agent"
+        ))
+    };
+    if let Some(why) = pin.and_then(|v| pin_below(v, min)) {
+        return Err(refuse(why));
+    }
     crate::apply::apt_update(host)?;
     let version = match pin {
         Some(v) if v.contains(['*', '?', '[']) => {
-            Some(crate::plan::resolve_glob(host, PACKAGE, v)?.ok_or_else(|| {
+            let resolved = crate::plan::resolve_glob(host, PACKAGE, v)?.ok_or_else(|| {
                 Error::Other(format!(
                     "no version of {PACKAGE} matching `{v}` is in the package lists"
                 ))
-            })?)
+            })?;
+            if let Some(why) = pin_below(&resolved, min) {
+                return Err(refuse(format!("{why} (the pin `{v}`)")));
+            }
+            Some(resolved)
         }
         Some(v) => Some(v.to_string()),
         None => None,
@@ -306,7 +387,63 @@ pub fn may_upgrade(host: &Host) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Version;
+    use super::{upgrade, upgrade_and_reexec, Requirement, Version};
+    use crate::error::Pos;
+    use crate::host::Host;
+
+    /// A scratch root whose dpkg has fleet-agent `version` installed (and no apt).
+    fn root_with_agent(version: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("var/lib/dpkg/status");
+        std::fs::create_dir_all(status.parent().unwrap()).unwrap();
+        std::fs::write(
+            status,
+            format!("Package: fleet-agent\nStatus: install ok installed\nVersion: {version}\n\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_pin_below_the_minimum_is_refused_before_apt_runs() {
+        let dir = root_with_agent("0.0.7-1");
+        let host = Host::new(dir.path());
+        // No apt in the scratch root: reaching apt would fail with another message.
+        let err = upgrade(&host, Some("0.0.9-1"), Version(0, 2, 0))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "fleet-agent 0.0.9-1 is older than settings.min_agent_version 0.2.0: not installing it, apt would downgrade the agent"
+        );
+        // A pin that meets the minimum goes on to apt (which is missing here).
+        let err = upgrade(&host, Some("0.2.0-1"), Version(0, 2, 0))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("older than"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_self_update_names_the_agent_installed_now() {
+        let dir = root_with_agent("0.0.7-1");
+        let host = Host::new(dir.path());
+        let req = Requirement {
+            min: Version(0, 2, 0),
+            pos: Pos {
+                file: "fleet.yml".into(),
+                line: 3,
+                column: 22,
+            },
+        };
+        let err = upgrade_and_reexec(&host, &req, Some("0.0.9-1")).to_string();
+        assert!(
+            err.starts_with(
+                "self-update to >= 0.2.0 failed (fleet-agent 0.0.7-1 is the installed agent; nothing else was applied): fleet-agent 0.0.9-1 is older than"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains(super::VERSION), "{err}");
+    }
 
     #[test]
     fn versions_parse_and_order() {

@@ -356,7 +356,10 @@ fn the_timer_upgrades_the_declared_agent_and_a_failed_self_update_leaves_it_work
     assert_eq!(run.exit_status, "1");
     let journal = journal_of(&dev, &run.invocation);
     assert!(
-        has(&journal, &format!("self-update to >= {N2} failed")),
+        has(
+            &journal,
+            &format!("self-update to >= {N2} failed (fleet-agent {N1} is the installed agent;")
+        ),
         "{journal:?}"
     );
     assert_eq!(dev.sh("fleet-agent --version"), format!("fleet-agent {N1}"));

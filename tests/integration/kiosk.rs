@@ -182,6 +182,39 @@ fn every_kiosk_parameter_reaches_the_launcher_and_the_unit() {
 }
 
 #[test]
+fn a_templated_or_quoted_false_choice_is_the_boolean_false() {
+    // `choices:` compares rendered text; the value that passes takes its choice's type, so
+    // `{% if hide_cursor %}` sees false, not the non-empty string "false".
+    for (vars, hide_cursor) in [
+        ("vars: {hide: false}\n", "\"{{ hide }}\""),
+        ("", "\"false\""),
+        ("", "'false'"),
+    ] {
+        let host_vars = format!(
+            "{vars}roles:\n  - role: kiosk\n    params: {{url: http://x/, hide_cursor: {hide_cursor}, rotation: \"{{{{ 90 }}}}\"}}\n"
+        );
+        let (_repo, dev) = kiosk_device(&host_vars, &[]);
+        let launcher = content(&plan(&dev), LAUNCHER);
+        assert!(!launcher.contains("XCURSOR"), "{host_vars}\n{launcher}");
+        assert!(
+            launcher.contains("exec cage -d -r -- chromium"),
+            "{launcher}"
+        );
+        // And on disk, from an apply into the --root.
+        let pull = dev.run(&["pull"]);
+        assert_eq!(pull.code, 0, "{pull:?}");
+        let written = dev.read(LAUNCHER);
+        assert!(!written.contains("XCURSOR"), "{host_vars}\n{written}");
+    }
+    // A templated true still hides it.
+    let (_repo, dev) = kiosk_device(
+        "vars: {hide: true}\nroles:\n  - role: kiosk\n    params: {url: http://x/, hide_cursor: \"{{ hide }}\"}\n",
+        &[],
+    );
+    assert!(content(&plan(&dev), LAUNCHER).contains("export XCURSOR_THEME=default\n"));
+}
+
+#[test]
 fn bad_kiosk_parameters_are_reported_where_they_are_written() {
     let cases = [
         (

@@ -163,3 +163,50 @@ fn a_maintainer_sees_the_requirement_in_plan_and_validate() {
         "{validate:?}"
     );
 }
+
+#[test]
+fn a_fleet_agent_pin_below_min_agent_version_is_reported_where_it_is() {
+    // A pin below the minimum would make the packages phase (or the self-update's apt
+    // transaction, which allows downgrades) install an agent the branch refuses.
+    let ours = env!("CARGO_PKG_VERSION");
+    let agent_role = "description: the agent\nresources:\n  - package:\n      name: fleet-agent\n      version: \"0.0.9-1\"\n";
+    let (repo, dev) = applied_then(&fleet_with(&format!("  min_agent_version: \"{ours}\"\n")));
+    repo.commit(&[("roles/agent/role.yml", agent_role)], "pins an old agent");
+    let before = dev.snapshot();
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let expected = format!(
+        "roles/agent/role.yml:5:16: fleet-agent 0.0.9-1 is older than settings.min_agent_version {ours} (fleet.yml:3:22)"
+    );
+    assert!(run.stderr.contains(&expected), "{expected}\n{run:?}");
+    assert_eq!(dev.snapshot(), before, "nothing changed");
+    assert_eq!(dev.state()["outcome"], "invalid");
+
+    // `validate` on the maintainer's tree says the same.
+    let validate = to_run(
+        std::process::Command::new(BIN)
+            .args([
+                "--config",
+                "/dev/null",
+                "validate",
+                repo.work.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(validate.code, 1, "{validate:?}");
+    assert!(validate.stderr.contains(&expected), "{validate:?}");
+
+    // A pin that meets the minimum (a Debian revision of the same version), a glob and
+    // an absent package are fine.
+    repo.commit(
+        &[(
+            "roles/agent/role.yml",
+            &format!("resources:\n  - package: {{name: fleet-agent, version: \"{ours}-2\"}}\n  - package: {{name: fleet-agent, version: \"0.0.*\"}}\n  - package: {{name: fleet-agent, version: \"0.0.1\", state: absent}}\n"),
+        )],
+        "pins the agent",
+    );
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(dev.read("/etc/web/web.conf"), "changed = 8080\n");
+}
