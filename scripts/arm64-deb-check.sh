@@ -135,18 +135,8 @@ root=$(sed -n 's/^ROOT=//p' "$scratch/device")
 dev() { scripts/device.sh exec "$name" -- "$@"; }
 cp "$deb" "$root/root/fleet-agent.deb"
 
-failed=0
-ok() { printf '  ok    %s\n' "$1"; }
-bad() {
-  printf '  FAIL  %s\n' "$1"
-  failed=1
-}
-expect() { # LABEL WANT CMD...: CMD's stdout (trimmed) must be WANT
-  local label=$1 want=$2 got
-  shift 2
-  got=$("$@" 2>&1 | tr '\n' ' ' | sed 's/ *$//') || true
-  if [ "$got" = "$want" ]; then ok "$label: ${got:-(no output)}"; else bad "$label: got '$got', want '$want'"; fi
-}
+# shellcheck source=lib/checks.sh
+. "$here/scripts/lib/checks.sh"
 journal() { dev journalctl -u fleet-agent.service -o cat --no-pager 2>/dev/null; }
 
 echo "arch:"

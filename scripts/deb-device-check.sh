@@ -43,18 +43,8 @@ root=$(sed -n 's/^ROOT=//p' "$scratch/device")
 dev() { scripts/device.sh exec "$name" -- "$@"; }
 cp "$deb" "$root/root/fleet-agent.deb"
 
-failed=0
-ok() { printf '  ok    %s\n' "$1"; }
-bad() {
-  printf '  FAIL  %s\n' "$1"
-  failed=1
-}
-expect() { # LABEL WANT CMD...: CMD's stdout (trimmed) must be WANT
-  local label=$1 want=$2 got
-  shift 2
-  got=$("$@" 2>&1 | tr '\n' ' ' | sed 's/ *$//') || true
-  if [ "$got" = "$want" ]; then ok "$label: ${got:-(no output)}"; else bad "$label: got '$got', want '$want'"; fi
-}
+# shellcheck source=lib/checks.sh
+. "$here/scripts/lib/checks.sh"
 
 echo "install:"
 dev dpkg -i /root/fleet-agent.deb >"$scratch/out" 2>&1 || { cat "$scratch/out"; bad "dpkg -i"; }
