@@ -419,7 +419,6 @@ impl Step<'_> {
     /// starts), and otherwise a fact: an update under way must still reach its end.
     pub fn facts(&self, client: &Client, converged: bool, phase: Phase) -> Result<Facts> {
         let now = crate::state::now();
-        let boot = self.host.read(Path::new(BOOT_ID))?;
         let (artifact, artifact_error) = match client.show_artifact(self.host) {
             Ok(a) => (a, None),
             Err(e) if phase == Phase::Idle => return Err(e),
@@ -431,13 +430,19 @@ impl Step<'_> {
         Ok(Facts {
             now,
             local_minutes: local_minutes(now),
-            boot_id: String::from_utf8_lossy(&boot).trim().to_string(),
+            boot_id: self.boot_id()?,
             rootfs: crate::state::read_marker(self.host, Path::new(SLOT_MARKER))?,
             artifact,
             artifact_error,
             upgrade_available: self.upgrade_available()?,
             converged,
         })
+    }
+
+    /// The kernel's id of this boot.
+    fn boot_id(&self) -> Result<String> {
+        let boot = self.host.read(Path::new(BOOT_ID))?;
+        Ok(String::from_utf8_lossy(&boot).trim().to_string())
     }
 
     /// `fw_printenv upgrade_available` when fw_printenv is installed (u-boot env).
@@ -477,10 +482,24 @@ impl Step<'_> {
         if declared.image.is_none() && state.phase == Phase::Idle {
             return Ok(Outcome::Done);
         }
+        // The no-op poll: the declared artifact was found running earlier in this same
+        // boot. Only a reboot changes the running root filesystem, so the client (a Go
+        // or C++ program of its own, with its own memory) is not asked again.
+        if state.phase == Phase::Idle
+            && declared.image.as_ref().map(|i| &i.artifact) == state.current.as_ref()
+            && state.boot_id.is_some()
+            && state.boot_id == Some(self.boot_id()?)
+        {
+            return Ok(Outcome::Done);
+        }
         let client = Client::resolve(self.config);
         let mut facts = self.facts(&client, converged, state.phase)?;
-        if state.phase == Phase::Idle && state.current != facts.artifact {
+        if state.phase == Phase::Idle
+            && (state.current != facts.artifact
+                || state.boot_id.as_deref() != Some(facts.boot_id.as_str()))
+        {
             state.current = facts.artifact.clone();
+            state.boot_id = Some(facts.boot_id.clone());
             save(state)?;
         }
         // Each action moves to another phase; a handful covers the longest chain

@@ -488,6 +488,17 @@ fn an_update_installs_reboots_verifies_and_commits_then_nothing_more() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(sim.reboots(), 1);
     assert_eq!(sim.server.count("/fleet-os-2.mender"), 1);
+    // And within this boot the no-op poll does not even ask the client (it would fail).
+    std::fs::write(sim.dir().join("fail-show-artifact"), "").unwrap();
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    // After a reboot it asks again.
+    assert_eq!(sim.boot(), 3);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("injected show-artifact failure"), "{run:?}");
+    std::fs::remove_file(sim.dir().join("fail-show-artifact")).unwrap();
+    assert_eq!(sim.run(&["pull"]).code, 0);
     let plan = sim.run(&["plan"]);
     assert_eq!(plan.code, 0, "{plan:?}");
     assert!(
