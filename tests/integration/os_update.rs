@@ -496,7 +496,10 @@ fn an_update_installs_reboots_verifies_and_commits_then_nothing_more() {
     assert_eq!(sim.boot(), 3);
     let run = sim.run(&["pull"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("injected show-artifact failure"), "{run:?}");
+    assert!(
+        run.stderr.contains("injected show-artifact failure"),
+        "{run:?}"
+    );
     std::fs::remove_file(sim.dir().join("fail-show-artifact")).unwrap();
     assert_eq!(sim.run(&["pull"]).code, 0);
     let plan = sim.run(&["plan"]);
