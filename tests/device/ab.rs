@@ -32,16 +32,18 @@ pub struct Artifacts {
 
 impl Artifacts {
     pub fn sha256(&self, file: &str) -> String {
-        let out = Command::new("sha256sum")
-            .arg(self.dir.join(file))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
+        sha256(&self.dir.join(file))
     }
+}
+
+/// The sha256 of a file, as `sha256sum` prints it.
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// fleet-os-2 and fleet-os-3 (healthy), fleet-os-4 (no health marker: its health

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use super::ab::{artifacts, real_artifact, AbDevice};
+use super::ab::{artifacts, real_artifact, sha256, AbDevice};
 use super::harness::StaticServer;
 use super::support::{FleetRepo, GitHttpServer};
 use super::{commit, SERVICE_UNIT};
@@ -569,17 +569,7 @@ fn real_mender_3x_client_on_loop_device_partitions() {
 #[test]
 fn real_mender_3x_client_update_fall_back_then_commit() {
     let dir = real_artifact();
-    let sha = {
-        let out = std::process::Command::new("sha256sum")
-            .arg(dir.join("fleet-os-2.mender"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
+    let sha = sha256(&dir.join("fleet-os-2.mender"));
     let w = World::with(
         "fa-os-real",
         |w| {
