@@ -50,7 +50,8 @@ CROSS_VERSION=0.2.5
 # cross 0.2.5 reads `rustup toolchain list` expecting "name (default)"; rustup 1.28+
 # prints "stable-... (active, default)", which cross takes for a missing toolchain and
 # "installs" with `rustup toolchain add`, moving the host's stable to the newest
-# release. A toolchain named by its version is listed without annotations.
+# release (seen here: 1.95.0 -> 1.99.1, from a bare `cross --version` in the checkout).
+# A toolchain named by its version is listed without annotations: always `cross +1.95.0`.
 TOOLCHAIN=1.95.0
 IMAGE=localhost/fleet-agent-cross:$SUITE
 BASE_REPO=localhost/fleet-agent-cross-base
@@ -131,7 +132,9 @@ EOF
 
 # --- 3. cross and the toolchain's pieces -------------------------------------------------
 
-if [ "$(cross --version 2>/dev/null | head -n1)" != "cross $CROSS_VERSION" ]; then
+# Not `cross --version`: in a directory with a Cargo.toml, cross goes on to its toolchain
+# step and would "install" (update) stable, as said above TOOLCHAIN.
+if ! cargo install --list | grep -qx "cross v$CROSS_VERSION:"; then
   log "installing cross $CROSS_VERSION (cargo install)"
   cargo install --locked --quiet cross --version "$CROSS_VERSION" >&2 || die "cargo install cross failed"
 fi
