@@ -50,6 +50,20 @@ command -v file >/dev/null ||
 # The README's commands. The aarch64 std comes from rustup; the armv7 and armv6 ones are
 # built from source, and CROSS_CUSTOM_TOOLCHAIN=1 keeps cross from `rustup target add`.
 export CROSS_CONTAINER_ENGINE=podman CARGO_TARGET_DIR="$out"
+# A time-boxed build that runs over leaves its container running: `timeout` ends cross
+# and `podman run`, and podman passes the signal on, but the container's first process
+# is cross's `sh -c`, and a PID 1 ignores SIGTERM. So the containers that build into
+# this target directory are removed when the script ends.
+stop_builds() {
+  local c
+  for c in $(podman ps -q 2>/dev/null); do
+    if podman inspect --format '{{range .Mounts}} {{.Source}}>{{.Destination}} {{end}}' "$c" 2>/dev/null |
+      grep -qF " $out>/target "; then
+      podman rm -f -t 0 "$c" >/dev/null 2>&1 || true
+    fi
+  done
+}
+trap stop_builds EXIT
 status=0
 declare -A took
 for t in $targets; do
@@ -85,7 +99,7 @@ scripts/qemu-check.sh "$out" $targets || status=1
 # Same behaviour as the zigbuild binary: byte-for-byte the same output of commands
 # whose output depends only on the binary and the example fleet.
 scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
+trap 'rm -rf "$scratch"; stop_builds' EXIT
 for t in $targets; do
   zb="$zig_bins/$t/release/fleet-agent"
   if [ ! -x "$zb" ]; then
