@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod golden;
 mod kiosk;
 mod mender_double;
 mod os_update;
