@@ -1,25 +1,33 @@
 //! fleet-agent: converge a device to what its branch of the fleet git repository
-//! declares. The stages follow the data: config → sync → load → plan → apply → state.
+//! declares. Data flows one way: config → sync → fleet (load and validate) → resources
+//! (desired state, plan) → apply → state; `run` orchestrates a run and prints nothing,
+//! `cli` parses arguments and renders. docs/architecture.md has the map.
 
-pub mod apply;
-pub mod cli;
-pub mod config;
-pub mod error;
-pub mod host;
-pub mod load;
-pub mod lock;
-pub mod logging;
-pub mod oscli;
-pub mod osdecl;
-pub mod osupdate;
-pub mod plan;
-pub mod resource;
-pub mod selfupdate;
-pub mod source;
-pub mod state;
-pub mod sync;
-pub mod system;
-pub mod transport;
-pub mod yaml;
+mod apply;
+mod cli;
+mod config;
+mod digest;
+mod error;
+mod fleet;
+mod host;
+mod lock;
+mod logging;
+mod osupdate;
+mod plan;
+mod resources;
+mod run;
+mod selfupdate;
+mod state;
+mod sync;
+#[cfg(test)]
+mod tests;
+mod time;
 
 pub use cli::main;
+
+/// The agent's version: `FLEET_AGENT_VERSION` at build time (tests build versions N and
+/// N+1 from one source tree), else the crate's version.
+pub(crate) const VERSION: &str = match option_env!("FLEET_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -32,7 +32,7 @@ impl Log for Stderr {
 }
 
 /// `verbosity`: 0 warnings only, 1 info (default), 2 debug.
-pub fn init(verbosity: u8) {
+pub(crate) fn init(verbosity: u8) {
     let level = match verbosity {
         0 => LevelFilter::Warn,
         1 => LevelFilter::Info,

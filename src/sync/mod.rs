@@ -9,20 +9,23 @@ use std::path::{Path, PathBuf};
 use git2::{AutotagOption, Direction, FetchOptions, Oid, Repository};
 use log::{info, warn};
 
+use crate::config::redact;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fleet::source::short;
 use crate::host::Host;
-use crate::source::short;
-use crate::transport::{self, redact, TransportSettings};
 
-pub struct Synced {
-    pub repo: Repository,
-    pub commit: Oid,
+mod transport;
+use transport::TransportSettings;
+
+pub(crate) struct Synced {
+    pub(crate) repo: Repository,
+    pub(crate) commit: Oid,
     /// Why the server could not be reached; the commit is the last one fetched.
-    pub offline: Option<String>,
+    pub(crate) offline: Option<String>,
 }
 
-pub fn clone_dir(host: &Host, config: &Config) -> PathBuf {
+pub(crate) fn clone_dir(host: &Host, config: &Config) -> PathBuf {
     host.path(&config.state_dir).join("repo.git")
 }
 
@@ -31,7 +34,7 @@ fn tracking_ref(branch: &str) -> String {
 }
 
 /// Registers the transports with the credentials of the configuration.
-pub fn setup_transports(host: &Host, config: &Config) -> Result<()> {
+pub(crate) fn setup_transports(host: &Host, config: &Config) -> Result<()> {
     let c = &config.credentials;
     let basic_auth = match &c.token_file {
         Some(f) => {
@@ -62,7 +65,7 @@ pub fn setup_transports(host: &Host, config: &Config) -> Result<()> {
     .map_err(|e| Error::git("cannot set up the git transports", e))
 }
 
-pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
+pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
     setup_transports(host, config)?;
     let dir = clone_dir(host, config);
     let refname = tracking_ref(&config.branch);
@@ -98,10 +101,15 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
         });
     };
 
-    // A refs-only request first: an unchanged tip fetches nothing.
+    update(repo, local_tip, config, &refname)
+}
+
+/// A refs-only request first: an unchanged tip fetches nothing. A server that cannot
+/// be reached leaves the last fetched commit in use.
+fn update(repo: Repository, local_tip: Oid, config: &Config, refname: &str) -> Result<Synced> {
     let updated = remote_tip(&repo, config).and_then(|tip| match tip == local_tip {
         true => Ok(false),
-        false => fetch(&repo, config, &refname, false).map(|()| true),
+        false => fetch(&repo, config, refname, false).map(|()| true),
     });
     match updated {
         Ok(true) => {}
@@ -125,7 +133,7 @@ pub fn sync(host: &Host, config: &Config) -> Result<Synced> {
         }
     }
     let new_tip = repo
-        .refname_to_id(&refname)
+        .refname_to_id(refname)
         .map_err(|e| Error::git("cannot read the fetched branch", e))?;
     if !repo
         .graph_descendant_of(new_tip, local_tip)
@@ -271,7 +279,7 @@ fn is_local(url: &str) -> bool {
 }
 
 /// Removes a damaged or stale clone directory.
-pub fn discard(dir: &Path) -> Result<()> {
+pub(crate) fn discard(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

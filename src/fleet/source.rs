@@ -7,17 +7,20 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub enum Source<'r> {
+pub(crate) enum Source<'r> {
     Commit {
         repo: &'r git2::Repository,
         tree: git2::Tree<'r>,
         label: String,
     },
     Dir(PathBuf),
+    /// Files in memory by relative path (in-process tests).
+    #[cfg(test)]
+    Files(std::collections::BTreeMap<String, Vec<u8>>),
 }
 
 impl<'r> Source<'r> {
-    pub fn commit(repo: &'r git2::Repository, commit: git2::Oid) -> Result<Source<'r>> {
+    pub(crate) fn commit(repo: &'r git2::Repository, commit: git2::Oid) -> Result<Source<'r>> {
         let tree = repo
             .find_commit(commit)
             .and_then(|c| c.tree())
@@ -30,15 +33,17 @@ impl<'r> Source<'r> {
     }
 
     /// A human label: the short commit id or the directory.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match self {
             Source::Commit { label, .. } => label.clone(),
             Source::Dir(p) => p.display().to_string(),
+            #[cfg(test)]
+            Source::Files(_) => "memory".into(),
         }
     }
 
     /// The content of a file, or None when there is no file at that path.
-    pub fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
         match self {
             Source::Commit { repo, tree, .. } => {
                 let entry = match tree.get_path(Path::new(rel)) {
@@ -70,11 +75,13 @@ impl<'r> Source<'r> {
                     Err(e) => Err(Error::io("cannot read", p, e)),
                 }
             }
+            #[cfg(test)]
+            Source::Files(files) => Ok(files.get(rel).cloned()),
         }
     }
 
     /// Names of the entries of a directory, sorted; None when it does not exist.
-    pub fn list(&self, rel: &str) -> Result<Option<Vec<String>>> {
+    pub(crate) fn list(&self, rel: &str) -> Result<Option<Vec<String>>> {
         let mut names = match self {
             Source::Commit { repo, tree, .. } => {
                 let sub = if rel.is_empty() {
@@ -107,12 +114,30 @@ impl<'r> Source<'r> {
                     Err(e) => return Err(Error::io("cannot list", p, e)),
                 }
             }
+            #[cfg(test)]
+            Source::Files(files) => {
+                let prefix = if rel.is_empty() {
+                    String::new()
+                } else {
+                    format!("{rel}/")
+                };
+                let mut names: Vec<String> = files
+                    .keys()
+                    .filter_map(|k| k.strip_prefix(&prefix))
+                    .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+                    .collect();
+                names.dedup();
+                if names.is_empty() {
+                    return Ok(None);
+                }
+                names
+            }
         };
         names.sort();
         Ok(Some(names))
     }
 }
 
-pub fn short(oid: git2::Oid) -> String {
+pub(crate) fn short(oid: git2::Oid) -> String {
     oid.to_string()[..12].to_string()
 }

@@ -10,22 +10,24 @@ use std::time::Duration;
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 use git2::{Error as GitError, ErrorClass, ErrorCode};
 
+use crate::config::redact;
+
 /// Settings the transports need; set once per process.
 #[derive(Debug, Clone, Default)]
-pub struct TransportSettings {
+pub(crate) struct TransportSettings {
     /// "user:token" for HTTP basic authentication.
-    pub basic_auth: Option<String>,
-    pub timeout: Duration,
-    pub ssh_command: String,
-    pub ssh_key: Option<String>,
-    pub known_hosts: Option<String>,
+    pub(crate) basic_auth: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) ssh_command: String,
+    pub(crate) ssh_key: Option<String>,
+    pub(crate) known_hosts: Option<String>,
 }
 
 static SETTINGS: OnceLock<TransportSettings> = OnceLock::new();
 static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Registers the http, https and ssh transports (once; later settings are ignored).
-pub fn register(settings: TransportSettings) -> Result<(), GitError> {
+pub(crate) fn register(settings: TransportSettings) -> Result<(), GitError> {
     let _ = SETTINGS.set(settings);
     REGISTERED
         .get_or_init(|| {
@@ -207,16 +209,6 @@ impl Write for HttpStream {
     }
 }
 
-/// The URL without any user:password part, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
-            format!("{}{}", &url[..s + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 fn base64(data: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(data)
@@ -361,14 +353,5 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
-    }
-
-    #[test]
-    fn credentials_are_not_shown() {
-        assert_eq!(
-            redact("https://u:secret@example.com/f.git"),
-            "https://example.com/f.git"
-        );
-        assert_eq!(redact("https://example.com/a@b"), "https://example.com/a@b");
     }
 }

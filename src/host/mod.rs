@@ -1,7 +1,13 @@
 //! The one seam between fleet-agent and the machine it manages: a filesystem root
-//! (`/` on a device, a directory in tests and image builds) plus the primitive reads and
-//! changes the plan and apply stages use. Every write here is atomic: a temporary file
-//! in the same directory, fsync, rename over the target, fsync of the directory.
+//! (`/` on a device, a directory in tests and image builds), the primitive reads and
+//! changes that plan and apply use, and a command runner. Every write here is atomic:
+//! a temporary file in the same directory, fsync, rename over the target, fsync of the
+//! directory. Submodules: the accounts (passwd/group), apt and dpkg, systemd, commands.
+
+pub(crate) mod accounts;
+pub(crate) mod apt;
+pub(crate) mod command;
+pub(crate) mod systemd;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -9,16 +15,28 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::{Error, Result};
+use std::sync::Arc;
 
-#[derive(Debug, Clone)]
-pub struct Host {
+use crate::error::{Error, Result};
+use command::{Cmd, Runner};
+
+#[derive(Clone)]
+pub(crate) struct Host {
     root: PathBuf,
+    runner: Arc<dyn Runner>,
+    /// Tests only: whether systemd manages the system, instead of looking.
+    systemd: Option<bool>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("root", &self.root).finish()
+    }
 }
 
 /// What is at a path right now, without following a final symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Existing {
+pub(crate) enum Existing {
     Missing,
     File { mode: u32, uid: u32, gid: u32 },
     Directory { mode: u32, uid: u32, gid: u32 },
@@ -27,53 +45,57 @@ pub enum Existing {
 }
 
 impl Host {
-    pub fn new(root: impl Into<PathBuf>) -> Host {
-        Host { root: root.into() }
+    /// The machine at `root`, with real commands.
+    pub(crate) fn new(root: impl Into<PathBuf>) -> Host {
+        Host {
+            root: root.into(),
+            runner: Arc::new(command::System),
+            systemd: None,
+        }
     }
 
-    pub fn root(&self) -> &Path {
+    /// The machine at `root` whose commands `runner` answers (tests).
+    #[cfg(test)]
+    pub(crate) fn with_runner(root: impl Into<PathBuf>, runner: Arc<dyn Runner>) -> Host {
+        Host {
+            root: root.into(),
+            runner,
+            systemd: None,
+        }
+    }
+
+    /// Tests: pretend that systemd does (or does not) manage this system.
+    #[cfg(test)]
+    pub(crate) fn with_systemd(mut self, running: bool) -> Host {
+        self.systemd = Some(running);
+        self
+    }
+
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
     /// Whether the host is the running system (root `/`), where services can be started.
-    pub fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         self.root == Path::new("/")
     }
 
     /// Whether systemd manages the running system (not an image build, chroot or --root).
-    pub fn systemd_running(&self) -> bool {
-        self.is_live() && Path::new("/run/systemd/system").is_dir()
+    pub(crate) fn systemd_running(&self) -> bool {
+        self.systemd
+            .unwrap_or_else(|| self.is_live() && Path::new("/run/systemd/system").is_dir())
     }
 
     /// Runs a command of the managed system: in a chroot of the root when `in_root` and
     /// the root is not `/`. Returns the exit code, stdout and stderr.
-    pub fn run_status(&self, argv: &[&str], in_root: bool) -> Result<(i32, String, String)> {
-        let mut cmd = if in_root && !self.is_live() {
-            let mut c = std::process::Command::new("chroot");
-            c.arg(&self.root).args(argv);
-            c
-        } else {
-            let mut c = std::process::Command::new(argv[0]);
-            c.args(&argv[1..]);
-            c
-        };
-        cmd.env("DEBIAN_FRONTEND", "noninteractive")
-            .env("LC_ALL", "C")
-            .stdin(std::process::Stdio::null());
-        let out = cmd.output().map_err(|e| Error::Command {
-            command: argv.join(" "),
-            status: format!("cannot run: {e}"),
-            stderr: String::new(),
-        })?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+    pub(crate) fn run_status(&self, argv: &[&str], in_root: bool) -> Result<(i32, String, String)> {
+        let chroot = (in_root && !self.is_live()).then_some(self.root.as_path());
+        let out = self.runner.run(Cmd { argv, chroot })?;
+        Ok((out.code, out.stdout, out.stderr))
     }
 
     /// Runs a command that must succeed; its stderr is kept in the error.
-    pub fn run_output(&self, argv: &[&str], in_root: bool) -> Result<String> {
+    pub(crate) fn run_output(&self, argv: &[&str], in_root: bool) -> Result<String> {
         let (code, stdout, stderr) = self.run_status(argv, in_root)?;
         if code != 0 {
             return Err(Error::Command {
@@ -86,7 +108,7 @@ impl Host {
     }
 
     /// The real location of a device path (absolute, as the fleet repository names it).
-    pub fn path(&self, device_path: &Path) -> PathBuf {
+    pub(crate) fn path(&self, device_path: &Path) -> PathBuf {
         let mut p = self.root.clone();
         for c in device_path.components() {
             if let Component::Normal(part) = c {
@@ -96,7 +118,7 @@ impl Host {
         p
     }
 
-    pub fn inspect(&self, device_path: &Path) -> Result<Existing> {
+    pub(crate) fn inspect(&self, device_path: &Path) -> Result<Existing> {
         let real = self.path(device_path);
         match fs::symlink_metadata(&real) {
             Ok(m) => {
@@ -129,19 +151,25 @@ impl Host {
         }
     }
 
-    pub fn read(&self, device_path: &Path) -> Result<Vec<u8>> {
+    pub(crate) fn read(&self, device_path: &Path) -> Result<Vec<u8>> {
         let real = self.path(device_path);
         fs::read(&real).map_err(|e| Error::io("cannot read", &real, e))
     }
 
-    pub fn dir_is_empty(&self, device_path: &Path) -> Result<bool> {
+    /// The device paths of a directory's entries.
+    pub(crate) fn dir_entries(&self, device_path: &Path) -> Result<Vec<PathBuf>> {
         let real = self.path(device_path);
-        let mut entries = fs::read_dir(&real).map_err(|e| Error::io("cannot list", &real, e))?;
-        Ok(entries.next().is_none())
+        let entries = fs::read_dir(&real).map_err(|e| Error::io("cannot list", &real, e))?;
+        entries
+            .map(|e| {
+                e.map(|e| device_path.join(e.file_name()))
+                    .map_err(|e| Error::io("cannot list", &real, e))
+            })
+            .collect()
     }
 
     /// Missing ancestors of a device path, outermost first.
-    pub fn missing_parents(&self, device_path: &Path) -> Result<Vec<PathBuf>> {
+    pub(crate) fn missing_parents(&self, device_path: &Path) -> Result<Vec<PathBuf>> {
         let mut missing = Vec::new();
         let mut cur = device_path.parent();
         while let Some(dir) = cur {
@@ -160,7 +188,7 @@ impl Host {
 
     /// Writes a file atomically with its final mode and owner already set when it
     /// appears under its name: an interrupted write leaves the old file or none.
-    pub fn write_file(
+    pub(crate) fn write_file(
         &self,
         device_path: &Path,
         content: &[u8],
@@ -171,7 +199,13 @@ impl Host {
         write_atomic(&self.path(device_path), content, mode, Some((uid, gid)))
     }
 
-    pub fn set_metadata(&self, device_path: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
+    pub(crate) fn set_metadata(
+        &self,
+        device_path: &Path,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
         let real = self.path(device_path);
         let result = (|| -> std::io::Result<()> {
             std::os::unix::fs::lchown(&real, Some(uid), Some(gid))?;
@@ -181,7 +215,13 @@ impl Host {
         result.map_err(|e| Error::io("cannot set mode and owner of", &real, e))
     }
 
-    pub fn create_dir(&self, device_path: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
+    pub(crate) fn create_dir(
+        &self,
+        device_path: &Path,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
         let real = self.path(device_path);
         let result = (|| -> std::io::Result<()> {
             match fs::create_dir(&real) {
@@ -198,7 +238,7 @@ impl Host {
     }
 
     /// Creates or replaces a symlink atomically (a temporary link renamed over the path).
-    pub fn symlink(&self, device_path: &Path, target: &Path) -> Result<()> {
+    pub(crate) fn symlink(&self, device_path: &Path, target: &Path) -> Result<()> {
         let real = self.path(device_path);
         let tmp = temp_name(&real);
         let result = (|| -> std::io::Result<()> {
@@ -214,7 +254,7 @@ impl Host {
     }
 
     /// Removes a file, symlink or (recursively) a directory. Already gone is success.
-    pub fn remove(&self, device_path: &Path) -> Result<()> {
+    pub(crate) fn remove(&self, device_path: &Path) -> Result<()> {
         let real = self.path(device_path);
         let result = match fs::symlink_metadata(&real) {
             Ok(m) if m.is_dir() => fs::remove_dir_all(&real),
@@ -225,54 +265,6 @@ impl Host {
         result
             .and_then(|()| sync_dir(real.parent().unwrap_or(Path::new("/"))))
             .map_err(|e| Error::io("cannot remove", &real, e))
-    }
-
-    /// Looks a user up in the device's own /etc/passwd (not the agent's NSS: under
-    /// `--root` the device is not the machine the agent runs on).
-    pub fn uid(&self, name: &str) -> Result<Option<u32>> {
-        self.lookup_id("/etc/passwd", name)
-    }
-
-    pub fn gid(&self, name: &str) -> Result<Option<u32>> {
-        self.lookup_id("/etc/group", name)
-    }
-
-    pub fn user_name(&self, uid: u32) -> Option<String> {
-        self.lookup_name("/etc/passwd", uid)
-    }
-
-    pub fn group_name(&self, gid: u32) -> Option<String> {
-        self.lookup_name("/etc/group", gid)
-    }
-
-    fn lookup_id(&self, db: &str, name: &str) -> Result<Option<u32>> {
-        if let Ok(id) = name.parse::<u32>() {
-            return Ok(Some(id));
-        }
-        // root exists on every Debian system, also in a not yet populated image root.
-        if name == "root" {
-            return Ok(Some(0));
-        }
-        let real = self.path(Path::new(db));
-        let text = match fs::read_to_string(&real) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("cannot read", &real, e)),
-        };
-        Ok(text.lines().find_map(|line| {
-            let mut fields = line.split(':');
-            (fields.next() == Some(name)).then(|| fields.nth(1).and_then(|id| id.parse().ok()))?
-        }))
-    }
-
-    fn lookup_name(&self, db: &str, id: u32) -> Option<String> {
-        let text = fs::read_to_string(self.path(Path::new(db))).unwrap_or_default();
-        text.lines()
-            .find_map(|line| {
-                let fields: Vec<&str> = line.split(':').collect();
-                (fields.len() > 2 && fields[2].parse() == Ok(id)).then(|| fields[0].to_string())
-            })
-            .or_else(|| (id == 0).then(|| "root".to_string()))
     }
 }
 
@@ -285,7 +277,7 @@ fn temp_name(real: &Path) -> PathBuf {
     real.with_file_name(format!(".{name}.fleet-agent-tmp"))
 }
 
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
@@ -301,7 +293,7 @@ impl OpenMode for fs::OpenOptions {
 
 /// Writes a file atomically with its final mode (and owner) already set when it appears
 /// under its name: an interrupted write leaves the old file or none, never a part.
-pub fn write_atomic(
+pub(crate) fn write_atomic(
     path: &Path,
     content: &[u8],
     mode: u32,
@@ -331,4 +323,42 @@ pub fn write_atomic(
         let _ = fs::remove_file(&tmp);
     }
     result.map_err(|e| Error::io("cannot write", path, e))
+}
+
+impl Host {
+    /// A marker file's content (trimmed); None when missing or empty.
+    pub(crate) fn read_marker(&self, device_path: &Path) -> Result<Option<String>> {
+        let marker = self.path(device_path);
+        match fs::read_to_string(&marker) {
+            Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", &marker, e)),
+        }
+    }
+
+    /// Writes a fresh random marker (atomically, replacing any) and returns it.
+    pub(crate) fn new_marker(&self, device_path: &Path) -> Result<String> {
+        let marker = self.path(device_path);
+        if let Some(dir) = marker.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        }
+        let id = random_id();
+        write_atomic(&marker, format!("{id}\n").as_bytes(), 0o644, None)?;
+        Ok(id)
+    }
+}
+
+/// 128 random bits in hex, for markers.
+fn random_id() -> String {
+    use std::io::Read;
+    let mut random = [0u8; 16];
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .is_err()
+    {
+        // No /dev/urandom (odd chroot): time and pid are unique enough for a marker.
+        let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+        return crate::digest::sha256_hex(seed.as_bytes())[..32].to_string();
+    }
+    crate::digest::hex(&random)
 }

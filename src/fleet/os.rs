@@ -9,33 +9,33 @@ use marked_yaml::{Node, Spanned};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Invalid;
-use crate::yaml::{self, invalid};
+use crate::fleet::yaml;
 
 /// The whole `os:` section, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OsDecl {
+pub(crate) struct OsDecl {
     /// Device type → image.
-    pub images: BTreeMap<String, Image>,
-    pub reboot: Reboot,
-    pub health: Health,
-    pub retry: Retry,
+    pub(crate) images: BTreeMap<String, Image>,
+    pub(crate) reboot: Reboot,
+    pub(crate) health: Health,
+    pub(crate) retry: Retry,
 }
 
 /// The OS image one device type runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Image {
+pub(crate) struct Image {
     /// The artifact name `mender-update show-artifact` prints once it is installed.
-    pub artifact: String,
+    pub(crate) artifact: String,
     /// An http(s) URL, or an absolute path on the device.
-    pub uri: String,
+    pub(crate) uri: String,
     /// Lowercase hex SHA-256 of the artifact file, checked after download.
-    pub sha256: Option<String>,
+    pub(crate) sha256: Option<String>,
 }
 
 /// When the device may reboot into an installed update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "policy")]
-pub enum Reboot {
+pub(crate) enum Reboot {
     /// Right after the install.
     Now,
     /// Never by the agent: an operator (or something else) reboots.
@@ -48,7 +48,7 @@ pub enum Reboot {
 impl Reboot {
     /// Whether `minutes` (after local midnight) is inside the window; `start` inclusive,
     /// `end` exclusive.
-    pub fn window_open(&self, minutes: u16) -> bool {
+    pub(crate) fn window_open(&self, minutes: u16) -> bool {
         match *self {
             Reboot::Now => true,
             Reboot::Never => false,
@@ -77,24 +77,24 @@ impl std::fmt::Display for Reboot {
 
 /// Checks the new root filesystem must pass before the update is committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Health {
+pub(crate) struct Health {
     /// Bound for all checks, counted from the first run on the new root filesystem.
-    pub timeout_seconds: u64,
-    pub units: Vec<String>,
-    pub commands: Vec<String>,
-    pub urls: Vec<String>,
+    pub(crate) timeout_seconds: u64,
+    pub(crate) units: Vec<String>,
+    pub(crate) commands: Vec<String>,
+    pub(crate) urls: Vec<String>,
 }
 
 /// Exponential backoff for download and install errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Retry {
-    pub initial_seconds: u64,
-    pub max_seconds: u64,
+pub(crate) struct Retry {
+    pub(crate) initial_seconds: u64,
+    pub(crate) max_seconds: u64,
 }
 
 impl Retry {
     /// The delay after the `attempts`-th consecutive failure (1-based).
-    pub fn delay(&self, attempts: u32) -> u64 {
+    pub(crate) fn delay(&self, attempts: u32) -> u64 {
         let factor = 1u64
             .checked_shl(attempts.saturating_sub(1))
             .unwrap_or(u64::MAX);
@@ -104,9 +104,9 @@ impl Retry {
     }
 }
 
-pub const DEFAULT_HEALTH_TIMEOUT: u64 = 300;
-pub const DEFAULT_RETRY_INITIAL: u64 = 600;
-pub const DEFAULT_RETRY_MAX: u64 = 86_400;
+pub(crate) const DEFAULT_HEALTH_TIMEOUT: u64 = 300;
+pub(crate) const DEFAULT_RETRY_INITIAL: u64 = 600;
+pub(crate) const DEFAULT_RETRY_MAX: u64 = 86_400;
 
 impl Default for Health {
     fn default() -> Self {
@@ -130,7 +130,7 @@ impl Default for Retry {
 
 impl OsDecl {
     /// The image declared for a device type, if any.
-    pub fn image_for(&self, device_type: Option<&str>) -> Option<&Image> {
+    pub(crate) fn image_for(&self, device_type: Option<&str>) -> Option<&Image> {
         device_type.and_then(|t| self.images.get(t))
     }
 }
@@ -175,10 +175,10 @@ struct RawRetry {
 
 /// Reads the `os:` key of fleet.yml's top-level mapping (`file` names it in errors).
 /// None when there is no `os:` key or a problem was found (pushed to `problems`).
-pub fn read(file: &str, top: &Node, problems: &mut Vec<Invalid>) -> Option<OsDecl> {
+pub(crate) fn read(file: &str, top: &Node, problems: &mut Vec<Invalid>) -> Option<OsDecl> {
     let node = top.as_mapping()?.get_node("os")?;
     if !matches!(node, Node::Mapping(_)) {
-        problems.push(invalid(
+        problems.push(Invalid::at(
             file,
             node.span(),
             "os: expected a mapping with images, reboot, health and retry",
@@ -195,11 +195,40 @@ pub fn read(file: &str, top: &Node, problems: &mut Vec<Invalid>) -> Option<OsDec
     };
     let before = problems.len();
     let mut bad = |span: &marked_yaml::Span, message: String| {
-        problems.push(invalid(file, span, message));
+        problems.push(Invalid::at(file, span, message));
     };
+    let images = read_images(raw.images, &mut bad);
+    let reboot = match &raw.reboot {
+        None => Reboot::Now,
+        Some(r) => parse_reboot(r.as_str()).unwrap_or_else(|| {
+            bad(
+                r.span(),
+                "os.reboot: expected now, never or a window \"HH:MM-HH:MM\"".into(),
+            );
+            Reboot::Now
+        }),
+    };
+    let health = raw
+        .health
+        .map(|h| read_health(h, &mut bad))
+        .unwrap_or_default();
+    let retry = raw
+        .retry
+        .map(|r| read_retry(r, &mut bad))
+        .unwrap_or_default();
+    (problems.len() == before).then_some(OsDecl {
+        images,
+        reboot,
+        health,
+        retry,
+    })
+}
 
+type Bad<'a> = dyn FnMut(&marked_yaml::Span, String) + 'a;
+
+fn read_images(raw: BTreeMap<String, RawImage>, bad: &mut Bad) -> BTreeMap<String, Image> {
     let mut images = BTreeMap::new();
-    for (device_type, img) in raw.images {
+    for (device_type, img) in raw {
         let key = format!("os.images.{device_type}");
         let artifact = img.artifact.as_str().trim();
         if artifact.is_empty()
@@ -237,104 +266,86 @@ pub fn read(file: &str, top: &Node, problems: &mut Vec<Invalid>) -> Option<OsDec
             },
         );
     }
+    images
+}
 
-    let reboot = match &raw.reboot {
-        None => Reboot::Now,
-        Some(r) => match parse_reboot(r.as_str()) {
-            Some(p) => p,
-            None => {
-                bad(
-                    r.span(),
-                    "os.reboot: expected now, never or a window \"HH:MM-HH:MM\"".into(),
-                );
-                Reboot::Now
-            }
-        },
-    };
-
+fn read_health(h: RawHealth, bad: &mut Bad) -> Health {
     let mut health = Health::default();
-    if let Some(h) = raw.health {
-        if let Some(t) = &h.timeout_seconds {
-            if **t == 0 {
-                bad(
-                    t.span(),
-                    "os.health.timeout_seconds: expected a whole number of seconds above 0".into(),
-                );
-            }
-            health.timeout_seconds = **t;
+    if let Some(t) = &h.timeout_seconds {
+        if **t == 0 {
+            bad(
+                t.span(),
+                "os.health.timeout_seconds: expected a whole number of seconds above 0".into(),
+            );
         }
-        for u in &h.units {
-            let name = u.as_str();
-            if name.is_empty()
-                || name.starts_with('-')
-                || name.contains('/')
-                || name.chars().any(|c| c.is_whitespace() || c.is_control())
-            {
-                bad(
-                    u.span(),
-                    "os.health.units: expected a systemd unit name (ssh.service)".into(),
-                );
-            }
-            health.units.push(name.to_string());
-        }
-        for c in &h.commands {
-            if c.as_str().trim().is_empty() {
-                bad(
-                    c.span(),
-                    "os.health.commands: expected a shell command (run with sh -c)".into(),
-                );
-            }
-            health.commands.push(c.as_str().to_string());
-        }
-        for u in &h.urls {
-            if !http_url(u.as_str()) {
-                bad(
-                    u.span(),
-                    "os.health.urls: expected an http:// or https:// URL".into(),
-                );
-            }
-            health.urls.push(u.as_str().to_string());
-        }
+        health.timeout_seconds = **t;
     }
+    for u in &h.units {
+        let name = u.as_str();
+        if name.is_empty()
+            || name.starts_with('-')
+            || name.contains('/')
+            || name.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            bad(
+                u.span(),
+                "os.health.units: expected a systemd unit name (ssh.service)".into(),
+            );
+        }
+        health.units.push(name.to_string());
+    }
+    for c in &h.commands {
+        if c.as_str().trim().is_empty() {
+            bad(
+                c.span(),
+                "os.health.commands: expected a shell command (run with sh -c)".into(),
+            );
+        }
+        health.commands.push(c.as_str().to_string());
+    }
+    for u in &h.urls {
+        if !http_url(u.as_str()) {
+            bad(
+                u.span(),
+                "os.health.urls: expected an http:// or https:// URL".into(),
+            );
+        }
+        health.urls.push(u.as_str().to_string());
+    }
+    health
+}
 
+fn read_retry(r: RawRetry, bad: &mut Bad) -> Retry {
     let mut retry = Retry::default();
-    if let Some(r) = raw.retry {
-        if let Some(i) = &r.initial_seconds {
-            if **i == 0 {
-                bad(
-                    i.span(),
-                    "os.retry.initial_seconds: expected a whole number of seconds above 0".into(),
-                );
-            }
-            retry.initial_seconds = **i;
+    if let Some(i) = &r.initial_seconds {
+        if **i == 0 {
+            bad(
+                i.span(),
+                "os.retry.initial_seconds: expected a whole number of seconds above 0".into(),
+            );
         }
-        if let Some(m) = &r.max_seconds {
-            retry.max_seconds = **m;
-        }
-        if retry.max_seconds < retry.initial_seconds {
-            let span = r
-                .max_seconds
-                .as_ref()
-                .or(r.initial_seconds.as_ref())
-                .map(|s| s.span());
-            if let Some(span) = span {
-                bad(
-                    span,
-                    format!(
-                        "os.retry.max_seconds: expected at least initial_seconds ({})",
-                        retry.initial_seconds
-                    ),
-                );
-            }
+        retry.initial_seconds = **i;
+    }
+    if let Some(m) = &r.max_seconds {
+        retry.max_seconds = **m;
+    }
+    if retry.max_seconds < retry.initial_seconds {
+        let span = r
+            .max_seconds
+            .as_ref()
+            .or(r.initial_seconds.as_ref())
+            .map(|s| s.span());
+        if let Some(span) = span {
+            bad(
+                span,
+                format!(
+                    "os.retry.max_seconds: expected at least initial_seconds ({})",
+                    retry.initial_seconds
+                ),
+            );
         }
     }
-
-    (problems.len() == before).then_some(OsDecl {
-        images,
-        reboot,
-        health,
-        retry,
-    })
+    retry
 }
 
 fn http_url(s: &str) -> bool {
@@ -347,7 +358,7 @@ fn http_url(s: &str) -> bool {
 }
 
 /// `now`, `never` or `HH:MM-HH:MM` (24-hour clock, start and end different).
-pub fn parse_reboot(s: &str) -> Option<Reboot> {
+pub(crate) fn parse_reboot(s: &str) -> Option<Reboot> {
     match s {
         "now" => return Some(Reboot::Now),
         "never" => return Some(Reboot::Never),

@@ -5,38 +5,12 @@
 use marked_yaml::{LoaderOptions, Node, Span};
 use serde::de::DeserializeOwned;
 
-use crate::error::{Invalid, Pos};
-
-pub fn pos(file: &str, span: &Span) -> Pos {
-    match span.start() {
-        Some(m) => Pos {
-            file: file.to_string(),
-            line: m.line(),
-            column: m.column(),
-        },
-        None => Pos {
-            file: file.to_string(),
-            line: 0,
-            column: 0,
-        },
-    }
-}
-
-pub fn invalid(file: &str, span: &Span, message: impl Into<String>) -> Invalid {
-    Invalid {
-        pos: pos(file, span),
-        message: message.into(),
-    }
-}
+use crate::error::{span_pos, Invalid, Pos};
 
 /// Parses a YAML document whose top level is a mapping; an empty file is an empty mapping.
-pub fn parse(file: &str, text: &[u8]) -> Result<Node, Invalid> {
+pub(crate) fn parse(file: &str, text: &[u8]) -> Result<Node, Invalid> {
     let text = std::str::from_utf8(text).map_err(|e| Invalid {
-        pos: Pos {
-            file: file.to_string(),
-            line: 0,
-            column: 0,
-        },
+        pos: Pos::file(file),
         message: format!("not UTF-8 text: {e}"),
     })?;
     if text.trim().is_empty()
@@ -86,7 +60,7 @@ pub fn parse(file: &str, text: &[u8]) -> Result<Node, Invalid> {
 }
 
 /// Deserializes a node into a typed value; unknown keys and wrong types are errors.
-pub fn typed<T: DeserializeOwned>(file: &str, node: &Node) -> Result<T, Invalid> {
+pub(crate) fn typed<T: DeserializeOwned>(file: &str, node: &Node) -> Result<T, Invalid> {
     marked_yaml::from_node::<T>(node).map_err(|e| {
         use marked_yaml::Error::*;
         let message = match &*e {
@@ -104,13 +78,13 @@ pub fn typed<T: DeserializeOwned>(file: &str, node: &Node) -> Result<T, Invalid>
         // marked-yaml places an unknown key at its mapping; find the key itself.
         let found = match &*e {
             UnknownFieldError(field, expected, _) => {
-                find_key(node, field, expected).map(|s| pos(file, s))
+                find_key(node, field, expected).map(|s| span_pos(file, s))
             }
             Other(m, _) if m.starts_with("unknown variant `") => m["unknown variant `".len()..]
                 .split('`')
                 .next()
                 .and_then(|name| find_key(node, name, &[]))
-                .map(|s| pos(file, s)),
+                .map(|s| span_pos(file, s)),
             _ => None,
         };
         let pos = match (found, e.start_mark()) {
@@ -120,7 +94,7 @@ pub fn typed<T: DeserializeOwned>(file: &str, node: &Node) -> Result<T, Invalid>
                 line: m.line(),
                 column: m.column(),
             },
-            (None, None) => pos(file, node.span()),
+            (None, None) => span_pos(file, node.span()),
         };
         Invalid { pos, message }
     })
@@ -146,7 +120,7 @@ fn find_key<'n>(node: &'n Node, name: &str, expected: &[&str]) -> Option<&'n Spa
 }
 
 /// Converts a node to a template value with the core-schema typing of plain scalars.
-pub fn to_value(node: &Node) -> minijinja::Value {
+pub(crate) fn to_value(node: &Node) -> minijinja::Value {
     use minijinja::Value;
     match node {
         Node::Scalar(s) => {
