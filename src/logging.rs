@@ -1,5 +1,8 @@
 //! Logging: to the journal with structured fields (COMMIT, ROLE, RESOURCE) when the
-//! agent runs under systemd, human-readable lines on stderr otherwise.
+//! agent runs under systemd, human-readable lines on stderr otherwise. Every journal
+//! entry also carries the unit's INVOCATION_ID: journald finds a message's unit from
+//! the sender's cgroup, which it cannot read once a short-lived process has exited, so
+//! `journalctl INVOCATION_ID=… + _SYSTEMD_INVOCATION_ID=…` finds all of a run's lines.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -43,8 +46,12 @@ pub(crate) fn init(verbosity: u8) {
         && systemd_journal_logger::connected_to_journal()
     {
         if let Ok(logger) = systemd_journal_logger::JournalLog::new() {
+            let invocation = std::env::var("INVOCATION_ID")
+                .ok()
+                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
             if logger
                 .with_syslog_identifier("fleet-agent".into())
+                .with_extra_fields(invocation.map(|id| ("INVOCATION_ID", id)))
                 .install()
                 .is_ok()
             {
