@@ -69,7 +69,13 @@ impl<'f, 'a> Expander<'f, 'a> {
         let def = match self.fleet.role(&r.name, &r.pos)? {
             Ok(d) => d,
             Err(ps) => {
+                // A role that is not there is a problem at every place naming it.
                 extend_unique(&mut self.problems, ps);
+                for at in &r.also_at {
+                    if let Err(ps) = self.fleet.role(&r.name, at)? {
+                        extend_unique(&mut self.problems, ps);
+                    }
+                }
                 return Ok(());
             }
         };
@@ -138,13 +144,13 @@ impl<'f, 'a> Expander<'f, 'a> {
             // fleet.yml), and its node's position is in that file.
             match self
                 .render_node(&pos.file, node, caller)
-                .and_then(|v| as_choice(def, name, v, &pos.file, node))
+                .and_then(|v| as_choice(def, name, v, &pos.file, node).map_err(|p| vec![p]))
             {
                 Ok(v) => {
                     params.insert(name.clone(), v);
                 }
-                Err(p) => {
-                    self.problems.push(p);
+                Err(ps) => {
+                    self.problems.extend(ps);
                     ok = false;
                 }
             }
@@ -157,13 +163,13 @@ impl<'f, 'a> Expander<'f, 'a> {
             match &p.default {
                 Some(d) => match self
                     .render_node(&def.file, d, &vars_only)
-                    .and_then(|v| as_choice(def, &p.name, v, &def.file, d))
+                    .and_then(|v| as_choice(def, &p.name, v, &def.file, d).map_err(|e| vec![e]))
                 {
                     Ok(v) => {
                         params.insert(p.name.clone(), v);
                     }
-                    Err(e) => {
-                        self.problems.push(e);
+                    Err(es) => {
+                        self.problems.extend(es);
                         ok = false;
                     }
                 },
@@ -216,7 +222,7 @@ impl<'f, 'a> Expander<'f, 'a> {
     }
 
     /// A node as a value, every string in it rendered as a template.
-    fn render_node(&self, file: &str, node: &Node, ctx: &Value) -> Result<Value, Invalid> {
+    fn render_node(&self, file: &str, node: &Node, ctx: &Value) -> Result<Value, Vec<Invalid>> {
         match node {
             Node::Scalar(s)
                 if !s.may_coerce()
@@ -228,6 +234,7 @@ impl<'f, 'a> Expander<'f, 'a> {
                 self.templates
                     .render(file, s.span(), s.as_str(), ctx)
                     .map(Value::from)
+                    .map_err(|errors| self.fleet.explain(errors))
             }
             Node::Scalar(_) => Ok(yaml::to_value(node)),
             Node::Sequence(seq) => seq
@@ -238,7 +245,7 @@ impl<'f, 'a> Expander<'f, 'a> {
             Node::Mapping(m) => m
                 .iter()
                 .map(|(k, v)| Ok((k.as_str().to_string(), self.render_node(file, v, ctx)?)))
-                .collect::<Result<BTreeMap<_, _>, Invalid>>()
+                .collect::<Result<BTreeMap<_, _>, Vec<Invalid>>>()
                 .map(Value::from_iter),
         }
     }
@@ -260,10 +267,17 @@ impl Expand for RoleContext<'_, '_> {
     }
 
     fn text(&mut self, s: &Spanned<String>) -> Option<String> {
-        self.templates
+        match self
+            .templates
             .render(&self.def.file, s.span(), s.as_str(), self.ctx)
-            .map_err(|p| self.problems.push(p))
-            .ok()
+        {
+            Ok(text) => Some(text),
+            Err(errors) => {
+                let explained = self.fleet.explain(errors);
+                self.problems.extend(explained);
+                None
+            }
+        }
     }
 
     fn source(&mut self, name: &Spanned<String>) -> Result<Option<Vec<u8>>> {
@@ -288,11 +302,14 @@ impl Expand for RoleContext<'_, '_> {
             self.def.dir,
             name.as_str()
         );
-        Ok(self
-            .templates
-            .render_file(label, &bytes, self.ctx)
-            .map_err(|p| self.problems.push(p))
-            .ok())
+        match self.templates.render_file(label, &bytes, self.ctx) {
+            Ok(rendered) => Ok(Some(rendered)),
+            Err(errors) => {
+                let explained = self.fleet.explain(errors);
+                self.problems.extend(explained);
+                Ok(None)
+            }
+        }
     }
 
     fn problem(&mut self, span: &Span, message: String) {

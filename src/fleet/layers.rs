@@ -5,7 +5,7 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::Node;
 
 use crate::error::{span_pos, Invalid, Pos, Result};
-use crate::fleet::schema::{GroupDoc, VarsDoc};
+use crate::fleet::schema::{misplaced_keys, FileKind, GroupDoc, GroupVarsDoc, HostVarsDoc};
 use crate::fleet::source::Source;
 use crate::fleet::{yaml, HostFacts};
 
@@ -17,6 +17,8 @@ pub(super) struct RoleRef {
     pub(super) name: String,
     pub(super) pos: Pos,
     pub(super) params: Vec<(String, Pos, Node)>,
+    /// Where later layers name the same role again (their parameters are merged in).
+    pub(super) also_at: Vec<Pos>,
 }
 
 /// One layer of variables and roles: fleet.yml, a group_vars or a host_vars file.
@@ -71,40 +73,59 @@ pub(super) fn read_vars_file(
     let Some(text) = repo.read(file)? else {
         return Ok(None);
     };
-    match yaml::parse(file, &text).and_then(|n| Ok((yaml::typed::<VarsDoc>(file, &n)?, n))) {
-        Ok((doc, node)) => {
-            let mut layer = read_layer(file, &node, problems);
-            let host_only = [("branch", &doc.branch), ("device_type", &doc.device_type)];
-            for (key, value) in host_only {
-                if let (Some(v), false) = (value, file.starts_with("host_vars/")) {
-                    problems.push(Invalid::at(
-                        file,
-                        v.span(),
-                        format!("`{key}` belongs in a host_vars file"),
-                    ));
-                }
-            }
-            if let Some(b) = &doc.branch {
-                let ok = !b.is_empty()
-                    && git2::Reference::is_valid_name(&format!("refs/heads/{}", b.as_str()));
-                if !ok {
-                    problems.push(Invalid::at(
-                        file,
-                        b.span(),
-                        format!("`{}` is not a branch name", b.as_str()),
-                    ));
-                }
-            }
-            layer.facts = HostFacts {
-                branch: doc.branch.map(|b| b.to_string()),
-                device_type: doc.device_type.map(|t| t.to_string()),
-            };
-            Ok(Some(layer))
-        }
+    let host = file.starts_with("host_vars/");
+    let kind = if host {
+        FileKind::HostVars
+    } else {
+        FileKind::GroupVars
+    };
+    let node = match yaml::parse(file, &text) {
+        Ok(node) => node,
         Err(p) => {
             problems.push(p);
-            Ok(None)
+            return Ok(None);
         }
+    };
+    let misplaced = misplaced_keys(file, &node, kind);
+    if !misplaced.is_empty() {
+        problems.extend(misplaced);
+        return Ok(None);
+    }
+    let facts = if host {
+        match yaml::typed::<HostVarsDoc>(file, &node) {
+            Ok(doc) => host_facts(file, doc, problems),
+            Err(p) => {
+                problems.push(p);
+                return Ok(None);
+            }
+        }
+    } else {
+        if let Err(p) = yaml::typed::<GroupVarsDoc>(file, &node) {
+            problems.push(p);
+            return Ok(None);
+        }
+        HostFacts::default()
+    };
+    let mut layer = read_layer(file, &node, problems);
+    layer.facts = facts;
+    Ok(Some(layer))
+}
+
+fn host_facts(file: &str, doc: HostVarsDoc, problems: &mut Vec<Invalid>) -> HostFacts {
+    if let Some(b) = &doc.branch {
+        let ok =
+            !b.is_empty() && git2::Reference::is_valid_name(&format!("refs/heads/{}", b.as_str()));
+        if !ok {
+            problems.push(Invalid::at(
+                file,
+                b.span(),
+                format!("`{}` is not a branch name", b.as_str()),
+            ));
+        }
+    }
+    HostFacts {
+        branch: doc.branch.map(|b| b.to_string()),
+        device_type: doc.device_type.map(|t| t.to_string()),
     }
 }
 
@@ -163,6 +184,7 @@ pub(super) fn read_role_refs(file: &str, node: &Node, problems: &mut Vec<Invalid
                 name: s.as_str().to_string(),
                 pos: span_pos(file, s.span()),
                 params: vec![],
+                also_at: vec![],
             }),
             Node::Mapping(m) => {
                 if let Some(r) = read_role_ref_map(file, m, problems) {
@@ -220,5 +242,6 @@ fn read_role_ref_map(
         name: name.as_str().to_string(),
         pos: span_pos(file, name.span()),
         params,
+        also_at: vec![],
     })
 }

@@ -26,9 +26,9 @@ mod template;
 pub(crate) mod yaml;
 
 use layers::{read_groups, read_layer, read_vars_file, Group, Layer, RoleRef, INVENTORY_FILE};
-use roles::RoleLookup;
+use roles::Loaded;
 pub(crate) use schema::Settings;
-use schema::{FleetDoc, InventoryDoc};
+use schema::{misplaced_keys, FileKind, FleetDoc, InventoryDoc};
 use source::Source;
 
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -85,7 +85,7 @@ pub(crate) struct Fleet<'a> {
     groups: Vec<Group>,
     group_layers: HashMap<String, Layer>,
     host_ids: Vec<String>,
-    roles: std::cell::RefCell<HashMap<String, RoleLookup>>,
+    roles: std::cell::RefCell<HashMap<String, Loaded>>,
 }
 
 /// What fleet.yml declares besides the inventory.
@@ -268,6 +268,53 @@ impl<'a> Fleet<'a> {
         }
     }
 
+    /// Template problems as reported: an undefined variable that some group_vars or
+    /// host_vars files set says which (a device outside them has no value).
+    fn explain(&self, errors: Vec<template::TemplateError>) -> Vec<Invalid> {
+        errors
+            .into_iter()
+            .map(|e| {
+                let mut p = e.problem;
+                if let Some(files) = e.undefined.and_then(|name| self.set_in(&name)) {
+                    p.message.push_str(&format!("; it is set only in {files}"));
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// The group_vars and host_vars files whose `vars:` set a variable (at most a few
+    /// named, then how many more), or None.
+    fn set_in(&self, name: &str) -> Option<String> {
+        let sets = |layer: &Layer| layer.vars.iter().any(|(k, _)| k == name);
+        let mut files: Vec<String> = Vec::new();
+        let mut groups: Vec<&String> = self.group_layers.keys().collect();
+        groups.sort();
+        for g in groups {
+            if sets(&self.group_layers[g]) {
+                files.push(format!("group_vars/{g}.yml"));
+            }
+        }
+        for id in &self.host_ids {
+            let file = format!("host_vars/{id}.yml");
+            if let Ok(Some(layer)) = read_vars_file(self.repo, &file, &mut Vec::new()) {
+                if sets(&layer) {
+                    files.push(file);
+                }
+            }
+        }
+        const SHOWN: usize = 5;
+        match files.len() {
+            0 => None,
+            n if n > SHOWN => Some(format!(
+                "{} and {} more",
+                files[..SHOWN].join(", "),
+                n - SHOWN
+            )),
+            _ => Some(files.join(", ")),
+        }
+    }
+
     /// The literal device ids of the inventory, then those of host_vars files.
     fn named_devices(&self) -> Vec<String> {
         let mut devices: Vec<String> = Vec::new();
@@ -308,6 +355,7 @@ fn merge(layers: &[&Layer]) -> (BTreeMap<String, Value>, Vec<RoleRef>) {
         for r in &layer.roles {
             match role_refs.iter_mut().find(|e| e.name == r.name) {
                 Some(existing) => {
+                    existing.also_at.push(r.pos.clone());
                     for p in &r.params {
                         existing.params.retain(|(n, _, _)| n != &p.0);
                         existing.params.push(p.clone());
@@ -322,6 +370,11 @@ fn merge(layers: &[&Layer]) -> (BTreeMap<String, Value>, Vec<RoleRef>) {
 
 /// fleet.yml's schema, format, gate, settings, `os:` and its layer.
 fn read_top(repo: &Source, node: &Node, problems: &mut Vec<Invalid>) -> Result<Top> {
+    let misplaced = misplaced_keys(FleetFile::NAME, node, FileKind::Fleet);
+    if !misplaced.is_empty() {
+        problems.extend(misplaced);
+        return Ok(Top::default());
+    }
     let doc = match yaml::typed::<FleetDoc>(FleetFile::NAME, node) {
         Ok(doc) => doc,
         Err(p) => {
@@ -354,9 +407,12 @@ fn read_inventory(repo: &Source, problems: &mut Vec<Invalid>) -> Result<Vec<Grou
     let Some(text) = repo.read(INVENTORY_FILE)? else {
         return Ok(vec![]);
     };
-    match yaml::parse(INVENTORY_FILE, &text)
-        .and_then(|n| yaml::typed::<InventoryDoc>(INVENTORY_FILE, &n).map(|_| n))
-    {
+    match yaml::parse(INVENTORY_FILE, &text).and_then(|n| {
+        if let Some(p) = misplaced_keys(INVENTORY_FILE, &n, FileKind::Inventory).pop() {
+            return Err(p);
+        }
+        yaml::typed::<InventoryDoc>(INVENTORY_FILE, &n).map(|_| n)
+    }) {
         Ok(node) => Ok(read_groups(&node, problems)),
         Err(p) => {
             problems.push(p);

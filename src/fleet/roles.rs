@@ -11,7 +11,7 @@ use minijinja::Value;
 
 use crate::error::{span_pos, Invalid, Pos, Result};
 use crate::fleet::layers::{read_role_refs, RoleRef};
-use crate::fleet::schema::{ParamDoc, RoleDoc};
+use crate::fleet::schema::{misplaced_keys, FileKind, ParamDoc, RoleDoc};
 use crate::fleet::{yaml, Fleet};
 use crate::resources::Spec;
 
@@ -39,51 +39,96 @@ pub(super) struct RoleDef {
 /// A role, or why it cannot be used.
 pub(super) type RoleLookup = Result<Rc<RoleDef>, Vec<Invalid>>;
 
+/// What loading a role found, cached by name. A role that cannot be found is a problem
+/// at every place that names it, so it is not cached as problems of the first one.
+#[derive(Clone)]
+pub(super) enum Loaded {
+    Role(RoleLookup),
+    /// No role.yml in the repository or among the built-in roles.
+    Missing,
+    /// Not a role name.
+    BadName,
+}
+
 impl Fleet<'_> {
     /// A role by name: the fleet repository's roles/<name> first, then the built-in one.
     pub(super) fn role(&self, name: &str, used_at: &Pos) -> Result<RoleLookup> {
-        if let Some(r) = self.roles.borrow().get(name) {
-            return Ok(r.clone());
+        let cached = self.roles.borrow().get(name).cloned();
+        let loaded = match cached {
+            Some(l) => l,
+            None => {
+                let l = self.load_role(name)?;
+                self.roles.borrow_mut().insert(name.to_string(), l.clone());
+                l
+            }
+        };
+        let problem = |message: String| Ok(Err(vec![Invalid::new(used_at.clone(), message)]));
+        match loaded {
+            Loaded::Role(r) => Ok(r),
+            Loaded::BadName => problem(format!(
+                "`{name}` is not a role name (letters, digits, - and _)"
+            )),
+            Loaded::Missing => problem(format!(
+                "no role `{name}`: expected roles/{name}/role.yml in the fleet repository or a built-in role"
+            )),
         }
-        let loaded = self.load_role(name, used_at)?;
-        self.roles
-            .borrow_mut()
-            .insert(name.to_string(), loaded.clone());
-        Ok(loaded)
     }
 
-    fn load_role(&self, name: &str, used_at: &Pos) -> Result<RoleLookup> {
+    fn load_role(&self, name: &str) -> Result<Loaded> {
         let valid_name = !name.is_empty()
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid_name {
-            return Ok(Err(vec![Invalid {
-                pos: used_at.clone(),
-                message: format!("`{name}` is not a role name (letters, digits, - and _)"),
-            }]));
+            return Ok(Loaded::BadName);
         }
         let (dir, file, builtin, text) = match self.repo.read(&format!("roles/{name}/role.yml"))? {
-            Some(t) => (format!("roles/{name}"), format!("roles/{name}/role.yml"), false, t),
-            None => match self.builtin.map(|b| b.read(&format!("{name}/role.yml"))).transpose()?.flatten() {
-                Some(t) => (name.to_string(), format!("builtin:{name}/role.yml"), true, t),
-                None => {
-                    return Ok(Err(vec![Invalid {
-                        pos: used_at.clone(),
-                        message: format!(
-                            "no role `{name}`: expected roles/{name}/role.yml in the fleet repository or a built-in role"
-                        ),
-                    }]))
-                }
+            Some(t) => (
+                format!("roles/{name}"),
+                format!("roles/{name}/role.yml"),
+                false,
+                t,
+            ),
+            None => match self
+                .builtin
+                .map(|b| b.read(&format!("{name}/role.yml")))
+                .transpose()?
+                .flatten()
+            {
+                Some(t) => (
+                    name.to_string(),
+                    format!("builtin:{name}/role.yml"),
+                    true,
+                    t,
+                ),
+                None => return Ok(Loaded::Missing),
             },
         };
-        let node = match yaml::parse(&file, &text) {
+        Ok(Loaded::Role(
+            self.parse_role(name, dir, file, builtin, &text),
+        ))
+    }
+
+    fn parse_role(
+        &self,
+        name: &str,
+        dir: String,
+        file: String,
+        builtin: bool,
+        text: &[u8],
+    ) -> RoleLookup {
+        let node = match yaml::parse(&file, text) {
             Ok(n) => n,
-            Err(p) => return Ok(Err(vec![p])),
+            Err(p) => return Err(vec![p]),
         };
+        let mut shape = misplaced_keys(&file, &node, FileKind::Role);
+        shape.extend(one_key_resources(&file, &node));
+        if !shape.is_empty() {
+            return Err(shape);
+        }
         let doc = match yaml::typed::<RoleDoc>(&file, &node) {
             Ok(d) => d,
-            Err(p) => return Ok(Err(vec![p])),
+            Err(p) => return Err(vec![p]),
         };
         let map = node.as_mapping().expect("top level is a mapping");
         let mut problems = Vec::new();
@@ -94,9 +139,9 @@ impl Fleet<'_> {
             None => vec![],
         };
         if !problems.is_empty() {
-            return Ok(Err(problems));
+            return Err(problems);
         }
-        Ok(Ok(Rc::new(RoleDef {
+        Ok(Rc::new(RoleDef {
             name: name.to_string(),
             dir,
             file,
@@ -104,7 +149,7 @@ impl Fleet<'_> {
             params,
             includes,
             resources: positions.into_iter().zip(doc.resources).collect(),
-        })))
+        }))
     }
 
     /// Reads `files/<name>` or `templates/<name>` of a role; the name may not leave it.
@@ -207,6 +252,43 @@ fn read_params(file: &str, map: &MarkedMappingNode, problems: &mut Vec<Invalid>)
         });
     }
     params
+}
+
+/// Each resource is a mapping with one key, its kind, and its settings under it. The
+/// commonest slip (from Ansible's task syntax) writes the settings at the level of the
+/// kind; say so where it happens.
+fn one_key_resources(file: &str, node: &Node) -> Vec<Invalid> {
+    let Some(items) = node.as_mapping().and_then(|m| m.get_sequence("resources")) else {
+        return vec![];
+    };
+    let mut problems = Vec::new();
+    for item in items.iter() {
+        let Some(map) = item.as_mapping() else {
+            continue;
+        };
+        let keys: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        let Some((kind, settings)) = keys.split_first().filter(|(_, rest)| !rest.is_empty()) else {
+            continue;
+        };
+        let first = map.keys().next().expect("a key");
+        let empty_kind =
+            matches!(map.get_node(kind), Some(Node::Scalar(s)) if s.as_str().is_empty());
+        let hint = if empty_kind {
+            format!("indent {} under `{kind}:`", settings.join(", "))
+        } else {
+            "give each resource its own `- KIND:` item".to_string()
+        };
+        problems.push(Invalid::at(
+            file,
+            first.span(),
+            format!(
+                "a resource is one key naming its kind, with its settings under it (`- {kind}: {{...}}`); this one has {} keys ({}): {hint}",
+                keys.len(),
+                keys.join(", ")
+            ),
+        ));
+    }
+    problems
 }
 
 /// Positions of the resources: the key naming each one's kind.

@@ -288,8 +288,8 @@ invalid!(
 invalid!(
     host_only_key_in_group_vars,
     [("group_vars/shop.yml", "branch: main\ndevice_type: pi4\n")],
-    "group_vars/shop.yml:1:9: `branch` belongs in a host_vars file",
-    "group_vars/shop.yml:2:14: `device_type` belongs in a host_vars file"
+    "group_vars/shop.yml:1:1: `branch` belongs in a host_vars file",
+    "group_vars/shop.yml:2:1: `device_type` belongs in a host_vars file"
 );
 
 invalid!(
@@ -391,4 +391,76 @@ invalid!(
     empty_fleet_yml,
     [("fleet.yml", "")],
     "fleet.yml: missing field `format`"
+);
+
+// Errors where the mistake is (issue: a newcomer's first hour).
+invalid!(
+    ansible_style_keys_at_the_level_of_the_kind,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file:\n    path: /etc/x\n    content: x\n"
+    )],
+    "roles/web/role.yml:2:5: a resource is one key naming its kind, with its settings under it (`- file: {...}`); this one has 3 keys (file, path, content): indent path, content under `file:`"
+);
+invalid!(
+    every_undefined_variable_of_a_value,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file:\n      path: /etc/x\n      content: \"{{ a }} {{ b }}\\n{{ c.d }}\"\n"
+    )],
+    "roles/web/role.yml:4:16: undefined variable `a`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/role.yml:4:16: undefined variable `b`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/role.yml:4:16: undefined variable `c.d`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params (line 2 of the value)"
+);
+invalid!(
+    every_undefined_variable_of_a_template_file,
+    [(
+        "roles/web/templates/web.conf.j2",
+        "{{ a }}\n{{ listen }} {{ b }}\n{% if c %}x{% endif %}\n"
+    )],
+    "roles/web/templates/web.conf.j2:1:4: undefined variable `a`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/templates/web.conf.j2:2:17: undefined variable `b`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/templates/web.conf.j2:3:7: undefined variable `c`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params"
+);
+invalid!(
+    an_undefined_variable_that_some_groups_set,
+    [
+        (
+            "inventory.yml",
+            "groups:\n  shop:\n    devices: [\"pi-*\"]\n  canary:\n    devices: [lab-1]\n"
+        ),
+        ("group_vars/canary.yml", "vars:\n  token: abc\n"),
+        ("host_vars/lab-2.yml", "vars:\n  token: def\n"),
+        (
+            "roles/web/role.yml",
+            "resources:\n  - file: {path: /etc/token, content: \"{{ token }}\"}\n"
+        )
+    ],
+    "roles/web/role.yml:2:39: undefined variable `token`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params; it is set only in group_vars/canary.yml, host_vars/lab-2.yml"
+);
+invalid!(
+    a_missing_role_at_every_reference,
+    [
+        ("fleet.yml", "format: 1\nvars: {port: 80, greeting: hi}\nroles:\n  - web\n  - nope\n"),
+        ("group_vars/shop.yml", "roles: [nope]\n"),
+        ("host_vars/pi-1.yml", "roles: [nope]\n")
+    ],
+    "fleet.yml:5:5: no role `nope`: expected roles/nope/role.yml in the fleet repository or a built-in role",
+    "group_vars/shop.yml:1:9: no role `nope`: expected roles/nope/role.yml in the fleet repository or a built-in role",
+    "host_vars/pi-1.yml:1:9: no role `nope`: expected roles/nope/role.yml in the fleet repository or a built-in role"
+);
+invalid!(
+    group_vars_take_vars_and_roles_only,
+    [("group_vars/shop.yml", "vars: {}\ncolour: red\n")],
+    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles"
+);
+invalid!(
+    os_belongs_in_fleet_yml,
+    [("group_vars/shop.yml", "os:\n  images: {}\n")],
+    "group_vars/shop.yml:1:1: `os` belongs in fleet.yml"
+);
+invalid!(
+    an_empty_vars_followed_by_dedented_keys,
+    [("group_vars/shop.yml", "vars:\ngreeting: hi\n")],
+    "group_vars/shop.yml:2:1: `greeting` is not a key of this file: the `vars:` above it is empty; indent `greeting` under `vars:` to make it a variable"
 );
