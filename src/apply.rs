@@ -13,6 +13,7 @@ pub(crate) fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()
     let mut done = 0;
     for change in &plan.changes {
         for op in &change.ops {
+            log::debug!("apply: {}", describe(op));
             if let Err(e) = execute(host, op) {
                 return (done, Err(e));
             }
@@ -24,6 +25,39 @@ pub(crate) fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()
         );
     }
     (done, Ok(()))
+}
+
+/// An operation in words, for `-v` (never a file's content).
+fn describe(op: &Op) -> String {
+    match op {
+        Op::CreateDir { path, mode, .. } => format!("mkdir {} ({mode:04o})", path.display()),
+        Op::WriteFile {
+            path,
+            content,
+            mode,
+            ..
+        } => {
+            format!(
+                "write {} ({} bytes, {mode:04o})",
+                path.display(),
+                content.len()
+            )
+        }
+        Op::SetMetadata { path, mode, .. } => {
+            format!("chmod/chown {} ({mode:04o})", path.display())
+        }
+        Op::Symlink { path, target } => format!("ln -s {} {}", target.display(), path.display()),
+        Op::Remove { path } => format!("remove {}", path.display()),
+        Op::Command { argv, .. } => argv.join(" "),
+        Op::AptUpdate => "apt-get update".into(),
+        Op::Apt {
+            install, remove, ..
+        } => format!(
+            "apt-get install ({} to install, {} to remove)",
+            install.len(),
+            remove.len()
+        ),
+    }
 }
 
 fn execute(host: &Host, op: &Op) -> Result<()> {

@@ -107,6 +107,12 @@ impl Config {
                 message: describe_toml_error(&text, &e),
             })?,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Config {
+                    path: path.to_owned(),
+                    message: "missing: the agent configuration is needed (at least `repo = \"...\"`; see /usr/share/doc/fleet-agent/README.md), or give --config FILE, or --repo DIR to plan a working tree".into(),
+                })
+            }
             Err(e) => return Err(Error::io("cannot read the agent configuration", path, e)),
         };
         let missing = |key: &str| Error::Config {

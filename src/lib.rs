@@ -25,9 +25,4 @@ mod time;
 
 pub use cli::main;
 
-/// The agent's version: `FLEET_AGENT_VERSION` at build time (tests build versions N and
-/// N+1 from one source tree), else the crate's version.
-pub(crate) const VERSION: &str = match option_env!("FLEET_AGENT_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
+pub(crate) use cli::args::VERSION;

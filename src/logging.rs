@@ -34,12 +34,13 @@ impl Log for Stderr {
     fn flush(&self) {}
 }
 
-/// `verbosity`: 0 warnings only, 1 info (default), 2 debug.
+/// `verbosity`: 0 errors only (-q), 1 info (default), 2 debug (-v), 3 trace (-vv).
 pub(crate) fn init(verbosity: u8) {
     let level = match verbosity {
-        0 => LevelFilter::Warn,
+        0 => LevelFilter::Error,
         1 => LevelFilter::Info,
-        _ => LevelFilter::Debug,
+        2 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
     };
     // systemd sets JOURNAL_STREAM when stderr is connected to the journal.
     if std::env::var_os("JOURNAL_STREAM").is_some()

@@ -60,6 +60,9 @@ pub(crate) struct Planned {
     pub(crate) os_state: OsState,
     /// The OS line of the plan and whether it is a pending change.
     pub(crate) os_line: Option<(String, bool)>,
+    /// A working tree planned against the machine this runs on (`--repo` without
+    /// `--root`), which is worth saying first.
+    pub(crate) against_this_machine: bool,
 }
 
 impl Planned {
@@ -117,11 +120,29 @@ struct Run<'a> {
     origin: String,
     /// The previous state when it describes this root filesystem (set by `plan`).
     previous_here: Option<State>,
+    /// `--repo`: a working tree, not the configured repository.
+    working_tree: bool,
+    /// The branch followed (None for a working tree).
+    branch: Option<String>,
     _lock: Option<RunLock>,
 }
 
 fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<Done> {
     let mut run = Run::prepare(req, mode)?;
+    log::debug!(
+        "{mode:?}: device {} (type {}), repository {} branch {}, state {}",
+        run.config.device_id,
+        run.config
+            .device_type
+            .as_deref()
+            .unwrap_or("from host_vars"),
+        req.repo
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| redact(&run.config.repo)),
+        run.config.branch,
+        run.state_path.display()
+    );
     // Sync (or the maintainer's working tree).
     let synced: Synced;
     let source = match &req.repo {
@@ -135,13 +156,13 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
         None => {
             synced = sync_followed(run.host, &mut run.config)?;
             run.commit = Some(synced.commit.to_string());
+            run.branch = Some(run.config.branch.clone());
             run.offline = synced.offline.clone();
             run.origin = format!("{}#{}", redact(&run.config.repo), run.config.branch);
             Source::commit(&synced.repo, synced.commit)?
         }
     };
-    let builtin_dir = run.config.roles_dir.clone();
-    let builtin = builtin_dir.is_dir().then(|| Source::Dir(builtin_dir));
+    let builtin = crate::fleet::builtin_roles(&run.config.roles_dir);
     let fleet_file = FleetFile::read(&source)?;
     // The branch may need a newer agent: read before the full load, which an old agent
     // may not understand. `pull` on the device upgrades and re-executes (or fails).
@@ -161,11 +182,23 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
         }
         // Elsewhere the full load rejects the branch and says why.
     }
-    let (desired, settings, os_decl) =
-        match load(&run.config, &source, builtin.as_ref(), &fleet_file) {
-            Ok(loaded) => loaded,
-            Err(e) => return run.stopped(RunOutcome::Invalid, e),
-        };
+    let (desired, settings, os_decl) = match load(&run.config, &source, Some(&builtin), &fleet_file)
+    {
+        Ok(loaded) => loaded,
+        Err(e) => return run.stopped(RunOutcome::Invalid, e),
+    };
+    log::debug!(
+        "loaded: groups [{}], roles [{}], {} resources",
+        desired.groups.join(", "),
+        desired.roles.join(", "),
+        desired.resources.len()
+    );
+    if req.device.is_some() && desired.groups.is_empty() {
+        warn!(
+            "device {} is in no group of inventory.yml: it gets fleet.yml's vars and roles (and its host_vars) only",
+            desired.device_id
+        );
+    }
     let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
         Ok(p) => p,
         Err(e) => return run.stopped(RunOutcome::Failed, e),
@@ -227,6 +260,8 @@ impl<'a> Run<'a> {
         let mut config = Config::load(req.config_path, host, req.repo.is_none())?;
         if let Some(d) = &req.device {
             config.device_id = d.clone();
+            // Another device's type is its own (host_vars), not this machine's.
+            config.device_type = None;
         }
         if let Some(t) = &req.device_type {
             config.device_type = Some(t.clone());
@@ -248,6 +283,8 @@ impl<'a> Run<'a> {
             offline: None,
             origin: String::new(),
             previous_here: None,
+            working_tree: req.repo.is_some(),
+            branch: None,
             _lock: lock,
         })
     }
@@ -293,6 +330,7 @@ impl<'a> Run<'a> {
             os_declared,
             os_state,
             os_line,
+            against_this_machine: self.working_tree && self.host.is_live(),
         })
     }
 
@@ -312,6 +350,7 @@ impl<'a> Run<'a> {
         }
         let mut recorded = record(&self.state_path, self.previous.clone(), |s| {
             s.last_commit = self.commit.clone();
+            s.branch = self.branch.clone();
             s.outcome = Some(outcome);
             s.message = Some(e.to_string());
             s.offline = self.offline.is_some();
@@ -373,6 +412,7 @@ impl<'a> Run<'a> {
             s.os_update = planned.os_state.clone();
             s.rootfs = Some(rootfs);
             s.last_commit = self.commit.clone();
+            s.branch = self.branch.clone();
             s.source = Some(planned.origin.clone());
             s.changes = done;
             s.offline = self.offline.is_some();
@@ -455,24 +495,28 @@ fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State))
     Ok(s)
 }
 
-/// `validate DIR`: the devices checked.
-pub(crate) fn validate(
-    dir: &Path,
-    host: &Host,
-    config_path: &Path,
-) -> Result<(PathBuf, Vec<String>)> {
+/// What `validate DIR` found: the devices checked, or every problem.
+pub(crate) struct Validation {
+    pub(crate) dir: PathBuf,
+    pub(crate) outcome: std::result::Result<Vec<String>, Vec<crate::error::Invalid>>,
+}
+
+/// `validate DIR`: the fleet repository checked for every device it names.
+pub(crate) fn validate(dir: &Path, host: &Host, config_path: &Path) -> Result<Validation> {
     let config = Config::load(config_path, host, false)?;
     let dir = dir
         .canonicalize()
         .map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
     let source = Source::Dir(dir.clone());
-    let builtin = config
-        .roles_dir
-        .is_dir()
-        .then(|| Source::Dir(config.roles_dir.clone()));
+    let builtin = crate::fleet::builtin_roles(&config.roles_dir);
     let fleet_file = FleetFile::read(&source)?;
-    let fleet = Fleet::load(&source, builtin.as_ref(), &fleet_file)?;
-    Ok((dir, fleet.validate_all()?))
+    let outcome =
+        match Fleet::load(&source, Some(&builtin), &fleet_file).and_then(|f| f.validate_all()) {
+            Ok(checked) => Ok(checked),
+            Err(Error::Invalid(problems)) => Err(problems),
+            Err(other) => return Err(other),
+        };
+    Ok(Validation { dir, outcome })
 }
 
 /// The recorded state and where it is.

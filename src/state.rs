@@ -45,6 +45,10 @@ pub(crate) struct State {
     pub(crate) last_commit: Option<String>,
     /// Where the fleet repository came from: URL and branch, or a directory.
     pub(crate) source: Option<String>,
+    /// The branch the last run followed (a host_vars `branch:` may differ from the
+    /// configured one); None for a working tree.
+    #[serde(default)]
+    pub(crate) branch: Option<String>,
     /// Seconds since the epoch when the last run ended.
     pub(crate) time: Option<u64>,
     pub(crate) outcome: Option<RunOutcome>,

@@ -5,100 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 use crate::config::DEFAULT_CONFIG;
-use crate::error::{exit, Result};
+use crate::error::{exit, Error, Result};
 use crate::host::Host;
 use crate::run::{self, Mode, PlanOutcome, Request};
+use crate::state::RunOutcome;
 
+pub(crate) mod args;
 mod render;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "fleet-agent",
-    version = crate::VERSION,
-    about = "Converge this device to its branch of the fleet git repository"
-)]
-pub(crate) struct Cli {
-    /// Manage the system under DIR instead of / (image builds, tests). Every managed
-    /// path, the state directory and agent.toml's default location are taken under DIR.
-    #[arg(long, global = true, value_name = "DIR")]
-    root: Option<PathBuf>,
-    /// The agent configuration [default: ROOT/etc/fleet-agent/agent.toml].
-    #[arg(long, global = true, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Seconds to wait for another run to release the lock before giving up.
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 0)]
-    wait: u64,
-    /// More output (-v: debug).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Only warnings and errors.
-    #[arg(short, long, global = true)]
-    quiet: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// The timer's job: lock, fetch the branch, plan, apply, record the state.
-    Pull,
-    /// Show what applying would change. Exit 0: nothing to do, 2: changes pending.
-    Plan {
-        #[command(flatten)]
-        target: Target,
-        /// Print the plan as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Fetch (or use --repo), plan and apply, printing the plan.
-    Apply {
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Validate a fleet repository for every device of its inventory (for the fleet
-    /// repository's own CI). Prints every problem at once.
-    Validate {
-        /// The fleet repository's working tree.
-        dir: PathBuf,
-    },
-    /// The last run: when, which commit, outcome.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// A/B OS updates (Mender): `status`, or `retry` to allow failed artifacts again.
-    Os {
-        #[command(subcommand)]
-        command: OsCommand,
-    },
-}
-
-#[derive(clap::Args, Debug)]
-struct Target {
-    /// Use this working tree of the fleet repository instead of fetching.
-    #[arg(long, value_name = "DIR")]
-    repo: Option<PathBuf>,
-    /// Plan for this device id instead of the configured one.
-    #[arg(long, value_name = "ID")]
-    device: Option<String>,
-    /// Plan for this device type instead of the configured one.
-    #[arg(long, value_name = "TYPE")]
-    device_type: Option<String>,
-}
-
-#[derive(Subcommand, Debug)]
-enum OsCommand {
-    /// The OS update's phase, current artifact, failed artifacts and retry time.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Allow failed artifacts again and forget the download/install backoff.
-    Retry,
-}
+use args::{Cli, Command, OsCommand, Target};
 
 /// Entry point: returns the process exit code.
 pub fn main() -> i32 {
@@ -130,49 +48,30 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         .config
         .clone()
         .unwrap_or_else(|| host.path(Path::new(DEFAULT_CONFIG)));
-    let wait = Duration::from_secs(cli.wait);
-    let request = |target: Option<&Target>| Request {
+    let request = |target: Option<&Target>, wait: u64| Request {
         host: &host,
         config_path: &config_path,
-        wait,
+        wait: Duration::from_secs(wait),
         repo: target.and_then(|t| t.repo.clone()),
         device: target.and_then(|t| t.device.clone()),
         device_type: target.and_then(|t| t.device_type.clone()),
     };
     match &cli.command {
-        Command::Pull => run::converge(&request(None), Mode::Pull, &mut |_| {}),
-        Command::Apply { target } => {
-            run::converge(&request(Some(target)), Mode::Apply, &mut |planned| {
-                render::print(&render::plan_text(planned))
-            })
-        }
-        Command::Plan { target, json } => Ok(match run::plan(&request(Some(target)))? {
-            PlanOutcome::Planned(planned) => {
-                render::print(&if *json {
-                    render::plan_json(&planned)
-                } else {
-                    render::plan_text(&planned) + &render::os_line(&planned)
-                });
-                if planned.pending() {
-                    exit::CHANGES_PENDING
-                } else {
-                    exit::OK
-                }
-            }
-            upgrade @ PlanOutcome::AgentUpgrade { .. } => {
-                render::print(&render::agent_upgrade(&upgrade, *json));
-                exit::CHANGES_PENDING
-            }
-        }),
-        Command::Validate { dir } => {
-            let (dir, checked) = run::validate(dir, &host, &config_path)?;
-            render::print(&render::validated(&dir, &checked));
-            Ok(exit::OK)
-        }
+        Command::Pull { lock } => run::converge(&request(None, lock.wait), Mode::Pull, &mut |_| {}),
+        Command::Apply { target, lock } => run::converge(
+            &request(Some(target), lock.wait),
+            Mode::Apply,
+            &mut |planned| render::print(&render::plan_text(planned)),
+        ),
+        Command::Plan { target, json, lock } => plan(&request(Some(target), lock.wait), *json),
+        Command::Validate { dir, json } => validate(&host, &config_path, dir, *json),
         Command::Status { json } => {
             let (path, state) = run::status(&host, &config_path)?;
             render::print(&render::status(&path, state.as_ref(), *json));
-            Ok(exit::OK)
+            Ok(match state.and_then(|s| s.outcome) {
+                Some(RunOutcome::Failed | RunOutcome::Invalid) => exit::ERROR,
+                _ => exit::OK,
+            })
         }
         Command::Os { command } => match command {
             OsCommand::Status { json } => {
@@ -181,11 +80,49 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 render::print(&render::os_status(&os, *json));
                 Ok(exit::OK)
             }
-            OsCommand::Retry => {
+            OsCommand::Retry { lock } => {
+                let wait = Duration::from_secs(lock.wait);
                 let retried = run::os_retry(&host, &config_path, wait)?;
                 render::print(&retried.summary());
                 Ok(exit::OK)
             }
         },
     }
+}
+
+/// `plan`: exit 0 when nothing is to do, 2 when changes are pending.
+fn plan(request: &Request, json: bool) -> Result<i32> {
+    Ok(match run::plan(request)? {
+        PlanOutcome::Planned(planned) => {
+            render::print(&if json {
+                render::plan_json(&planned)
+            } else {
+                render::plan_text(&planned) + &render::os_line(&planned)
+            });
+            if planned.pending() {
+                exit::CHANGES_PENDING
+            } else {
+                exit::OK
+            }
+        }
+        upgrade @ PlanOutcome::AgentUpgrade { .. } => {
+            render::print(&render::agent_upgrade(&upgrade, json));
+            exit::CHANGES_PENDING
+        }
+    })
+}
+
+/// `validate`: text (problems as the error) or JSON (problems in it, exit 1).
+fn validate(host: &Host, config_path: &Path, dir: &Path, json: bool) -> Result<i32> {
+    let v = run::validate(dir, host, config_path)?;
+    if json {
+        render::print(&render::validation_json(&v));
+    }
+    match v.outcome {
+        Ok(checked) if !json => render::print(&render::validated(&v.dir, &checked)),
+        Ok(_) => {}
+        Err(problems) if !json => return Err(Error::Invalid(problems)),
+        Err(_) => return Ok(exit::ERROR),
+    }
+    Ok(exit::OK)
 }

@@ -32,8 +32,13 @@ pub(super) fn plan_text(p: &Planned) -> String {
             items.join(", ")
         }
     };
+    let first = if p.against_this_machine {
+        "Planned against this machine (/): without --root, plan --repo compares the working tree with the machine it runs on\n"
+    } else {
+        ""
+    };
     format!(
-        "Device {} (type {}; groups: {}; roles: {})\nFleet repository {} at {}\n{}",
+        "{first}Device {} (type {}; groups: {}; roles: {})\nFleet repository {} at {}\n{}",
         d.device_id,
         d.device_type.as_deref().unwrap_or("unknown"),
         list(&d.groups),
@@ -166,6 +171,32 @@ pub(super) fn validated(dir: &Path, checked: &[String]) -> String {
     out
 }
 
+/// `validate --json`.
+pub(super) fn validation_json(v: &crate::run::Validation) -> String {
+    let (valid, devices, problems) = match &v.outcome {
+        Ok(checked) => (true, checked.clone(), vec![]),
+        Err(problems) => (false, vec![], problems.clone()),
+    };
+    let problems: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "file": p.pos.file,
+                "line": p.pos.line,
+                "column": p.pos.column,
+                "message": p.message,
+                "text": p.to_string(),
+            })
+        })
+        .collect();
+    json(&serde_json::json!({
+        "repository": v.dir.display().to_string(),
+        "valid": valid,
+        "devices_checked": devices,
+        "problems": problems,
+    }))
+}
+
 /// `status [--json]`.
 pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> String {
     let Some(s) = state else {
@@ -176,7 +207,7 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
         };
     };
     if as_json {
-        return json(s);
+        return json(&with_iso_times(s));
     }
     let outcome = match s.outcome {
         Some(RunOutcome::Applied) => "applied",
@@ -207,12 +238,33 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
         line("last commit:", s.last_commit.as_deref().unwrap_or("none"));
     }
     line("source:", s.source.as_deref().unwrap_or("unknown"));
+    if let Some(b) = &s.branch {
+        line("branch:", b);
+    }
     line("changes:", &s.changes.to_string());
     line("resources:", &s.resources.len().to_string());
     if let Some(m) = &s.message {
         line("message:", m);
     }
     out
+}
+
+/// The state as JSON with its times (seconds since the epoch in state.json) in ISO 8601.
+fn with_iso_times(s: &State) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("state serializes");
+    let iso = |v: &mut serde_json::Value| {
+        if let Some(secs) = v.as_u64() {
+            *v = serde_json::Value::String(format_time(secs));
+        }
+    };
+    iso(&mut v["time"]);
+    for key in ["changed", "verify_since"] {
+        iso(&mut v["os_update"][key]);
+    }
+    if v["os_update"]["backoff"].is_object() {
+        iso(&mut v["os_update"]["backoff"]["after"]);
+    }
+    v
 }
 
 /// `os status [--json]`.

@@ -33,6 +33,23 @@ use source::Source;
 
 pub(crate) const FORMAT_VERSION: u32 = 1;
 
+/// The id `validate` checks a device under that no inventory group names.
+pub(crate) const NO_GROUP_DEVICE: &str = "(a device in no group)";
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_roles.rs"));
+}
+
+/// The built-in roles: the directory `roles_dir` where the package installed them, or,
+/// where there is none (a maintainer's laptop, CI), the copy compiled into the binary.
+pub(crate) fn builtin_roles(roles_dir: &std::path::Path) -> Source<'static> {
+    if roles_dir.is_dir() {
+        Source::Dir(roles_dir.to_path_buf())
+    } else {
+        Source::Embedded(builtin::BUILTIN_ROLES)
+    }
+}
+
 /// Who the device is, as the agent configuration says.
 #[derive(Debug, Clone)]
 pub(crate) struct Device {
@@ -216,15 +233,22 @@ impl<'a> Fleet<'a> {
     }
 
     /// Validates the repository for every device it names: each literal device id of
-    /// the inventory, each host_vars file, and for every group one device of that group
-    /// alone (globs stand for devices not yet known). Every role under roles/ is read
-    /// even if no device uses it. Returns the devices checked.
+    /// the inventory, each host_vars file, for every group one device of that group
+    /// alone (globs stand for devices not yet known), and one device in no group. Every
+    /// role under roles/ is read even if no device uses it. Returns the devices checked.
     pub(crate) fn validate_all(&self) -> Result<Vec<String>> {
-        let mut problems: Vec<Invalid> = Vec::new();
+        // Each problem with the devices it was found for.
+        let mut found: Vec<(Invalid, Vec<String>)> = Vec::new();
         let mut checked = Vec::new();
-        let collect = |problems: &mut Vec<Invalid>, e: Error| match e {
+        let mut collect = |id: &str, e: Error| match e {
             Error::Invalid(ps) => {
-                extend_unique(problems, ps);
+                for p in ps {
+                    match found.iter_mut().find(|(q, _)| *q == p) {
+                        Some((_, ids)) if !ids.iter().any(|i| i == id) => ids.push(id.to_string()),
+                        Some(_) => {}
+                        None => found.push((p, vec![id.to_string()])),
+                    }
+                }
                 Ok(())
             }
             other => Err(other),
@@ -233,7 +257,7 @@ impl<'a> Fleet<'a> {
             let device_type = match self.host_facts(&id) {
                 Ok(f) => f.device_type,
                 Err(e) => {
-                    collect(&mut problems, e)?;
+                    collect(&id, e)?;
                     None
                 }
             };
@@ -242,30 +266,75 @@ impl<'a> Fleet<'a> {
                 device_type,
             };
             if let Err(e) = self.desired_state(&device) {
-                collect(&mut problems, e)?;
+                collect(&id, e)?;
             }
             checked.push(id);
         }
-        for g in &self.groups {
+        // Stand-ins for devices not named: one of each group alone, and one in no group
+        // (a device the inventory does not know gets fleet.yml's roles only).
+        let stand_ins = self
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    format!("(a device of group {})", g.name),
+                    vec![g.name.clone()],
+                )
+            })
+            .chain([(NO_GROUP_DEVICE.to_string(), vec![])]);
+        for (id, groups) in stand_ins {
             let device = Device {
-                id: format!("(a device of group {})", g.name),
+                id,
                 device_type: None,
             };
-            if let Err(e) = self.desired_state_in(&device, vec![g.name.clone()]) {
-                collect(&mut problems, e)?;
+            if let Err(e) = self.desired_state_in(&device, groups) {
+                collect(&device.id, e)?;
             }
             checked.push(device.id);
         }
-        for name in self.repo.list("roles")?.unwrap_or_default() {
-            if let Err(ps) = self.role(&name, &Pos::file(format!("roles/{name}")))? {
-                extend_unique(&mut problems, ps);
-            }
-        }
+        let mut problems: Vec<Invalid> = found
+            .into_iter()
+            .map(|(mut p, ids)| {
+                if ids.len() < checked.len() {
+                    p.message.push_str(&format!(
+                        " (for {} of {} devices checked: {})",
+                        ids.len(),
+                        checked.len(),
+                        ids.join(", ")
+                    ));
+                }
+                p
+            })
+            .collect();
+        problems.extend(self.check_every_role()?);
         if problems.is_empty() {
             Ok(checked)
         } else {
             Err(Error::Invalid(problems))
         }
+    }
+
+    /// Every role under roles/ is read, even if no device uses it; a directory there
+    /// without role.yml is a problem (files such as a README are left alone).
+    fn check_every_role(&self) -> Result<Vec<Invalid>> {
+        let mut problems = Vec::new();
+        for name in self.repo.list("roles")?.unwrap_or_default() {
+            let dir = format!("roles/{name}");
+            if self.repo.list(&dir)?.is_none() {
+                continue;
+            }
+            if self.repo.read(&format!("{dir}/role.yml"))?.is_none() {
+                problems.push(Invalid::new(
+                    Pos::file(dir.clone()),
+                    format!("a role is a directory with a role.yml (and its files/ and templates/): there is no {dir}/role.yml"),
+                ));
+                continue;
+            }
+            if let Err(ps) = self.role(&name, &Pos::file(dir))? {
+                extend_unique(&mut problems, ps);
+            }
+        }
+        Ok(problems)
     }
 
     /// Template problems as reported: an undefined variable that some group_vars or

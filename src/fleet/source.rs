@@ -14,6 +14,8 @@ pub(crate) enum Source<'r> {
         label: String,
     },
     Dir(PathBuf),
+    /// Files compiled into the binary (the built-in roles), by relative path.
+    Embedded(&'static [(&'static str, &'static [u8])]),
     /// Files in memory by relative path (in-process tests).
     #[cfg(test)]
     Files(std::collections::BTreeMap<String, Vec<u8>>),
@@ -37,6 +39,7 @@ impl<'r> Source<'r> {
         match self {
             Source::Commit { label, .. } => label.clone(),
             Source::Dir(p) => p.display().to_string(),
+            Source::Embedded(_) => "the built-in roles".into(),
             #[cfg(test)]
             Source::Files(_) => "memory".into(),
         }
@@ -75,6 +78,10 @@ impl<'r> Source<'r> {
                     Err(e) => Err(Error::io("cannot read", p, e)),
                 }
             }
+            Source::Embedded(files) => Ok(files
+                .iter()
+                .find(|(path, _)| *path == rel)
+                .map(|(_, bytes)| bytes.to_vec())),
             #[cfg(test)]
             Source::Files(files) => Ok(files.get(rel).cloned()),
         }
@@ -114,28 +121,36 @@ impl<'r> Source<'r> {
                     Err(e) => return Err(Error::io("cannot list", p, e)),
                 }
             }
+            Source::Embedded(files) => match children(files.iter().map(|(p, _)| *p), rel) {
+                Some(names) => names,
+                None => return Ok(None),
+            },
             #[cfg(test)]
-            Source::Files(files) => {
-                let prefix = if rel.is_empty() {
-                    String::new()
-                } else {
-                    format!("{rel}/")
-                };
-                let mut names: Vec<String> = files
-                    .keys()
-                    .filter_map(|k| k.strip_prefix(&prefix))
-                    .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
-                    .collect();
-                names.dedup();
-                if names.is_empty() {
-                    return Ok(None);
-                }
-                names
-            }
+            Source::Files(files) => match children(files.keys().map(String::as_str), rel) {
+                Some(names) => names,
+                None => return Ok(None),
+            },
         };
         names.sort();
         Ok(Some(names))
     }
+}
+
+/// The names directly under `rel` among files given by their relative paths; None when
+/// there are none (no such directory).
+fn children<'p>(paths: impl Iterator<Item = &'p str>, rel: &str) -> Option<Vec<String>> {
+    let prefix = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{rel}/")
+    };
+    let mut names: Vec<String> = paths
+        .filter_map(|k| k.strip_prefix(prefix.as_str()))
+        .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    (!names.is_empty()).then_some(names)
 }
 
 pub(crate) fn short(oid: git2::Oid) -> String {

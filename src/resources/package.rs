@@ -109,6 +109,13 @@ pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, max_age: Durat
         apt::dpkg_status(p.host)?
     };
     let wanted = wanted(packages, &status, p);
+    log::debug!(
+        "packages: {} declared; dpkg's records differ for {} (install {}, remove {})",
+        packages.len(),
+        wanted.install.len() + wanted.remove.len(),
+        wanted.install.len(),
+        wanted.remove.len()
+    );
     // Only a run with a transaction looks at the lists' age.
     let lists_age = if wanted.is_empty() {
         None

@@ -66,6 +66,16 @@ pub(crate) fn plan(
                 .and_then(|prev| prev.get(&r.kind.id()))
                 .is_some_and(|s| s.created);
             let change = p.one(r)?;
+            if change.is_none() {
+                log::trace!(
+                    "unchanged: {} {} ({}, {}): {}",
+                    r.kind.name(),
+                    r.kind.subject(),
+                    r.role,
+                    r.declared_at,
+                    unchanged_because(&r.kind)
+                );
+            }
             let creates = change.as_ref().is_some_and(|c| c.creates);
             resources.insert(r.kind.id(), resource_state(r, created_before || creates));
             p.changes.extend(change);
@@ -95,6 +105,28 @@ pub(crate) fn plan(
         notes: p.notes,
         resources,
     })
+}
+
+/// Why a resource that plans no change is left as it is, for `-vv`.
+fn unchanged_because(kind: &Kind) -> String {
+    match kind {
+        Kind::File(f) => format!(
+            "its content ({} bytes), mode {:04o} and owner {}:{} are as declared",
+            f.content.len(),
+            f.mode,
+            f.owner,
+            f.group
+        ),
+        Kind::Directory(d) => format!(
+            "it is a directory with mode {:04o} and owner {}:{}",
+            d.mode, d.owner, d.group
+        ),
+        Kind::Symlink(l) => format!("it links to {}", l.target.display()),
+        Kind::Absent(_) => "nothing is there".into(),
+        Kind::Group(_) => "the group exists (a gid is never changed)".into(),
+        Kind::User(_) => "the user exists with the declared home, shell, comment and groups".into(),
+        Kind::Package(_) | Kind::Service(_) => "planned as a phase".into(),
+    }
 }
 
 fn resource_state(r: &Resource, created: bool) -> ResourceState {

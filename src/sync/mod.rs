@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use git2::{AutotagOption, Direction, FetchOptions, Oid, Repository};
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use crate::config::redact;
 use crate::config::Config;
@@ -69,6 +69,12 @@ pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
     setup_transports(host, config)?;
     let dir = clone_dir(host, config);
     let refname = tracking_ref(&config.branch);
+    debug!(
+        "sync: branch {} of {} into the clone {}",
+        config.branch,
+        redact(&config.repo),
+        dir.display()
+    );
     let (repo, local_tip) = match open_clone(&dir, &refname) {
         Ok(found) => found,
         Err(why) => {
@@ -107,9 +113,19 @@ pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
 /// A refs-only request first: an unchanged tip fetches nothing. A server that cannot
 /// be reached leaves the last fetched commit in use.
 fn update(repo: Repository, local_tip: Oid, config: &Config, refname: &str) -> Result<Synced> {
+    debug!(
+        "sync: the clone is at {}; asking the server for its refs",
+        short(local_tip)
+    );
     let updated = remote_tip(&repo, config).and_then(|tip| match tip == local_tip {
-        true => Ok(false),
-        false => fetch(&repo, config, refname, false).map(|()| true),
+        true => {
+            debug!("sync: the server's tip is {}: nothing to fetch", short(tip));
+            Ok(false)
+        }
+        false => {
+            debug!("sync: the server's tip is {}: fetching", short(tip));
+            fetch(&repo, config, refname, false).map(|()| true)
+        }
     });
     match updated {
         Ok(true) => {}
@@ -212,6 +228,10 @@ fn fetch(
         options.depth(1);
     }
     let refspec = format!("+refs/heads/{}:{refname}", config.branch);
+    debug!(
+        "sync: fetching {refspec}{}",
+        if shallow { " (depth 1)" } else { "" }
+    );
     remote
         .fetch(&[refspec.as_str()], Some(&mut options), None)
         .map_err(|e| {

@@ -36,6 +36,7 @@ impl Golden {
             .replace(EVERY_KIND, "<EVERY_KIND>");
         for key in ["\"time\": ", "\"changed\": "] {
             out = replace_number_after(&out, key);
+            out = replace_iso_after(&out, key);
         }
         replace_quoted_after(&out, "\"rootfs\": ")
     }
@@ -94,6 +95,22 @@ fn replace_number_after(text: &str, key: &str) -> String {
             out.push('0');
         }
         rest = &rest[digits..];
+    }
+    out + rest
+}
+
+/// `"time": "2026-12-05T06:00:00Z"` (status --json) → `"time": "<TIME>"`.
+fn replace_iso_after(text: &str, key: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(key) {
+        out.push_str(&rest[..i + key.len()]);
+        rest = &rest[i + key.len()..];
+        let iso = rest.len() > 22 && rest.as_bytes()[0] == b'"' && rest.as_bytes()[21] == b'"';
+        if iso && rest[1..21].ends_with('Z') {
+            out.push_str("\"<TIME>\"");
+            rest = &rest[22..];
+        }
     }
     out + rest
 }

@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_input;
+mod cli;
 mod golden;
 mod kiosk;
 mod mender_double;

@@ -436,5 +436,5 @@ fn the_bundled_example_fleet_validates() {
         .unwrap();
     let run = to_run(out);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("valid (10 devices checked)"), "{run:?}");
+    assert!(run.stdout.contains("valid (11 devices checked)"), "{run:?}");
 }
