@@ -177,7 +177,7 @@ invalid!(
     [
         ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: x\n      mode: \"999\"\n")
     ],
-    "roles/web/role.yml:5:13: `999` is not a file mode: expected octal digits in quotes, such as \"0644\""
+    "roles/web/role.yml:5:13: `999` is not a file mode: expected 3 or 4 octal digits, at most 7777, such as 0644"
 );
 
 invalid!(

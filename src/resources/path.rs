@@ -47,7 +47,7 @@ pub(super) fn mode(x: &mut dyn Expand, m: Option<&Spanned<String>>, default: u32
             x.problem(
                 m.span(),
                 format!(
-                    "`{s}` is not a file mode: expected octal digits in quotes, such as \"0644\""
+                    "`{s}` is not a file mode: expected 3 or 4 octal digits, at most 7777, such as 0644"
                 ),
             );
             None

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod cli;
+mod docs;
 mod golden;
 mod kiosk;
 mod mender_double;
