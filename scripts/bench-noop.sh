@@ -4,13 +4,16 @@
 # RSS of each of N runs (/usr/bin/time -v), medians printed; the server's log shows
 # that a no-op poll asks for refs only.
 #   scripts/bench-noop.sh [RUNS]   (default 10)
+#   AGENT=path/to/fleet-agent scripts/bench-noop.sh   (another build, e.g. to compare)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 runs=${1:-10}
 scratch=$(mktemp -d)
 trap 'kill $server 2>/dev/null || true; rm -rf "$scratch"' EXIT
-cargo build --release --quiet --manifest-path "$here/Cargo.toml"
-agent="$here/target/release/fleet-agent"
+if [ -z "${AGENT:-}" ]; then
+  cargo build --release --quiet --manifest-path "$here/Cargo.toml"
+fi
+agent=${AGENT:-$here/target/release/fleet-agent}
 
 . "$(dirname "$0")/lib/example-fleet.sh"
 serve_example_fleet "$scratch"

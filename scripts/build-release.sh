@@ -151,6 +151,8 @@ finish_deb() {
 }
 
 mkdir -p "$dist"
+# Shell completions (bash, zsh, fish) from the clap definition, for the .debs.
+step completions cargo run --quiet --locked --example completions -- "$here/target/completions"
 debs=()
 for t in $targets; do
   arch=${deb_arch[$t]:-}

@@ -24,10 +24,23 @@ command -v gpg >/dev/null || need+=(gnupg)
 command -v mender-artifact >/dev/null || need+=(mender-artifact)
 command -v fw_setenv >/dev/null || need+=(libubootenv-tool)
 command -v mender >/dev/null || need+=(mender-client)
+sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
 if [ ${#need[@]} -gt 0 ]; then
-  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
+  # Say what else changes on this machine: installing a package can upgrade one that is
+  # already here (systemd-container, for one, needs the systemd of its own version).
+  upgrades=$(apt-get -s install --no-install-recommends "${need[@]}" 2>/dev/null |
+    awk '$1 == "Inst" && $3 ~ /^\[/ {print $2}' | tr '\n' ' ')
+  echo "install-deps: installing ${need[*]}" >&2
+  [ -z "$upgrades" ] || echo "install-deps: this also upgrades installed packages: $upgrades" >&2
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# Only the mender binary is needed (the A/B simulation's real-client probe): the
+# package's service must never run on this machine, so it stays disabled and masked.
+if [ -e /lib/systemd/system/mender-client.service ] && [ "$(readlink /etc/systemd/system/mender-client.service 2>/dev/null)" != /dev/null ]; then
+  $sudo systemctl --root=/ disable mender-client.service >/dev/null 2>&1 || true
+  $sudo ln -sf /dev/null /etc/systemd/system/mender-client.service
+  echo "install-deps: mender-client.service disabled and masked (only the mender binary is used)" >&2
 fi
 if ! command -v cargo >/dev/null; then
   echo "installing Rust with rustup" >&2

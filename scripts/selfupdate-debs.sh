@@ -58,6 +58,7 @@ for v in "$@"; do
   rm -f "$deb" "$stamp"
   log=$(mktemp)
   if ! FLEET_AGENT_VERSION=$v cargo build --release --locked --target "$target" >"$log" 2>&1 ||
+    ! cargo run --quiet --locked --example completions -- "$here/target/completions" >>"$log" 2>&1 ||
     ! cargo deb --no-build --no-strip --target "$target" --deb-version "$v-1" \
       --output "$deb.tmp" >>"$log" 2>&1; then
     tail -n 60 "$log" >&2

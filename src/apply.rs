@@ -4,19 +4,16 @@
 
 use log::info;
 
-use crate::error::{Error, Result};
-use crate::host::Host;
+use crate::error::Result;
+use crate::host::{apt, Host};
 use crate::plan::{Op, Plan};
-use crate::resource::Principal;
-
-/// Seconds apt waits for a dpkg lock held by someone else before giving up.
-pub const DPKG_LOCK_TIMEOUT_SECS: u32 = 120;
 
 /// Executes the plan; returns how many changes were made before any failure.
-pub fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()>) {
+pub(crate) fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()>) {
     let mut done = 0;
     for change in &plan.changes {
         for op in &change.ops {
+            log::debug!("apply: {}", describe(op));
             if let Err(e) = execute(host, op) {
                 return (done, Err(e));
             }
@@ -30,18 +27,36 @@ pub fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()>) {
     (done, Ok(()))
 }
 
-fn id(host: &Host, p: &Principal, group: bool) -> Result<u32> {
-    match p {
-        Principal::Id(id) => Ok(*id),
-        Principal::Name(n) => {
-            let found = if group { host.gid(n)? } else { host.uid(n)? };
-            found.ok_or_else(|| {
-                Error::Other(format!(
-                    "the {} `{n}` does not exist",
-                    if group { "group" } else { "user" }
-                ))
-            })
+/// An operation in words, for `-v` (never a file's content).
+fn describe(op: &Op) -> String {
+    match op {
+        Op::CreateDir { path, mode, .. } => format!("mkdir {} ({mode:04o})", path.display()),
+        Op::WriteFile {
+            path,
+            content,
+            mode,
+            ..
+        } => {
+            format!(
+                "write {} ({} bytes, {mode:04o})",
+                path.display(),
+                content.len()
+            )
         }
+        Op::SetMetadata { path, mode, .. } => {
+            format!("chmod/chown {} ({mode:04o})", path.display())
+        }
+        Op::Symlink { path, target } => format!("ln -s {} {}", target.display(), path.display()),
+        Op::Remove { path } => format!("remove {}", path.display()),
+        Op::Command { argv, .. } => argv.join(" "),
+        Op::AptUpdate => "apt-get update".into(),
+        Op::Apt {
+            install, remove, ..
+        } => format!(
+            "apt-get install ({} to install, {} to remove)",
+            install.len(),
+            remove.len()
+        ),
     }
 }
 
@@ -52,7 +67,12 @@ fn execute(host: &Host, op: &Op) -> Result<()> {
             mode,
             owner,
             group,
-        } => host.create_dir(path, *mode, id(host, owner, false)?, id(host, group, true)?),
+        } => host.create_dir(
+            path,
+            *mode,
+            host.resolve(owner, false)?,
+            host.resolve(group, true)?,
+        ),
         Op::WriteFile {
             path,
             content,
@@ -63,15 +83,20 @@ fn execute(host: &Host, op: &Op) -> Result<()> {
             path,
             content,
             *mode,
-            id(host, owner, false)?,
-            id(host, group, true)?,
+            host.resolve(owner, false)?,
+            host.resolve(group, true)?,
         ),
         Op::SetMetadata {
             path,
             mode,
             owner,
             group,
-        } => host.set_metadata(path, *mode, id(host, owner, false)?, id(host, group, true)?),
+        } => host.set_metadata(
+            path,
+            *mode,
+            host.resolve(owner, false)?,
+            host.resolve(group, true)?,
+        ),
         Op::Symlink { path, target } => host.symlink(path, target),
         Op::Remove { path } => host.remove(path),
         Op::Command { argv, in_root } => host
@@ -80,83 +105,11 @@ fn execute(host: &Host, op: &Op) -> Result<()> {
                 *in_root,
             )
             .map(|_| ()),
-        Op::AptUpdate => apt_update(host),
+        Op::AptUpdate => apt::update(host),
         Op::Apt {
             install,
             remove,
             recommends,
-        } => apt_transaction(host, install, remove, *recommends),
+        } => apt::transaction(host, install, remove, *recommends),
     }
-}
-
-/// Refreshes apt's package lists, waiting a bounded time for a dpkg lock.
-pub(crate) fn apt_update(host: &Host) -> Result<()> {
-    let timeout = format!("DPkg::Lock::Timeout={DPKG_LOCK_TIMEOUT_SECS}");
-    host.run_output(&["apt-get", "update", "-q", "-o", &timeout], true)
-        .map(|_| ())
-}
-
-/// One apt transaction: recover an interrupted dpkg first, wait a bounded time for a
-/// dpkg lock held by someone else, keep locally edited conffiles (a role that owns a
-/// conffile writes it after the packages phase anyway).
-pub(crate) fn apt_transaction(
-    host: &Host,
-    install: &[(String, Option<String>)],
-    remove: &[String],
-    recommends: bool,
-) -> Result<()> {
-    let audit = host.run_output(&["dpkg", "--audit"], true)?;
-    if !audit.trim().is_empty() {
-        log::warn!(
-            "dpkg was interrupted; running dpkg --configure -a first:\n{}",
-            audit.trim_end()
-        );
-        host.run_output(
-            &[
-                "dpkg",
-                "--force-confdef",
-                "--force-confold",
-                "--configure",
-                "-a",
-            ],
-            true,
-        )?;
-    }
-    let mut specs = Vec::new();
-    for (name, version) in install {
-        match version {
-            Some(v) if v.contains(['*', '?', '[']) => {
-                match crate::plan::resolve_glob(host, name, v)? {
-                    Some(exact) => specs.push(format!("{name}={exact}")),
-                    None => {
-                        return Err(Error::Other(format!(
-                            "no version of {name} matching `{v}` is in the package lists"
-                        )))
-                    }
-                }
-            }
-            Some(v) => specs.push(format!("{name}={v}")),
-            None => specs.push(name.clone()),
-        }
-    }
-    specs.extend(remove.iter().map(|n| format!("{n}-")));
-    let timeout = format!("DPkg::Lock::Timeout={DPKG_LOCK_TIMEOUT_SECS}");
-    let mut argv = vec![
-        "apt-get",
-        "install",
-        "-y",
-        "-q",
-        "-o",
-        &timeout,
-        "-o",
-        "Dpkg::Options::=--force-confdef",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-        "--allow-downgrades",
-    ];
-    if !recommends {
-        argv.push("--no-install-recommends");
-    }
-    argv.extend(specs.iter().map(String::as_str));
-    host.run_output(&argv, true).map(|_| ())
 }

@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{line_column, Error, Result};
 use crate::host::Host;
 
-pub const DEFAULT_CONFIG: &str = "/etc/fleet-agent/agent.toml";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/fleet-agent";
-pub const DEFAULT_ROLES_DIR: &str = "/usr/share/fleet-agent/roles";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/fleet-agent/agent.toml";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/fleet-agent";
+pub(crate) const DEFAULT_ROLES_DIR: &str = "/usr/share/fleet-agent/roles";
 /// Mender's device_type file (`device_type=raspberrypi4`); /var/lib/mender points to /data/mender.
-pub const MENDER_DEVICE_TYPE: &str = "/var/lib/mender/device_type";
+pub(crate) const MENDER_DEVICE_TYPE: &str = "/var/lib/mender/device_type";
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -29,30 +29,30 @@ struct RawConfig {
     #[serde(default)]
     http: Http,
     #[serde(default)]
-    os_update: crate::osupdate::OsUpdateConfig,
+    os_update: OsUpdateConfig,
 }
 
 /// How the agent authenticates to the git server. Paths are on the device (under `--root`).
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// A file holding an access token, sent as the HTTP basic-auth password.
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// The basic-auth user name that goes with the token (default "fleet-agent").
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Private key for ssh:// repositories.
-    pub ssh_key: Option<PathBuf>,
+    pub(crate) ssh_key: Option<PathBuf>,
     /// known_hosts file for ssh:// repositories; host keys are checked strictly.
-    pub known_hosts: Option<PathBuf>,
+    pub(crate) known_hosts: Option<PathBuf>,
     /// The ssh client to run (default "ssh").
-    pub ssh_command: Option<String>,
+    pub(crate) ssh_command: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields, default)]
-pub struct Http {
+pub(crate) struct Http {
     /// Seconds to wait for the server to answer (connect and each read).
-    pub timeout_secs: u64,
+    pub(crate) timeout_secs: u64,
 }
 
 impl Default for Http {
@@ -61,33 +61,58 @@ impl Default for Http {
     }
 }
 
+/// `[os_update]` in agent.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct OsUpdateConfig {
+    /// "mender-update", "mender" or an absolute path; None: mender-update if it is on
+    /// PATH, else mender.
+    pub(crate) client: Option<String>,
+    /// What asks the system to reboot.
+    pub(crate) reboot_command: Vec<String>,
+}
+
+impl Default for OsUpdateConfig {
+    fn default() -> Self {
+        OsUpdateConfig {
+            client: None,
+            reboot_command: vec!["systemctl".into(), "reboot".into()],
+        }
+    }
+}
+
 /// The resolved configuration: defaults filled in, device facts read.
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub path: PathBuf,
-    pub repo: String,
-    pub branch: String,
-    pub device_id: String,
-    pub device_type: Option<String>,
+pub(crate) struct Config {
+    pub(crate) repo: String,
+    pub(crate) branch: String,
+    pub(crate) device_id: String,
+    pub(crate) device_type: Option<String>,
     /// Absolute path on the device; use `Host::path` to reach it.
-    pub state_dir: PathBuf,
-    pub roles_dir: PathBuf,
-    pub credentials: Credentials,
-    pub http: Http,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) roles_dir: PathBuf,
+    pub(crate) credentials: Credentials,
+    pub(crate) http: Http,
     /// `[os_update]`: the Mender client and the reboot command.
-    pub os_update: crate::osupdate::OsUpdateConfig,
+    pub(crate) os_update: OsUpdateConfig,
 }
 
 impl Config {
     /// Reads the config file. `required` is false for commands that can work without it
     /// (`plan --repo`, `validate`), in which case a missing file gives the defaults.
-    pub fn load(path: &Path, host: &Host, required: bool) -> Result<Config> {
+    pub(crate) fn load(path: &Path, host: &Host, required: bool) -> Result<Config> {
         let raw = match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str::<RawConfig>(&text).map_err(|e| Error::Config {
                 path: path.to_owned(),
                 message: describe_toml_error(&text, &e),
             })?,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Config {
+                    path: path.to_owned(),
+                    message: "missing: the agent configuration is needed (at least `repo = \"...\"`; see /usr/share/doc/fleet-agent/README.md), or give --config FILE, or --repo DIR to plan a working tree".into(),
+                })
+            }
             Err(e) => return Err(Error::io("cannot read the agent configuration", path, e)),
         };
         let missing = |key: &str| Error::Config {
@@ -125,7 +150,6 @@ impl Config {
             });
         }
         Ok(Config {
-            path: path.to_owned(),
             repo,
             branch: raw.branch.unwrap_or_else(|| "main".into()),
             device_id,
@@ -143,9 +167,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().to_string();
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+            let (line, column) = line_column(text, span.start);
             format!("{line}:{column}: {message}")
         }
         None => message,
@@ -162,7 +184,7 @@ fn read_mender_device_type(host: &Host) -> Option<String> {
 
 /// git2 does not route scp-style addresses (`git@host:fleet.git`) to a registered ssh
 /// transport, so they are rewritten to the equivalent ssh:// URL.
-pub fn normalize_url(url: &str) -> String {
+pub(crate) fn normalize_url(url: &str) -> String {
     if url.contains("://") || url.starts_with('/') {
         return url.to_string();
     }
@@ -177,6 +199,16 @@ pub fn normalize_url(url: &str) -> String {
         }
     }
     url.to_string()
+}
+
+/// The URL without any user:password part, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s && !url[s + 3..at].contains('/') => {
+            format!("{}{}", &url[..s + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -198,5 +230,14 @@ mod tests {
             "https://example.com/fleet.git"
         );
         assert_eq!(normalize_url("/srv/fleet.git"), "/srv/fleet.git");
+    }
+
+    #[test]
+    fn credentials_are_not_shown() {
+        assert_eq!(
+            redact("https://u:secret@example.com/f.git"),
+            "https://example.com/f.git"
+        );
+        assert_eq!(redact("https://example.com/a@b"), "https://example.com/a@b");
     }
 }

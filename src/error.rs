@@ -5,29 +5,58 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Exit codes, stable and documented in the README.
-pub mod exit {
+pub(crate) mod exit {
     /// Success; for `plan`, nothing to do.
-    pub const OK: i32 = 0;
+    pub(crate) const OK: i32 = 0;
     /// An error: invalid fleet repository, failed read or write of the machine, ...
-    pub const ERROR: i32 = 1;
+    pub(crate) const ERROR: i32 = 1;
     /// `plan`: changes are pending.
-    pub const CHANGES_PENDING: i32 = 2;
+    pub(crate) const CHANGES_PENDING: i32 = 2;
     /// `pull`: the fleet repository could not be reached; the last fetched commit was used.
-    pub const UNREACHABLE: i32 = 3;
+    pub(crate) const UNREACHABLE: i32 = 3;
     /// Another run holds the lock and did not release it within `--wait`.
-    pub const LOCKED: i32 = 4;
+    pub(crate) const LOCKED: i32 = 4;
     /// `pull`: a reboot was requested for an OS update or its rollback; the run ended there.
-    pub const REBOOTING: i32 = 5;
+    pub(crate) const REBOOTING: i32 = 5;
     /// The command line or the agent configuration is wrong.
-    pub const USAGE: i32 = 64;
+    pub(crate) const USAGE: i32 = 64;
 }
 
 /// A position in a file of the fleet repository (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pos {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
+pub(crate) struct Pos {
+    pub(crate) file: String,
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+}
+
+impl Pos {
+    /// A whole file, without a line (shown as the file name alone).
+    pub(crate) fn file(file: impl Into<String>) -> Pos {
+        Pos {
+            file: file.into(),
+            line: 0,
+            column: 0,
+        }
+    }
+}
+
+/// The 1-based line and column of a byte offset (clamped to the text).
+pub(crate) fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// Adds problems that are not already listed (one mistake found on several paths is
+/// reported once).
+pub(crate) fn extend_unique(into: &mut Vec<Invalid>, problems: impl IntoIterator<Item = Invalid>) {
+    for p in problems {
+        if !into.contains(&p) {
+            into.push(p);
+        }
+    }
 }
 
 impl fmt::Display for Pos {
@@ -42,9 +71,35 @@ impl fmt::Display for Pos {
 
 /// One problem found while loading a fleet repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub pos: Pos,
-    pub message: String,
+pub(crate) struct Invalid {
+    pub(crate) pos: Pos,
+    pub(crate) message: String,
+}
+
+impl Invalid {
+    pub(crate) fn new(pos: Pos, message: impl Into<String>) -> Invalid {
+        Invalid {
+            pos,
+            message: message.into(),
+        }
+    }
+
+    /// A problem at a YAML node's position in `file`.
+    pub(crate) fn at(file: &str, span: &marked_yaml::Span, message: impl Into<String>) -> Invalid {
+        Invalid::new(span_pos(file, span), message)
+    }
+}
+
+/// Where a YAML node starts in `file` (line 0 when it has no position).
+pub(crate) fn span_pos(file: &str, span: &marked_yaml::Span) -> Pos {
+    match span.start() {
+        Some(m) => Pos {
+            file: file.to_string(),
+            line: m.line(),
+            column: m.column(),
+        },
+        None => Pos::file(file),
+    }
 }
 
 impl fmt::Display for Invalid {
@@ -54,7 +109,7 @@ impl fmt::Display for Invalid {
 }
 
 #[derive(Debug)]
-pub enum Error {
+pub(crate) enum Error {
     /// The agent configuration (agent.toml) is wrong.
     Config { path: PathBuf, message: String },
     /// The fleet repository does not validate; every problem found is listed.
@@ -85,10 +140,10 @@ pub enum Error {
     Other(String),
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Error::Config { .. } => exit::USAGE,
             Error::Unreachable { .. } => exit::UNREACHABLE,
@@ -97,7 +152,7 @@ impl Error {
         }
     }
 
-    pub fn io(
+    pub(crate) fn io(
         context: impl Into<String>,
         path: impl Into<PathBuf>,
         source: std::io::Error,
@@ -109,14 +164,14 @@ impl Error {
         }
     }
 
-    pub fn git(context: impl Into<String>, source: git2::Error) -> Self {
+    pub(crate) fn git(context: impl Into<String>, source: git2::Error) -> Self {
         Error::Git {
             context: context.into(),
             source,
         }
     }
 
-    pub fn invalid(pos: Pos, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(pos: Pos, message: impl Into<String>) -> Self {
         Error::Invalid(vec![Invalid {
             pos,
             message: message.into(),

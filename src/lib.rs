@@ -1,25 +1,28 @@
 //! fleet-agent: converge a device to what its branch of the fleet git repository
-//! declares. The stages follow the data: config → sync → load → plan → apply → state.
+//! declares. Data flows one way: config → sync → fleet (load and validate) → resources
+//! (desired state, plan) → apply → state; `run` orchestrates a run and prints nothing,
+//! `cli` parses arguments and renders. docs/architecture.md has the map.
 
-pub mod apply;
-pub mod cli;
-pub mod config;
-pub mod error;
-pub mod host;
-pub mod load;
-pub mod lock;
-pub mod logging;
-pub mod oscli;
-pub mod osdecl;
-pub mod osupdate;
-pub mod plan;
-pub mod resource;
-pub mod selfupdate;
-pub mod source;
-pub mod state;
-pub mod sync;
-pub mod system;
-pub mod transport;
-pub mod yaml;
+mod apply;
+mod cli;
+mod config;
+mod digest;
+mod error;
+mod fleet;
+mod host;
+mod lock;
+mod logging;
+mod osupdate;
+mod plan;
+mod resources;
+mod run;
+mod selfupdate;
+mod state;
+mod sync;
+#[cfg(test)]
+mod tests;
+mod time;
 
 pub use cli::main;
+
+pub(crate) use cli::args::VERSION;

@@ -9,13 +9,13 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 
-pub struct RunLock {
+pub(crate) struct RunLock {
     _lock: Flock<File>,
 }
 
 impl RunLock {
     /// Takes the lock, waiting up to `wait` for another run to finish.
-    pub fn acquire(dir: &Path, wait: Duration) -> Result<RunLock> {
+    pub(crate) fn acquire(dir: &Path, wait: Duration) -> Result<RunLock> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io("cannot create the state directory", dir, e))?;
         let path = dir.join("lock");

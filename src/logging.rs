@@ -1,5 +1,8 @@
 //! Logging: to the journal with structured fields (COMMIT, ROLE, RESOURCE) when the
-//! agent runs under systemd, human-readable lines on stderr otherwise.
+//! agent runs under systemd, human-readable lines on stderr otherwise. Every journal
+//! entry also carries the unit's INVOCATION_ID: journald finds a message's unit from
+//! the sender's cgroup, which it cannot read once a short-lived process has exited, so
+//! `journalctl INVOCATION_ID=… + _SYSTEMD_INVOCATION_ID=…` finds all of a run's lines.
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -31,20 +34,25 @@ impl Log for Stderr {
     fn flush(&self) {}
 }
 
-/// `verbosity`: 0 warnings only, 1 info (default), 2 debug.
-pub fn init(verbosity: u8) {
+/// `verbosity`: 0 errors only (-q), 1 info (default), 2 debug (-v), 3 trace (-vv).
+pub(crate) fn init(verbosity: u8) {
     let level = match verbosity {
-        0 => LevelFilter::Warn,
+        0 => LevelFilter::Error,
         1 => LevelFilter::Info,
-        _ => LevelFilter::Debug,
+        2 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
     };
     // systemd sets JOURNAL_STREAM when stderr is connected to the journal.
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && systemd_journal_logger::connected_to_journal()
     {
         if let Ok(logger) = systemd_journal_logger::JournalLog::new() {
+            let invocation = std::env::var("INVOCATION_ID")
+                .ok()
+                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()));
             if logger
                 .with_syslog_identifier("fleet-agent".into())
+                .with_extra_fields(invocation.map(|id| ("INVOCATION_ID", id)))
                 .install()
                 .is_ok()
             {

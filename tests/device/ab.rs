@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::harness::BIN;
+use crate::harness::{instance_name, invocation_match, BIN};
 use crate::support::{to_run, Run};
 
 pub const AB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ab-device.sh");
@@ -140,6 +140,8 @@ impl AbDevice {
     /// Creates and boots a device running fleet-os-1 (healthy) with this agent.toml.
     /// `extra`: more ab-device.sh options (`--client real`).
     pub fn create(name: &str, agent_toml: &str, extra: &[&str]) -> AbDevice {
+        let instance = instance_name(name);
+        let name = instance.as_str();
         let arts = artifacts();
         let toml = arts.dir.join(format!("agent-{name}.toml"));
         std::fs::write(&toml, agent_toml).unwrap();
@@ -302,8 +304,15 @@ impl AbDevice {
                 self.last_run_journal(slot)
             );
         }
-        let all = self.sh("journalctl -q -o short-monotonic -u fleet-agent.service");
-        (code, last_run(&all))
+        // The invocation from systemd's own lines about the unit (the unit's
+        // InvocationID property is gone once the oneshot run has ended).
+        let units = self.sh("journalctl --sync && journalctl -q -o json UNIT=fleet-agent.service");
+        let invocation = last_invocation(&units, "the device's journal");
+        let journal = self.sh(&format!(
+            "journalctl --sync && journalctl -q -o short-monotonic {}",
+            invocation_match(&invocation, "")
+        ));
+        (code, journal)
     }
 
     /// One agent run that reboots the device (the OS step asked for it): waits for the
@@ -317,30 +326,38 @@ impl AbDevice {
         (part, self.last_run_journal(slot))
     }
 
-    /// The journal of a slot's last agent run (read on the host from the slot's files).
+    /// The journal of a slot's last agent run (read on the host from the slot's files,
+    /// which the slot's systemd flushed when it went down): the last invocation of
+    /// fleet-agent.service that systemd logged there, matched by its id.
     pub fn last_run_journal(&self, part: u32) -> String {
-        last_run(&self.journal_of(part))
-    }
-
-    /// Everything fleet-agent.service logged on a slot.
-    pub fn journal_of(&self, part: u32) -> String {
         let dir = self.dir.join(format!("slots/p{part}/var/log/journal"));
-        journal_dir(&dir)
+        let units = journalctl(&dir, &["-o", "json", "UNIT=fleet-agent.service"]);
+        let invocation = last_invocation(&units, &dir.display().to_string());
+        let selection = invocation_match(&invocation, "");
+        let args: Vec<&str> = ["-o", "short-monotonic"]
+            .into_iter()
+            .chain(selection.split_whitespace())
+            .collect();
+        journalctl(&dir, &args)
     }
 }
 
-/// The lines of the last run of the unit in a journal excerpt.
-fn last_run(all: &str) -> String {
-    let start = all.rfind("Starting fleet-agent.service").unwrap_or(0);
-    let start = all[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    all[start..].to_string()
+/// The INVOCATION_ID of the last of systemd's lines about the unit (`-o json` lines).
+fn last_invocation(units: &str, journal: &str) -> String {
+    units
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v["INVOCATION_ID"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no run of fleet-agent.service in {journal}"))
 }
 
-fn journal_dir(dir: &Path) -> String {
+fn journalctl(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("journalctl")
-        .args(["-q", "-o", "short-monotonic", "-D"])
+        .arg("-q")
+        .arg("-D")
         .arg(dir)
-        .args(["-u", "fleet-agent.service"])
+        .args(args)
         .output()
         .expect("journalctl");
     String::from_utf8_lossy(&out.stdout).to_string()

@@ -26,6 +26,8 @@ impl Booted {
     /// The same, with Debian's mirror as the device's apt source when `debian_sources`.
     pub fn start_with(name: &str, debian_sources: bool) -> Booted {
         let watch = std::process::id().to_string();
+        let instance = instance_name(name);
+        let name = instance.as_str();
         let mut args = vec!["start", name, "--watch-pid", &watch];
         if !debian_sources {
             args.push("--no-debian-sources");
@@ -107,6 +109,13 @@ impl Drop for Booted {
     }
 }
 
+/// The machine name of a test's device: the test's name and this test process, so that
+/// test processes of other checkouts on the same machine (developers' worktrees, CI)
+/// never meet each other's devices. The device's id in the fleet stays the test's name.
+pub fn instance_name(name: &str) -> String {
+    format!("{name}-{}", std::process::id() % 100_000)
+}
+
 /// A static HTTP server (python3 -m http.server) on 127.0.0.1 for an apt repository.
 pub struct StaticServer {
     child: Child,
@@ -143,5 +152,30 @@ impl Drop for StaticServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The `journalctl` arguments that select one invocation of a unit: systemd's own lines
+/// about it (they carry INVOCATION_ID) and everything its processes logged (journald
+/// adds _SYSTEMD_INVOCATION_ID when it can still read the sender's cgroup; the agent sets
+/// INVOCATION_ID itself, because a process that has exited by the time journald reads
+/// its message has no cgroup left to read). `extra` narrows both alternatives further,
+/// e.g. `SYSLOG_IDENTIFIER=fleet-agent`.
+pub fn invocation_match(invocation: &str, extra: &str) -> String {
+    assert!(
+        !invocation.is_empty() && invocation.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not an invocation id: `{invocation}`"
+    );
+    format!("{extra} _SYSTEMD_INVOCATION_ID={invocation} + {extra} INVOCATION_ID={invocation}")
+}
+
+impl Booted {
+    /// The journal of one invocation (see [`invocation_match`]), after `journalctl
+    /// --sync`: every message sent before it is stored when it returns.
+    pub fn invocation_journal(&self, invocation: &str, format: &str, extra: &str) -> String {
+        self.sh(&format!(
+            "journalctl --sync && journalctl -q -o {format} {}",
+            invocation_match(invocation, extra)
+        ))
     }
 }

@@ -222,7 +222,8 @@ fn a_device_converges_then_a_second_pull_changes_nothing() {
     timed("pull with a config change, as a systemd unit", || {
         dev.sh("systemd-run --wait -q -u fleet-agent-test-pull fleet-agent pull")
     });
-    let journal = dev.sh("journalctl -o verbose SYSLOG_IDENTIFIER=fleet-agent");
+    let journal =
+        dev.sh("journalctl --sync && journalctl -o verbose SYSLOG_IDENTIFIER=fleet-agent");
     for field in [
         "MESSAGE=changed file /etc/fleet-demo.conf",
         "ROLE=app",

@@ -226,7 +226,7 @@ fn timer_run_once(dev: &Booted) -> UnitRun {
                     "{}: the run ended with {}; the service's journal:\n{}",
                     dev.name,
                     run.result,
-                    dev.sh("journalctl -q -u fleet-agent.service -o short-monotonic")
+                    dev.invocation_journal(&run.invocation, "short-monotonic", "")
                 );
             }
             wait_idle(dev);
@@ -242,9 +242,7 @@ fn timer_run_once(dev: &Booted) -> UnitRun {
 
 /// The agent's journal messages of one invocation of the service, with their PIDs.
 fn journal_of(dev: &Booted, invocation: &str) -> Vec<(String, String)> {
-    let out = dev.sh(&format!(
-        "journalctl -q -o json _SYSTEMD_INVOCATION_ID={invocation} SYSLOG_IDENTIFIER=fleet-agent"
-    ));
+    let out = dev.invocation_journal(invocation, "json", "SYSLOG_IDENTIFIER=fleet-agent");
     out.lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
@@ -260,9 +258,7 @@ fn journal_of(dev: &Booted, invocation: &str) -> Vec<(String, String)> {
 fn show_journal(dev: &Booted, what: &str, invocation: &str) {
     eprintln!(
         "[journal] {what}:\n{}",
-        dev.sh(&format!(
-            "journalctl -q -o short-precise _SYSTEMD_INVOCATION_ID={invocation} + INVOCATION_ID={invocation}"
-        ))
+        dev.invocation_journal(invocation, "short-precise", "")
     );
 }
 

@@ -4,6 +4,9 @@
 mod support;
 
 mod bad_input;
+mod cli;
+mod docs;
+mod golden;
 mod kiosk;
 mod mender_double;
 mod os_update;

@@ -201,7 +201,12 @@ fn a_second_run_waits_for_the_lock_or_says_why_not() {
     let repo = FleetRepo::new(&basic_fleet());
     let dev = Device::new(&repo.url(), "pi-0001", "");
     let state_dir = dev.path("/var/lib/fleet-agent");
-    let lock = fleet_agent::lock::RunLock::acquire(&state_dir, Duration::ZERO).unwrap();
+    // Another run: the same flock on the same file, held by this process.
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let file = std::fs::File::create(state_dir.join("lock")).unwrap();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
     let busy = dev.run(&["pull"]);
     assert_eq!(busy.code, 4, "{busy:?}");
     assert!(
@@ -431,5 +436,5 @@ fn the_bundled_example_fleet_validates() {
         .unwrap();
     let run = to_run(out);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("valid (10 devices checked)"), "{run:?}");
+    assert!(run.stdout.contains("valid (11 devices checked)"), "{run:?}");
 }

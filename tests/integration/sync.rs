@@ -250,3 +250,36 @@ fn a_device_follows_the_branch_its_host_vars_name() {
     assert_eq!(other.run(&["pull"]).code, 0);
     assert_eq!(other.read("/etc/web/motd"), "hello shop from pi-0001\n");
 }
+
+/// A broken fleet.yml on the configured branch does not make a device that follows
+/// another branch fall back to the configured one (which branch to follow is read from
+/// its host_vars file alone), so it keeps applying the branch it follows.
+#[test]
+fn a_broken_configured_branch_does_not_stop_a_device_following_another() {
+    let repo = FleetRepo::new(&basic_fleet());
+    repo.commit(
+        &[("group_vars/shop.yml", "vars:\n  greeting: from main\n")],
+        "main",
+    );
+    git(&repo.work, &["checkout", "-q", "-b", "prod"]);
+    std::fs::create_dir_all(repo.work.join("host_vars")).unwrap();
+    std::fs::write(repo.work.join("host_vars/pi-0009.yml"), "branch: main\n").unwrap();
+    std::fs::write(repo.work.join("fleet.yml"), "format: 1\nroles: [web\n").unwrap();
+    git(&repo.work, &["add", "-A"]);
+    git(&repo.work, &["commit", "-q", "-m", "broken production"]);
+    git(&repo.work, &["push", "-q", "origin", "HEAD:production"]);
+
+    let dev = Device::new(&repo.url(), "pi-0009", "");
+    let text = std::fs::read_to_string(&dev.config)
+        .unwrap()
+        .replace("branch = \"main\"", "branch = \"production\"");
+    std::fs::write(&dev.config, text).unwrap();
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("following branch main instead of production"),
+        "{run:?}"
+    );
+    assert_eq!(dev.read("/etc/web/motd"), "from main from pi-0009\n");
+}

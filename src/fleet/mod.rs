@@ -1,0 +1,519 @@
+//! The fleet repository (format v1, docs/fleet-format.md): loaded and validated, and one
+//! device's desired state computed from it. Nothing here touches the machine: the input
+//! is a [`Source`] (a commit or a directory) and device facts, the output a
+//! `DesiredState` or every problem found, each with file:line:column.
+//!
+//! Submodules: the YAML layer with positions, the typed schema, layers and inventory,
+//! roles, templates, expansion, the `os:` declaration and the `min_agent_version` gate.
+
+use std::collections::{BTreeMap, HashMap};
+
+use marked_yaml::Node;
+use minijinja::Value;
+
+use crate::error::{extend_unique, Error, Invalid, Pos, Result};
+use crate::resources::DesiredState;
+use crate::VERSION;
+
+mod expand;
+pub(crate) mod gate;
+mod layers;
+pub(crate) mod os;
+mod roles;
+mod schema;
+pub(crate) mod source;
+mod template;
+pub(crate) mod yaml;
+
+use layers::{read_groups, read_layer, read_vars_file, Group, Layer, RoleRef, INVENTORY_FILE};
+use roles::Loaded;
+pub(crate) use schema::Settings;
+use schema::{misplaced_keys, FileKind, FleetDoc, InventoryDoc};
+use source::Source;
+
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// The id `validate` checks a device under that no inventory group names.
+pub(crate) const NO_GROUP_DEVICE: &str = "(a device in no group)";
+
+mod builtin {
+    include!(concat!(env!("OUT_DIR"), "/builtin_roles.rs"));
+}
+
+/// The built-in roles: the directory `roles_dir` where the package installed them, or,
+/// where there is none (a maintainer's laptop, CI), the copy compiled into the binary.
+pub(crate) fn builtin_roles(roles_dir: &std::path::Path) -> Source<'static> {
+    if roles_dir.is_dir() {
+        Source::Dir(roles_dir.to_path_buf())
+    } else {
+        Source::Embedded(builtin::BUILTIN_ROLES)
+    }
+}
+
+/// Who the device is, as the agent configuration says.
+#[derive(Debug, Clone)]
+pub(crate) struct Device {
+    pub(crate) id: String,
+    pub(crate) device_type: Option<String>,
+}
+
+/// Facts about a device that its host_vars file states.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostFacts {
+    pub(crate) branch: Option<String>,
+    pub(crate) device_type: Option<String>,
+}
+
+/// fleet.yml of a source, read and parsed once: the gate is read from it before the
+/// full load, which then uses the same parse.
+pub(crate) struct FleetFile {
+    /// None: there is no fleet.yml.
+    node: Option<Result<Node, Invalid>>,
+    /// Where it was looked for (a commit or a directory), for the message.
+    label: String,
+}
+
+impl FleetFile {
+    pub(crate) const NAME: &'static str = "fleet.yml";
+
+    pub(crate) fn read(source: &Source) -> Result<FleetFile> {
+        Ok(FleetFile {
+            node: source
+                .read(Self::NAME)?
+                .map(|text| yaml::parse(Self::NAME, &text)),
+            label: source.label(),
+        })
+    }
+
+    /// `settings.min_agent_version`, read leniently (None when fleet.yml does not parse).
+    pub(crate) fn requirement(&self) -> Option<gate::Requirement> {
+        gate::requirement(self.node.as_ref()?.as_ref().ok()?)
+    }
+}
+
+/// A parsed fleet repository: everything that does not depend on the device.
+pub(crate) struct Fleet<'a> {
+    repo: &'a Source<'a>,
+    builtin: Option<&'a Source<'a>>,
+    pub(crate) settings: Settings,
+    /// The `os:` section (Mender A/B OS images); `OsDecl::image_for` picks the device's.
+    pub(crate) os: Option<os::OsDecl>,
+    all: Layer,
+    groups: Vec<Group>,
+    group_layers: HashMap<String, Layer>,
+    host_ids: Vec<String>,
+    roles: std::cell::RefCell<HashMap<String, Loaded>>,
+}
+
+/// What fleet.yml declares besides the inventory.
+#[derive(Default)]
+struct Top {
+    settings: Settings,
+    os: Option<os::OsDecl>,
+    all: Layer,
+}
+
+impl<'a> Fleet<'a> {
+    /// Reads fleet.yml (from `file`), inventory.yml and group_vars/; host_vars and
+    /// roles are read when a device needs them. A branch that needs a newer agent is
+    /// this one problem only (the rest may be in a format this agent does not know).
+    pub(crate) fn load(
+        repo: &'a Source<'a>,
+        builtin: Option<&'a Source<'a>>,
+        file: &FleetFile,
+    ) -> Result<Fleet<'a>> {
+        if let Some(req) = file.requirement().filter(|r| !r.is_met()) {
+            return Err(req.too_old());
+        }
+        let mut problems = Vec::new();
+        let top = match &file.node {
+            None => {
+                return Err(Error::invalid(
+                    Pos::file(FleetFile::NAME),
+                    format!(
+                        "missing: a fleet repository has a {} at its top (in {})",
+                        FleetFile::NAME,
+                        file.label
+                    ),
+                ))
+            }
+            Some(Err(p)) => {
+                problems.push(p.clone());
+                Top::default()
+            }
+            Some(Ok(node)) => read_top(repo, node, &mut problems)?,
+        };
+        let groups = read_inventory(repo, &mut problems)?;
+        let group_layers = read_group_vars(repo, &groups, &mut problems)?;
+        let host_ids = repo
+            .list("host_vars")?
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".yml").map(str::to_string))
+            .collect();
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
+        Ok(Fleet {
+            repo,
+            builtin,
+            settings: top.settings,
+            os: top.os,
+            all: top.all,
+            groups,
+            group_layers,
+            host_ids,
+            roles: Default::default(),
+        })
+    }
+
+    /// What the device's host_vars file says about it (branch, device type).
+    pub(crate) fn host_facts(&self, device_id: &str) -> Result<HostFacts> {
+        host_facts(self.repo, device_id)
+    }
+
+    /// The groups a device belongs to, in inventory order.
+    pub(crate) fn groups_of(&self, device: &Device) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|g| {
+                g.patterns
+                    .iter()
+                    .any(|(p, _)| glob_match::glob_match(p, &device.id))
+                    || device
+                        .device_type
+                        .as_ref()
+                        .is_some_and(|t| g.device_types.contains(t))
+            })
+            .map(|g| g.name.clone())
+            .collect()
+    }
+
+    /// The device's desired state, or every problem found on the way.
+    pub(crate) fn desired_state(&self, device: &Device) -> Result<DesiredState> {
+        let groups = self.groups_of(device);
+        self.desired_state_in(device, groups)
+    }
+
+    fn desired_state_in(&self, device: &Device, groups: Vec<String>) -> Result<DesiredState> {
+        let mut problems = Vec::new();
+        let host_file = format!("host_vars/{}.yml", device.id);
+        let host_layer = read_vars_file(self.repo, &host_file, &mut problems)?;
+
+        // Layers, weakest first: all (fleet.yml, group_vars/all.yml), groups, host.
+        let mut layers: Vec<&Layer> = vec![&self.all];
+        layers.extend(self.group_layers.get("all"));
+        layers.extend(groups.iter().filter_map(|g| self.group_layers.get(g)));
+        layers.extend(host_layer.as_ref());
+        let (mut vars, role_refs) = merge(&layers);
+        vars.insert(
+            "device".into(),
+            Value::from_iter([
+                ("id".to_string(), Value::from(device.id.clone())),
+                ("type".to_string(), Value::from(device.device_type.clone())),
+                ("groups".to_string(), Value::from(groups.clone())),
+            ]),
+        );
+
+        let mut expander = expand::Expander::new(self, vars, problems);
+        for r in &role_refs {
+            let base = Value::from_iter(expander.vars.clone());
+            expander.expand(r, &base, &mut Vec::new())?;
+        }
+        if !expander.problems.is_empty() {
+            return Err(Error::Invalid(expander.problems));
+        }
+        Ok(DesiredState {
+            device_id: device.id.clone(),
+            device_type: device.device_type.clone(),
+            groups,
+            roles: expander.roles,
+            resources: expander.resources,
+        })
+    }
+
+    /// Validates the repository for every device it names: each literal device id of
+    /// the inventory, each host_vars file, for every group one device of that group
+    /// alone (globs stand for devices not yet known), and one device in no group. Every
+    /// role under roles/ is read even if no device uses it. Returns the devices checked.
+    pub(crate) fn validate_all(&self) -> Result<Vec<String>> {
+        // Each problem with the devices it was found for.
+        let mut found: Vec<(Invalid, Vec<String>)> = Vec::new();
+        let mut checked = Vec::new();
+        let mut collect = |id: &str, e: Error| match e {
+            Error::Invalid(ps) => {
+                for p in ps {
+                    match found.iter_mut().find(|(q, _)| *q == p) {
+                        Some((_, ids)) if !ids.iter().any(|i| i == id) => ids.push(id.to_string()),
+                        Some(_) => {}
+                        None => found.push((p, vec![id.to_string()])),
+                    }
+                }
+                Ok(())
+            }
+            other => Err(other),
+        };
+        for id in self.named_devices() {
+            let device_type = match self.host_facts(&id) {
+                Ok(f) => f.device_type,
+                Err(e) => {
+                    collect(&id, e)?;
+                    None
+                }
+            };
+            let device = Device {
+                id: id.clone(),
+                device_type,
+            };
+            if let Err(e) = self.desired_state(&device) {
+                collect(&id, e)?;
+            }
+            checked.push(id);
+        }
+        // Stand-ins for devices not named: one of each group alone, and one in no group
+        // (a device the inventory does not know gets fleet.yml's roles only).
+        let stand_ins = self
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    format!("(a device of group {})", g.name),
+                    vec![g.name.clone()],
+                )
+            })
+            .chain([(NO_GROUP_DEVICE.to_string(), vec![])]);
+        for (id, groups) in stand_ins {
+            let device = Device {
+                id,
+                device_type: None,
+            };
+            if let Err(e) = self.desired_state_in(&device, groups) {
+                collect(&device.id, e)?;
+            }
+            checked.push(device.id);
+        }
+        let mut problems: Vec<Invalid> = found
+            .into_iter()
+            .map(|(mut p, ids)| {
+                if ids.len() < checked.len() {
+                    p.message.push_str(&format!(
+                        " (for {} of {} devices checked: {})",
+                        ids.len(),
+                        checked.len(),
+                        ids.join(", ")
+                    ));
+                }
+                p
+            })
+            .collect();
+        problems.extend(self.check_every_role()?);
+        if problems.is_empty() {
+            Ok(checked)
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+
+    /// Every role under roles/ is read, even if no device uses it; a directory there
+    /// without role.yml is a problem (files such as a README are left alone).
+    fn check_every_role(&self) -> Result<Vec<Invalid>> {
+        let mut problems = Vec::new();
+        for name in self.repo.list("roles")?.unwrap_or_default() {
+            let dir = format!("roles/{name}");
+            if self.repo.list(&dir)?.is_none() {
+                continue;
+            }
+            if self.repo.read(&format!("{dir}/role.yml"))?.is_none() {
+                problems.push(Invalid::new(
+                    Pos::file(dir.clone()),
+                    format!("a role is a directory with a role.yml (and its files/ and templates/): there is no {dir}/role.yml"),
+                ));
+                continue;
+            }
+            if let Err(ps) = self.role(&name, &Pos::file(dir))? {
+                extend_unique(&mut problems, ps);
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Template problems as reported: an undefined variable that some group_vars or
+    /// host_vars files set says which (a device outside them has no value).
+    fn explain(&self, errors: Vec<template::TemplateError>) -> Vec<Invalid> {
+        errors
+            .into_iter()
+            .map(|e| {
+                let mut p = e.problem;
+                if let Some(files) = e.undefined.and_then(|name| self.set_in(&name)) {
+                    p.message.push_str(&format!("; it is set only in {files}"));
+                }
+                p
+            })
+            .collect()
+    }
+
+    /// The group_vars and host_vars files whose `vars:` set a variable (at most a few
+    /// named, then how many more), or None.
+    fn set_in(&self, name: &str) -> Option<String> {
+        let sets = |layer: &Layer| layer.vars.iter().any(|(k, _)| k == name);
+        let mut files: Vec<String> = Vec::new();
+        let mut groups: Vec<&String> = self.group_layers.keys().collect();
+        groups.sort();
+        for g in groups {
+            if sets(&self.group_layers[g]) {
+                files.push(format!("group_vars/{g}.yml"));
+            }
+        }
+        for id in &self.host_ids {
+            let file = format!("host_vars/{id}.yml");
+            if let Ok(Some(layer)) = read_vars_file(self.repo, &file, &mut Vec::new()) {
+                if sets(&layer) {
+                    files.push(file);
+                }
+            }
+        }
+        const SHOWN: usize = 5;
+        match files.len() {
+            0 => None,
+            n if n > SHOWN => Some(format!(
+                "{} and {} more",
+                files[..SHOWN].join(", "),
+                n - SHOWN
+            )),
+            _ => Some(files.join(", ")),
+        }
+    }
+
+    /// The literal device ids of the inventory, then those of host_vars files.
+    fn named_devices(&self) -> Vec<String> {
+        let mut devices: Vec<String> = Vec::new();
+        let literal = self
+            .groups
+            .iter()
+            .flat_map(|g| g.patterns.iter().map(|(p, _)| p))
+            .filter(|p| !p.contains(['*', '?', '[']));
+        for id in literal.chain(&self.host_ids) {
+            if !devices.contains(id) {
+                devices.push(id.clone());
+            }
+        }
+        devices
+    }
+}
+
+/// What a device's host_vars file says about it (branch, device type), read alone:
+/// which branch to follow is decided before the branch is loaded.
+pub(crate) fn host_facts(repo: &Source, device_id: &str) -> Result<HostFacts> {
+    let mut problems = Vec::new();
+    let layer = read_vars_file(repo, &format!("host_vars/{device_id}.yml"), &mut problems)?;
+    if !problems.is_empty() {
+        return Err(Error::Invalid(problems));
+    }
+    Ok(layer.map(|l| l.facts).unwrap_or_default())
+}
+
+/// Variables replace by top-level name; a role named again in a later layer overrides
+/// its parameters by name.
+fn merge(layers: &[&Layer]) -> (BTreeMap<String, Value>, Vec<RoleRef>) {
+    let mut vars: BTreeMap<String, Value> = BTreeMap::new();
+    let mut role_refs: Vec<RoleRef> = Vec::new();
+    for layer in layers {
+        for (k, v) in &layer.vars {
+            vars.insert(k.clone(), yaml::to_value(v));
+        }
+        for r in &layer.roles {
+            match role_refs.iter_mut().find(|e| e.name == r.name) {
+                Some(existing) => {
+                    existing.also_at.push(r.pos.clone());
+                    for p in &r.params {
+                        existing.params.retain(|(n, _, _)| n != &p.0);
+                        existing.params.push(p.clone());
+                    }
+                }
+                None => role_refs.push(r.clone()),
+            }
+        }
+    }
+    (vars, role_refs)
+}
+
+/// fleet.yml's schema, format, gate, settings, `os:` and its layer.
+fn read_top(repo: &Source, node: &Node, problems: &mut Vec<Invalid>) -> Result<Top> {
+    let misplaced = misplaced_keys(FleetFile::NAME, node, FileKind::Fleet);
+    if !misplaced.is_empty() {
+        problems.extend(misplaced);
+        return Ok(Top::default());
+    }
+    let doc = match yaml::typed::<FleetDoc>(FleetFile::NAME, node) {
+        Ok(doc) => doc,
+        Err(p) => {
+            problems.push(p);
+            return Ok(Top::default());
+        }
+    };
+    if *doc.format != FORMAT_VERSION {
+        problems.push(Invalid::at(
+            FleetFile::NAME,
+            doc.format.span(),
+            format!(
+                "format {} is not supported by fleet-agent {VERSION} (expected format: {FORMAT_VERSION})",
+                *doc.format,
+            ),
+        ));
+    }
+    problems.extend(gate::check_min_version(&doc.settings));
+    problems.extend(gate::check_pins(repo, &doc.settings)?);
+    let os = os::read(FleetFile::NAME, node, problems);
+    let all = read_layer(FleetFile::NAME, node, problems);
+    Ok(Top {
+        settings: doc.settings,
+        os,
+        all,
+    })
+}
+
+fn read_inventory(repo: &Source, problems: &mut Vec<Invalid>) -> Result<Vec<Group>> {
+    let Some(text) = repo.read(INVENTORY_FILE)? else {
+        return Ok(vec![]);
+    };
+    match yaml::parse(INVENTORY_FILE, &text).and_then(|n| {
+        if let Some(p) = misplaced_keys(INVENTORY_FILE, &n, FileKind::Inventory).pop() {
+            return Err(p);
+        }
+        yaml::typed::<InventoryDoc>(INVENTORY_FILE, &n).map(|_| n)
+    }) {
+        Ok(node) => Ok(read_groups(&node, problems)),
+        Err(p) => {
+            problems.push(p);
+            Ok(vec![])
+        }
+    }
+}
+
+fn read_group_vars(
+    repo: &Source,
+    groups: &[Group],
+    problems: &mut Vec<Invalid>,
+) -> Result<HashMap<String, Layer>> {
+    let mut layers = HashMap::new();
+    for name in repo.list("group_vars")?.unwrap_or_default() {
+        let Some(group) = name.strip_suffix(".yml") else {
+            continue;
+        };
+        let file = format!("group_vars/{name}");
+        if group != "all" && !groups.iter().any(|g| g.name == group) {
+            problems.push(Invalid::new(
+                Pos::file(file),
+                format!("there is no group `{group}` in {INVENTORY_FILE}"),
+            ));
+            continue;
+        }
+        if let Some(layer) = read_vars_file(repo, &file, problems)? {
+            layers.insert(group.to_string(), layer);
+        }
+    }
+    Ok(layers)
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

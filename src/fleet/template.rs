@@ -1,0 +1,196 @@
+//! Templates: minijinja (Jinja2) with strict undefined variables, for strings of
+//! role.yml and for the files under a role's templates/. Every error names the position
+//! of the template; undefined variables are all reported, each by name (the template is
+//! rendered again with the ones found so far standing in, up to a bound).
+
+use marked_yaml::Span;
+use minijinja::value::ValueKind;
+use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+
+use crate::error::{line_column, Invalid, Pos};
+
+/// How many undefined variables one template reports at most.
+const MAX_UNDEFINED: usize = 20;
+
+pub(super) struct Templates {
+    env: Environment<'static>,
+}
+
+/// A problem of a template, and the variable it lacks when that is the problem.
+pub(super) struct TemplateError {
+    pub(super) problem: Invalid,
+    /// The undefined variable's top-level name (`device` of `device.nmae`).
+    pub(super) undefined: Option<String>,
+}
+
+impl Templates {
+    pub(super) fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        Templates { env }
+    }
+
+    /// Renders a string from role.yml; errors point at the string.
+    pub(super) fn render(
+        &self,
+        file: &str,
+        span: &Span,
+        text: &str,
+        ctx: &Value,
+    ) -> Result<String, Vec<TemplateError>> {
+        if !text.contains("{{") && !text.contains("{%") {
+            return Ok(text.to_string());
+        }
+        self.render_all(text, ctx).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|(e, undefined)| {
+                    let mut p = Invalid::at(file, span, message(&e, text));
+                    if let (Some(line), true) = (e.line(), p.pos.line > 0) {
+                        if line > 1 {
+                            p.message.push_str(&format!(" (line {line} of the value)"));
+                        }
+                    }
+                    TemplateError {
+                        problem: p,
+                        undefined,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Renders a template file of a role; `label` names it in positions.
+    pub(super) fn render_file(
+        &self,
+        label: String,
+        bytes: &[u8],
+        ctx: &Value,
+    ) -> Result<Vec<u8>, Vec<TemplateError>> {
+        let Ok(src) = std::str::from_utf8(bytes) else {
+            return Err(vec![TemplateError {
+                problem: Invalid::new(Pos::file(label), "a template must be UTF-8 text"),
+                undefined: None,
+            }]);
+        };
+        match self.render_all(src, ctx) {
+            Ok(s) => Ok(s.into_bytes()),
+            Err(errors) => Err(errors
+                .into_iter()
+                .map(|(e, undefined)| {
+                    let (line, column) = match (e.line(), e.range()) {
+                        (_, Some(r)) => line_column(src, r.start),
+                        (Some(l), None) => (l, 1),
+                        (None, None) => (0, 0),
+                    };
+                    let pos = Pos {
+                        file: label.clone(),
+                        line,
+                        column,
+                    };
+                    TemplateError {
+                        problem: Invalid::new(pos, message(&e, src)),
+                        undefined,
+                    }
+                })
+                .collect()),
+        }
+    }
+
+    /// Renders; on an undefined variable, renders again with it standing in (an empty
+    /// mapping) to find the next one. Each error with the top-level name it lacks.
+    fn render_all(
+        &self,
+        src: &str,
+        ctx: &Value,
+    ) -> Result<String, Vec<(minijinja::Error, Option<String>)>> {
+        let mut errors = Vec::new();
+        let mut ctx = ctx.clone();
+        loop {
+            let e = match self.env.render_str(src, &ctx) {
+                Ok(s) if errors.is_empty() => return Ok(s),
+                Ok(_) => return Err(errors),
+                Err(e) => e,
+            };
+            let path = undefined_path(&e, src);
+            let next = path.as_ref().and_then(|p| with_stand_in(&ctx, p));
+            let name = path.and_then(|p| p.into_iter().next());
+            errors.push((e, name));
+            match next {
+                Some(c) if errors.len() < MAX_UNDEFINED => ctx = c,
+                _ => return Err(errors),
+            }
+        }
+    }
+}
+
+/// The dotted name of an undefined variable (`device.nmae` → [device, nmae]).
+fn undefined_path(e: &minijinja::Error, src: &str) -> Option<Vec<String>> {
+    if e.kind() != ErrorKind::UndefinedError {
+        return None;
+    }
+    let expr = src.get(e.range()?)?.trim();
+    let parts: Vec<String> = expr.split('.').map(str::to_string).collect();
+    let ident = |p: &String| {
+        p.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    parts.iter().all(ident).then_some(parts)
+}
+
+/// The context with an empty mapping at `path` (created where missing); None when a
+/// value on the way is not a mapping.
+fn with_stand_in(ctx: &Value, path: &[String]) -> Option<Value> {
+    let (first, rest) = path.split_first()?;
+    let mut entries: Vec<(String, Value)> = Vec::new();
+    if ctx.kind() != ValueKind::Map {
+        return None;
+    }
+    for key in ctx.try_iter().ok()? {
+        let k = key.as_str()?.to_string();
+        let v = ctx.get_item(&key).ok()?;
+        entries.push((k, v));
+    }
+    let inner = match entries.iter().position(|(k, _)| k == first) {
+        Some(_) if rest.is_empty() => return None,
+        Some(i) => with_stand_in(&entries[i].1, rest)?,
+        None => nested_stand_in(rest),
+    };
+    entries.retain(|(k, _)| k != first);
+    entries.push((first.clone(), inner));
+    Some(Value::from_iter(entries))
+}
+
+fn nested_stand_in(rest: &[String]) -> Value {
+    match rest.split_first() {
+        None => Value::from_iter(Vec::<(String, Value)>::new()),
+        Some((k, more)) => Value::from_iter([(k.clone(), nested_stand_in(more))]),
+    }
+}
+
+/// minijinja's error, with the name of an undefined variable spelled out.
+fn message(e: &minijinja::Error, src: &str) -> String {
+    match e.kind() {
+        ErrorKind::UndefinedError => {
+            let expr = e
+                .range()
+                .and_then(|r| src.get(r))
+                .map(str::trim)
+                .unwrap_or("");
+            if expr.is_empty() {
+                "undefined variable in template: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params".into()
+            } else {
+                format!("undefined variable `{expr}`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params")
+            }
+        }
+        _ => format!(
+            "template error: {}",
+            e.detail()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.kind().to_string())
+        ),
+    }
+}

@@ -1,0 +1,466 @@
+//! In-process tests of loading and expansion: every class of mistake in a fleet
+//! repository, stated as the files that differ from a small valid fleet and the exact
+//! problems expected, each with file:line:column. They run in microseconds, without
+//! the binary or git (tests/integration keeps the end-to-end cases).
+
+use std::collections::BTreeMap;
+
+use crate::error::Error;
+use crate::fleet::source::Source;
+use crate::fleet::{Device, Fleet, FleetFile};
+use crate::resources::DesiredState;
+
+/// A small valid fleet: role `web` for every device of group `shop` (pi-*).
+pub(crate) const BASE: &[(&str, &str)] = &[
+    ("fleet.yml", "format: 1\nvars:\n  greeting: hello\n  port: 8080\nroles:\n  - web\n"),
+    ("inventory.yml", "groups:\n  shop:\n    devices: [\"pi-*\"]\n"),
+    ("group_vars/shop.yml", "vars:\n  greeting: hello shop\n"),
+    (
+        "roles/web/role.yml",
+        "params:\n  listen:\n    default: \"{{ port }}\"\nresources:\n  - directory:\n      path: /etc/web\n  - file:\n      path: /etc/web/web.conf\n      template: web.conf.j2\n",
+    ),
+    ("roles/web/templates/web.conf.j2", "listen = {{ listen }}\ngreeting = {{ greeting }}\n"),
+];
+
+/// The base fleet with `files` written over it.
+pub(crate) fn source(files: &[(&str, &str)]) -> Source<'static> {
+    let mut map: BTreeMap<String, Vec<u8>> = BASE
+        .iter()
+        .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+        .collect();
+    for (p, c) in files {
+        map.insert(p.to_string(), c.as_bytes().to_vec());
+    }
+    Source::Files(map)
+}
+
+/// The desired state of device pi-1, or every problem as `file:line:column: message`.
+pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String>> {
+    let src = source(files);
+    let as_strings = |e: Error| match e {
+        Error::Invalid(ps) => ps.iter().map(|p| p.to_string()).collect(),
+        other => vec![format!("not a validation error: {other}")],
+    };
+    let file = FleetFile::read(&src).map_err(as_strings)?;
+    let fleet = Fleet::load(&src, None, &file).map_err(as_strings)?;
+    let device = Device {
+        id: "pi-1".into(),
+        device_type: None,
+    };
+    fleet.desired_state(&device).map_err(as_strings)
+}
+
+pub(crate) fn problems(files: &[(&str, &str)]) -> Vec<String> {
+    match desired(files) {
+        Ok(_) => vec![],
+        Err(p) => p,
+    }
+}
+
+/// `invalid!(name, [(path, content), ...], "file:line:column: message", ...)`: loading
+/// the base fleet with these files gives exactly these problems, in this order.
+macro_rules! invalid {
+    ($name:ident, [$(($path:expr, $text:expr)),* $(,)?], $($expected:expr),+ $(,)?) => {
+        #[test]
+        fn $name() {
+            assert_eq!(problems(&[$(($path, $text)),*]), [$($expected),+]);
+        }
+    };
+}
+
+#[test]
+fn the_base_fleet_is_valid() {
+    let d = desired(&[]).unwrap();
+    assert_eq!(d.roles, ["web"]);
+    assert_eq!(d.groups, ["shop"]);
+    assert_eq!(d.resources.len(), 2);
+}
+
+invalid!(
+    yaml_syntax,
+    [("fleet.yml", "format: 1\nroles: [web\n")],
+    "fleet.yml:3:1: YAML syntax error: while parsing a flow sequence, expected ',' or ']'"
+);
+
+invalid!(
+    unknown_key,
+    [
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: x\n      mdoe: \"0644\"\n")
+    ],
+    "roles/web/role.yml:5:7: unknown key `mdoe`, expected one of: path, content, source, template, mode, owner, group, secret"
+);
+
+invalid!(
+    unknown_kind,
+    [
+        ("roles/web/role.yml", "resources:\n  - filee:\n      path: /etc/x\n")
+    ],
+    "roles/web/role.yml:2:5: unknown variant `filee`, expected one of `file`, `directory`, `symlink`, `absent`, `apt_source`, `package`, `service`, `user`, `group`"
+);
+
+invalid!(
+    wrong_type,
+    [("fleet.yml", "format: one\nroles: [web]\n")],
+    "fleet.yml:1:9: expected a whole number"
+);
+
+invalid!(
+    unsupported_format,
+    [("fleet.yml", "format: 2\nroles: [web]\n")],
+    "fleet.yml:1:9: format 2 is not supported by fleet-agent 0.1.0 (expected format: 1)"
+);
+
+invalid!(
+    undefined_variable,
+    [
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: \"{{ nope }}\"\n")
+    ],
+    "roles/web/role.yml:4:16: undefined variable `nope`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params"
+);
+
+invalid!(
+    undefined_in_template_file,
+    [
+        ("roles/web/templates/web.conf.j2", "listen = {{ listen }}\nname = {{ device.nmae }}\n")
+    ],
+    "roles/web/templates/web.conf.j2:2:11: undefined variable `device.nmae`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params"
+);
+
+invalid!(
+    missing_source,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file:\n      path: /etc/x\n      source: nothere.conf\n"
+    )],
+    "roles/web/role.yml:4:15: roles/web/files/nothere.conf does not exist"
+);
+
+invalid!(
+    escaping_source,
+    [
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      source: ../../../fleet.yml\n")
+    ],
+    "roles/web/role.yml:4:15: `../../../fleet.yml` leaves the role's files/ directory: expected a relative path inside it, without `..`"
+);
+
+invalid!(
+    missing_role,
+    [
+        ("fleet.yml", "format: 1\nvars: {port: 80}\nroles:\n  - web\n  - nope\n")
+    ],
+    "fleet.yml:5:5: no role `nope`: expected roles/nope/role.yml in the fleet repository or a built-in role"
+);
+
+invalid!(
+    missing_required_param,
+    [
+        (
+            "roles/app/role.yml",
+            "params:\n  url:\n    required: true\n"
+        ),
+        ("group_vars/shop.yml", "roles: [app]\n")
+    ],
+    "group_vars/shop.yml:1:9: role `app` needs the parameter `url`"
+);
+
+invalid!(
+    unknown_param,
+    [(
+        "group_vars/shop.yml",
+        "roles:\n  - role: web\n    params:\n      lisen: 1\n"
+    )],
+    "group_vars/shop.yml:4:7: role `web` has no parameter `lisen` (its parameters: listen)"
+);
+
+invalid!(
+    bad_mode,
+    [
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: x\n      mode: \"999\"\n")
+    ],
+    "roles/web/role.yml:5:13: `999` is not a file mode: expected 3 or 4 octal digits, at most 7777, such as 0644"
+);
+
+invalid!(
+    relative_path,
+    [
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: etc/x\n      content: x\n")
+    ],
+    "roles/web/role.yml:3:13: `etc/x` is not a device path: expected an absolute path without `.`, `..` or a trailing /"
+);
+
+invalid!(
+    two_on_one_path,
+    [
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: a\n  - absent:\n      path: /etc/x\n")
+    ],
+    "roles/web/role.yml:5:5: /etc/x is also managed by the resource at roles/web/role.yml:2:5"
+);
+
+invalid!(
+    include_cycle,
+    [
+        ("roles/a/role.yml", "include: [b]\n"),
+        ("roles/b/role.yml", "include: [a]\n"),
+        ("group_vars/shop.yml", "roles: [a]\n")
+    ],
+    "roles/b/role.yml:1:11: roles include each other: a → b → a"
+);
+
+invalid!(
+    group_vars_of_no_group,
+    [("group_vars/shops.yml", "vars: {}\n")],
+    "group_vars/shops.yml: there is no group `shops` in inventory.yml"
+);
+
+invalid!(
+    package_state,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - package:\n      name: curl\n      state: installed\n"
+    )],
+    "roles/web/role.yml:4:14: `installed` is not a package state: expected present or absent"
+);
+
+invalid!(
+    version_with_absent,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - package:\n      name: curl\n      state: absent\n      version: \"1.0\"\n"
+    )],
+    "roles/web/role.yml:5:16: a version goes with state: present"
+);
+
+invalid!(
+    package_name,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - package:\n      name: Curl_7\n"
+    )],
+    "roles/web/role.yml:3:13: `Curl_7` is not a Debian package name"
+);
+
+invalid!(
+    service_enablement_and_state,
+    [
+        ("roles/web/role.yml", "resources:\n  - service:\n      name: web\n      enabled: sometimes\n      state: running\n")
+    ],
+    "roles/web/role.yml:4:16: `sometimes` is not an enablement: expected true, false or masked",
+    "roles/web/role.yml:5:14: `running` is not a service state: expected started or stopped"
+);
+
+invalid!(
+    account_name,
+    [
+        ("roles/web/role.yml", "resources:\n  - user:\n      name: Web User\n  - group:\n      name: 9group\n")
+    ],
+    "roles/web/role.yml:3:13: `Web User` is not a user or group name: lowercase letters, digits, - and _",
+    "roles/web/role.yml:5:13: `9group` is not a user or group name: lowercase letters, digits, - and _"
+);
+
+invalid!(
+    apt_source_name_and_uris,
+    [
+        ("roles/web/role.yml", "resources:\n  - apt_source:\n      name: \"my source\"\n      uris: []\n      suites: [bookworm]\n      key: k.gpg\n"),
+        ("roles/web/files/k.gpg", "key")
+    ],
+    "roles/web/role.yml:3:13: `my source` is not a source name: letters, digits, - _ ."
+);
+
+invalid!(
+    choices,
+    [
+        ("roles/web/role.yml", "params:\n  rotation:\n    default: 0\n    choices: [0, 90, 180, 270]\nresources: []\n"),
+        ("group_vars/shop.yml", "roles:\n  - role: web\n    params:\n      rotation: 45\n")
+    ],
+    "group_vars/shop.yml:4:17: role `web`: `45` is not a value of its parameter `rotation`: expected one of 0, 90, 180, 270"
+);
+
+invalid!(
+    role_twice_other_params,
+    [
+        ("roles/web/role.yml", "params:\n  listen: {default: 1}\nresources: []\n"),
+        ("roles/app/role.yml", "include:\n  - role: web\n    params: {listen: 2}\n"),
+        ("group_vars/shop.yml", "roles: [app]\n")
+    ],
+    "roles/app/role.yml:2:11: role `web` is used with other parameters at fleet.yml:6:5; a role is applied once per device"
+);
+
+invalid!(
+    host_only_key_in_group_vars,
+    [("group_vars/shop.yml", "branch: main\ndevice_type: pi4\n")],
+    "group_vars/shop.yml:1:1: `branch` belongs in a host_vars file",
+    "group_vars/shop.yml:2:1: `device_type` belongs in a host_vars file"
+);
+
+invalid!(
+    bad_branch_name,
+    [("host_vars/pi-1.yml", "branch: \"a..b\"\n")],
+    "host_vars/pi-1.yml:1:9: `a..b` is not a branch name"
+);
+
+invalid!(
+    absent_top_level,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - absent:\n      path: /etc\n"
+    )],
+    "roles/web/role.yml:3:13: refusing to remove the top-level directory /etc"
+);
+
+invalid!(
+    file_two_contents,
+    [
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: a\n      source: b\n")
+    ],
+    "roles/web/role.yml:3:13: a file needs exactly one of `content`, `source` (a file in the role's files/) or `template` (in templates/)"
+);
+
+invalid!(
+    symlink_empty_target,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - symlink:\n      path: /etc/x\n      target: \"\"\n"
+    )],
+    "roles/web/role.yml:4:15: expected the link's target, not an empty string"
+);
+
+invalid!(
+    param_required_and_default,
+    [(
+        "roles/web/role.yml",
+        "params:\n  listen:\n    required: true\n    default: 1\nresources: []\n"
+    )],
+    "roles/web/role.yml:2:3: a parameter is either required or has a default, not both"
+);
+
+invalid!(
+    anchor,
+    [("fleet.yml", "format: 1\nvars:\n  a: &x 1\n  b: *x\n")],
+    "fleet.yml:3:9: YAML anchors and aliases are not supported"
+);
+
+invalid!(
+    duplicate_key,
+    [("fleet.yml", "format: 1\nformat: 1\n")],
+    "fleet.yml:2:1: duplicate key `format`"
+);
+
+invalid!(
+    min_agent_version,
+    [
+        ("fleet.yml", "format: 1\nsettings:\n  min_agent_version: latest\nroles: [web]\n")
+    ],
+    "fleet.yml:3:22: `latest` is not a version: expected X.Y.Z (three whole numbers, e.g. \"1.4.0\")"
+);
+
+invalid!(
+    vars_not_mapping,
+    [("host_vars/pi-1.yml", "vars: [not, a, mapping]\n")],
+    "host_vars/pi-1.yml:1:7: expected a mapping of variable names to values"
+);
+
+invalid!(
+    role_name,
+    [("fleet.yml", "format: 1\nroles: [\"../x\"]\n")],
+    "fleet.yml:2:9: `../x` is not a role name (letters, digits, - and _)"
+);
+
+invalid!(
+    roles_not_list,
+    [("fleet.yml", "format: 1\nroles: web\n")],
+    "fleet.yml:2:8: expected a list of roles"
+);
+
+invalid!(
+    unknown_role_ref_key,
+    [(
+        "fleet.yml",
+        "format: 1\nroles:\n  - role: web\n    param: {}\n"
+    )],
+    "fleet.yml:4:5: unknown key `param`, expected one of: role, params"
+);
+
+invalid!(
+    all_group,
+    [("inventory.yml", "groups:\n  all:\n    devices: [x]\n")],
+    "inventory.yml:2:3: `all` is the implicit group of every device; choose another name",
+    "group_vars/shop.yml: there is no group `shop` in inventory.yml"
+);
+
+invalid!(
+    empty_fleet_yml,
+    [("fleet.yml", "")],
+    "fleet.yml: missing field `format`"
+);
+
+// Errors where the mistake is (issue: a newcomer's first hour).
+invalid!(
+    ansible_style_keys_at_the_level_of_the_kind,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file:\n    path: /etc/x\n    content: x\n"
+    )],
+    "roles/web/role.yml:2:5: a resource is one key naming its kind, with its settings under it (`- file: {...}`); this one has 3 keys (file, path, content): indent path, content under `file:`"
+);
+invalid!(
+    every_undefined_variable_of_a_value,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file:\n      path: /etc/x\n      content: \"{{ a }} {{ b }}\\n{{ c.d }}\"\n"
+    )],
+    "roles/web/role.yml:4:16: undefined variable `a`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/role.yml:4:16: undefined variable `b`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/role.yml:4:16: undefined variable `c.d`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params (line 2 of the value)"
+);
+invalid!(
+    every_undefined_variable_of_a_template_file,
+    [(
+        "roles/web/templates/web.conf.j2",
+        "{{ a }}\n{{ listen }} {{ b }}\n{% if c %}x{% endif %}\n"
+    )],
+    "roles/web/templates/web.conf.j2:1:4: undefined variable `a`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/templates/web.conf.j2:2:17: undefined variable `b`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params",
+    "roles/web/templates/web.conf.j2:3:7: undefined variable `c`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params"
+);
+invalid!(
+    an_undefined_variable_that_some_groups_set,
+    [
+        (
+            "inventory.yml",
+            "groups:\n  shop:\n    devices: [\"pi-*\"]\n  canary:\n    devices: [lab-1]\n"
+        ),
+        ("group_vars/canary.yml", "vars:\n  token: abc\n"),
+        ("host_vars/lab-2.yml", "vars:\n  token: def\n"),
+        (
+            "roles/web/role.yml",
+            "resources:\n  - file: {path: /etc/token, content: \"{{ token }}\"}\n"
+        )
+    ],
+    "roles/web/role.yml:2:39: undefined variable `token`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params; it is set only in group_vars/canary.yml, host_vars/lab-2.yml"
+);
+invalid!(
+    a_missing_role_at_every_reference,
+    [
+        ("fleet.yml", "format: 1\nvars: {port: 80, greeting: hi}\nroles:\n  - web\n  - nope\n"),
+        ("group_vars/shop.yml", "roles: [nope]\n"),
+        ("host_vars/pi-1.yml", "roles: [nope]\n")
+    ],
+    "fleet.yml:5:5: no role `nope`: expected roles/nope/role.yml in the fleet repository or a built-in role",
+    "group_vars/shop.yml:1:9: no role `nope`: expected roles/nope/role.yml in the fleet repository or a built-in role",
+    "host_vars/pi-1.yml:1:9: no role `nope`: expected roles/nope/role.yml in the fleet repository or a built-in role"
+);
+invalid!(
+    group_vars_take_vars_and_roles_only,
+    [("group_vars/shop.yml", "vars: {}\ncolour: red\n")],
+    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles"
+);
+invalid!(
+    os_belongs_in_fleet_yml,
+    [("group_vars/shop.yml", "os:\n  images: {}\n")],
+    "group_vars/shop.yml:1:1: `os` belongs in fleet.yml"
+);
+invalid!(
+    an_empty_vars_followed_by_dedented_keys,
+    [("group_vars/shop.yml", "vars:\ngreeting: hi\n")],
+    "group_vars/shop.yml:2:1: `greeting` is not a key of this file: the `vars:` above it is empty; indent `greeting` under `vars:` to make it a variable"
+);

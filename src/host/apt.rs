@@ -1,0 +1,308 @@
+//! apt and dpkg: the only place they are read or run. dpkg's status file is read
+//! directly (no lock, no command), so a run with nothing to change runs no apt command;
+//! `apt-get -s` shows what a transaction would do; one transaction per run applies it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+
+/// Seconds apt waits for a dpkg lock held by someone else before giving up.
+pub(crate) const DPKG_LOCK_TIMEOUT_SECS: u32 = 120;
+
+/// A package to install: its name and an exact version or a glob (`1.2.*`).
+pub(crate) type Install = (String, Option<String>);
+
+/// A package as dpkg records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Installed {
+    pub(crate) version: String,
+    /// dpkg's selection: install, hold, deinstall, purge.
+    pub(crate) want: String,
+    /// dpkg's state: installed, half-installed, unpacked, config-files, ...
+    pub(crate) state: String,
+}
+
+impl Installed {
+    pub(crate) fn is_installed(&self) -> bool {
+        self.state == "installed"
+    }
+
+    /// Present in any form other than "removed, configuration kept".
+    pub(crate) fn is_present(&self) -> bool {
+        !matches!(self.state.as_str(), "not-installed" | "config-files")
+    }
+
+    pub(crate) fn held(&self) -> bool {
+        self.want == "hold"
+    }
+}
+
+/// dpkg's status file, read directly: no dpkg lock, no command.
+pub(crate) fn dpkg_status(host: &Host) -> Result<HashMap<String, Installed>> {
+    let path = host.path(Path::new("/var/lib/dpkg/status"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(Error::io("cannot read dpkg's status", &path, e)),
+    };
+    Ok(parse_status(&text))
+}
+
+fn parse_status(text: &str) -> HashMap<String, Installed> {
+    let mut out = HashMap::new();
+    for para in text.split("\n\n") {
+        let (mut name, mut version, mut status) = (None, String::new(), None);
+        for line in para.lines() {
+            if let Some(v) = line.strip_prefix("Package: ") {
+                name = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("Version: ") {
+                version = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("Status: ") {
+                let words: Vec<&str> = v.split_whitespace().collect();
+                if words.len() == 3 {
+                    status = Some((words[0].to_string(), words[2].to_string()));
+                }
+            }
+        }
+        if let (Some(name), Some((want, state))) = (name, status) {
+            let entry = Installed {
+                version,
+                want,
+                state,
+            };
+            // Multi-arch: keep the entry that is present.
+            match out.get(&name) {
+                Some(existing) if Installed::is_present(existing) => {}
+                _ => {
+                    out.insert(name, entry);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// How old apt's package lists are (None: there are none).
+pub(crate) fn lists_age(host: &Host) -> Option<Duration> {
+    let dir = host.path(Path::new("/var/lib/apt/lists"));
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_string_lossy().ends_with("Packages")
+                || e.file_name().to_string_lossy().ends_with("Release")
+        })
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()?;
+    Some(SystemTime::now().duration_since(newest).unwrap_or_default())
+}
+
+/// Whether a declared version is a glob (`1.2.*`) rather than an exact version.
+pub(crate) fn is_glob(version: &str) -> bool {
+    version.contains(['*', '?', '['])
+}
+
+/// An exact version, or a glob such as `1.2*`.
+pub(crate) fn version_matches(installed: &str, wanted: &str) -> bool {
+    if is_glob(wanted) {
+        glob_match::glob_match(wanted, installed)
+    } else {
+        installed == wanted
+    }
+}
+
+/// Versions apt knows for a package, from the local lists (`apt-cache madison`), most
+/// preferred first.
+fn candidate_versions(host: &Host, package: &str) -> Result<Vec<String>> {
+    let out = host.run_output(&["apt-cache", "madison", package], true)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cols.len() >= 2 && cols[0] == package).then(|| cols[1].to_string())
+        })
+        .collect())
+}
+
+/// The most preferred version of the lists that matches a glob.
+pub(crate) fn resolve_glob(host: &Host, name: &str, glob: &str) -> Result<Option<String>> {
+    Ok(candidate_versions(host, name)?
+        .into_iter()
+        .find(|v| version_matches(v, glob)))
+}
+
+/// The apt-get arguments: `name`, `name=version` (globs resolved against the lists),
+/// `name-` for removal. `lenient`: a glob that matches nothing yet stays unresolved
+/// (the lists are refreshed before the transaction).
+pub(crate) fn specs(
+    host: &Host,
+    install: &[Install],
+    remove: &[String],
+    lenient: bool,
+) -> Result<Vec<String>> {
+    let mut specs = Vec::new();
+    for (name, version) in install {
+        match version {
+            None => specs.push(name.clone()),
+            Some(v) if is_glob(v) => match resolve_glob(host, name, v)? {
+                Some(exact) => specs.push(format!("{name}={exact}")),
+                None if lenient => specs.push(name.clone()),
+                None => {
+                    return Err(Error::Other(format!(
+                        "no version of {name} matching `{v}` is in the package lists (apt-cache madison {name})"
+                    )))
+                }
+            },
+            Some(v) => specs.push(format!("{name}={v}")),
+        }
+    }
+    specs.extend(remove.iter().map(|n| format!("{n}-")));
+    Ok(specs)
+}
+
+fn lock_timeout() -> String {
+    format!("DPkg::Lock::Timeout={DPKG_LOCK_TIMEOUT_SECS}")
+}
+
+/// Refreshes apt's package lists, waiting a bounded time for a dpkg lock.
+pub(crate) fn update(host: &Host) -> Result<()> {
+    host.run_output(&["apt-get", "update", "-q", "-o", &lock_timeout()], true)
+        .map(|_| ())
+}
+
+/// What `apt-get -s install` says of a transaction: (exit code, stdout, stderr).
+pub(crate) fn simulate(
+    host: &Host,
+    specs: &[String],
+    recommends: bool,
+) -> Result<(i32, String, String)> {
+    let mut argv = vec!["apt-get", "-s", "-q", "-o", "Debug::NoLocking=1", "install"];
+    if !recommends {
+        argv.push("--no-install-recommends");
+    }
+    argv.extend(specs.iter().map(String::as_str));
+    host.run_status(&argv, true)
+}
+
+/// `apt-get -s` lines as plan details: install, upgrade, remove.
+pub(crate) fn simulated(stdout: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in stdout.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Inst", name, old, new, ..] if old.starts_with('[') => out.push(format!(
+                "upgrade {name} {} → {}",
+                old.trim_matches(['[', ']']),
+                new.trim_start_matches('(')
+            )),
+            ["Inst", name, new, ..] => {
+                out.push(format!("install {name} {}", new.trim_start_matches('(')))
+            }
+            ["Remv", name, ver, ..] => {
+                out.push(format!("remove {name} {}", ver.trim_matches(['[', ']'])))
+            }
+            ["Remv", name] => out.push(format!("remove {name}")),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The line of apt's stderr that says why: the last `E:` line, else the first line.
+pub(crate) fn why(stderr: &str) -> String {
+    stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("E:"))
+        .or_else(|| stderr.lines().next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// One apt transaction: recover an interrupted dpkg first, wait a bounded time for a
+/// dpkg lock held by someone else, keep locally edited conffiles (a role that owns a
+/// conffile writes it after the packages phase anyway).
+pub(crate) fn transaction(
+    host: &Host,
+    install: &[Install],
+    remove: &[String],
+    recommends: bool,
+) -> Result<()> {
+    let audit = host.run_output(&["dpkg", "--audit"], true)?;
+    if !audit.trim().is_empty() {
+        log::warn!(
+            "dpkg was interrupted; running dpkg --configure -a first:\n{}",
+            audit.trim_end()
+        );
+        host.run_output(
+            &[
+                "dpkg",
+                "--force-confdef",
+                "--force-confold",
+                "--configure",
+                "-a",
+            ],
+            true,
+        )?;
+    }
+    let specs = specs(host, install, remove, false)?;
+    let timeout = lock_timeout();
+    let mut argv = vec![
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "-o",
+        &timeout,
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        "--allow-downgrades",
+    ];
+    if !recommends {
+        argv.push("--no-install-recommends");
+    }
+    argv.extend(specs.iter().map(String::as_str));
+    host.run_output(&argv, true).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_simulation_lines_become_details() {
+        let out = "NOTE: This is only a simulation!\nInst fleet-test-dep (1.0 local [all])\nInst fleet-test-hello [1.0] (1.1 local [all])\nConf fleet-test-dep (1.0 local [all])\nRemv old-thing [2.3]\n";
+        assert_eq!(
+            simulated(out),
+            [
+                "install fleet-test-dep 1.0",
+                "upgrade fleet-test-hello 1.0 → 1.1",
+                "remove old-thing 2.3"
+            ]
+        );
+    }
+
+    #[test]
+    fn versions_match_exactly_or_by_glob() {
+        assert!(version_matches("1.1-2", "1.1-2"));
+        assert!(!version_matches("1.1-2", "1.1"));
+        assert!(version_matches("1.1-2", "1.1*"));
+        assert!(!version_matches("1.10-1", "1.1-*"));
+    }
+
+    #[test]
+    fn dpkg_status_keeps_the_present_entry_of_a_multiarch_package() {
+        let status = parse_status(concat!(
+            "Package: libc6\nStatus: install ok installed\nArchitecture: arm64\nVersion: 2.36\n\n",
+            "Package: libc6\nStatus: deinstall ok config-files\nArchitecture: armhf\nVersion: 2.35\n\n",
+            "Package: jq\nStatus: hold ok installed\nVersion: 1.6\n",
+        ));
+        assert_eq!(status["libc6"].version, "2.36");
+        assert!(status["jq"].held() && status["jq"].is_installed());
+    }
+}

@@ -1,0 +1,234 @@
+//! The planner: compares a desired state with the machine, kind by kind and phase by
+//! phase, into a complete [`Plan`] before anything changes. It reads the machine only
+//! (through the `Host`); a failed read is an error, never "no change". Things the agent
+//! created that no role declares any more are pruned here too.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::host::{Existing, Host};
+use crate::plan::{Change, ChangeAction, ChangeKind, Op, Plan, ResourceState, RunPhase};
+use crate::resources::{
+    absent, directory, file, group, package, path_phase, service, symlink, user, DesiredState,
+    Kind, Resource,
+};
+
+/// Plan settings from the fleet repository.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    pub(crate) prune: bool,
+    /// Package lists older than this are refreshed before a package transaction.
+    pub(crate) apt_lists_max_age: Duration,
+}
+
+/// What planning knows while it goes: the changes so far, notes, and what earlier
+/// changes will have made (directories, users, groups).
+pub(crate) struct Planner<'h> {
+    pub(super) host: &'h Host,
+    pub(super) changes: Vec<Change>,
+    pub(super) notes: Vec<String>,
+    /// Directories that changes earlier in the plan create.
+    pub(super) planned_dirs: HashSet<PathBuf>,
+    pub(super) declared_users: HashSet<String>,
+    pub(super) declared_groups: HashSet<String>,
+}
+
+/// What the last run on this root filesystem recorded of each resource.
+pub(crate) type Previous = BTreeMap<String, ResourceState>;
+
+/// Computes the plan for a desired state. `previous` is what the last run on this root
+/// filesystem recorded (None when unknown: then nothing is pruned).
+pub(crate) fn plan(
+    host: &Host,
+    desired: &DesiredState,
+    previous: Option<&Previous>,
+    options: Options,
+    commit: Option<String>,
+) -> Result<Plan> {
+    let mut p = Planner::new(host, desired);
+    let mut resources = BTreeMap::new();
+    let by_phase = |phase: RunPhase| {
+        desired
+            .resources
+            .iter()
+            .filter(move |r| r.kind.phase() == phase)
+    };
+    for phase in [
+        RunPhase::Sources,
+        RunPhase::Groups,
+        RunPhase::Users,
+        RunPhase::Files,
+    ] {
+        for r in by_phase(phase) {
+            let created_before = previous
+                .and_then(|prev| prev.get(&r.kind.id()))
+                .is_some_and(|s| s.created);
+            let change = p.one(r)?;
+            if change.is_none() {
+                log::trace!(
+                    "unchanged: {} {} ({}, {}): {}",
+                    r.kind.name(),
+                    r.kind.subject(),
+                    r.role,
+                    r.declared_at,
+                    unchanged_because(&r.kind)
+                );
+            }
+            let creates = change.as_ref().is_some_and(|c| c.creates);
+            resources.insert(r.kind.id(), resource_state(r, created_before || creates));
+            p.changes.extend(change);
+        }
+    }
+    let packages: Vec<&Resource> = by_phase(RunPhase::Packages).collect();
+    for r in &packages {
+        resources.insert(r.kind.id(), resource_state(r, false));
+    }
+    package::plan_phase(&packages, &mut p, options.apt_lists_max_age)?;
+    if let (Some(prev), true) = (previous, options.prune) {
+        p.prune(prev, &resources)?;
+    }
+    let services: Vec<&Resource> = by_phase(RunPhase::Services).collect();
+    for r in &services {
+        resources.insert(r.kind.id(), resource_state(r, false));
+    }
+    service::plan_phase(&services, &mut p)?;
+
+    let mut changes = p.changes;
+    // Stable: the declared order within each phase.
+    changes.sort_by_key(|c| c.phase);
+    Ok(Plan {
+        device_id: desired.device_id.clone(),
+        commit,
+        changes,
+        notes: p.notes,
+        resources,
+    })
+}
+
+/// Why a resource that plans no change is left as it is, for `-vv`.
+fn unchanged_because(kind: &Kind) -> String {
+    match kind {
+        Kind::File(f) => format!(
+            "its content ({} bytes), mode {:04o} and owner {}:{} are as declared",
+            f.content.len(),
+            f.mode,
+            f.owner,
+            f.group
+        ),
+        Kind::Directory(d) => format!(
+            "it is a directory with mode {:04o} and owner {}:{}",
+            d.mode, d.owner, d.group
+        ),
+        Kind::Symlink(l) => format!("it links to {}", l.target.display()),
+        Kind::Absent(_) => "nothing is there".into(),
+        Kind::Group(_) => "the group exists (a gid is never changed)".into(),
+        Kind::User(_) => "the user exists with the declared home, shell, comment and groups".into(),
+        Kind::Package(_) | Kind::Service(_) => "planned as a phase".into(),
+    }
+}
+
+fn resource_state(r: &Resource, created: bool) -> ResourceState {
+    ResourceState {
+        kind: r.kind.name().into(),
+        path: PathBuf::from(r.kind.subject()),
+        digest: r.kind.digest(),
+        created,
+    }
+}
+
+impl<'h> Planner<'h> {
+    fn new(host: &'h Host, desired: &DesiredState) -> Planner<'h> {
+        let mut p = Planner {
+            host,
+            changes: Vec::new(),
+            notes: Vec::new(),
+            planned_dirs: HashSet::new(),
+            declared_users: HashSet::new(),
+            declared_groups: HashSet::new(),
+        };
+        for r in &desired.resources {
+            match &r.kind {
+                Kind::User(u) => {
+                    p.declared_users.insert(u.name.clone());
+                    // useradd makes the user's own group.
+                    p.declared_groups.insert(u.name.clone());
+                }
+                Kind::Group(g) => {
+                    p.declared_groups.insert(g.name.clone());
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// The change of a resource planned on its own (not packages, not services).
+    fn one(&mut self, r: &Resource) -> Result<Option<Change>> {
+        match &r.kind {
+            Kind::File(f) => file::plan(f, r, self),
+            Kind::Directory(d) => directory::plan(d, r, self),
+            Kind::Symlink(l) => symlink::plan(l, r, self),
+            Kind::Absent(a) => absent::plan(a, r, self),
+            Kind::Group(g) => group::plan(g, r, self),
+            Kind::User(u) => user::plan(u, r, self),
+            Kind::Package(_) | Kind::Service(_) => unreachable!("planned as a phase"),
+        }
+    }
+
+    /// Things this agent created that no role declares any more, deepest path first.
+    fn prune(&mut self, prev: &Previous, declared: &Previous) -> Result<()> {
+        let mut gone: Vec<&ResourceState> = prev
+            .iter()
+            .filter(|(id, s)| {
+                s.created
+                    && ["file", "directory", "symlink"].contains(&s.kind.as_str())
+                    && !declared.contains_key(*id)
+            })
+            .map(|(_, s)| s)
+            .collect();
+        gone.sort_by(|a, b| b.path.cmp(&a.path));
+        // Paths this prune removes: a directory whose entries all go is empty by then.
+        let mut removed: HashSet<PathBuf> = HashSet::new();
+        for s in gone {
+            let existing = self.host.inspect(&s.path)?;
+            if let Existing::Directory { .. } = existing {
+                // What others put in a directory the agent made is not the agent's to delete.
+                let entries = self.host.dir_entries(&s.path)?;
+                if !entries.iter().all(|e| removed.contains(e)) {
+                    self.notes.push(format!(
+                        "{} is no longer declared but is not empty: left in place",
+                        s.path.display()
+                    ));
+                    continue;
+                }
+            }
+            if existing == Existing::Missing {
+                continue;
+            }
+            removed.insert(s.path.clone());
+            self.changes.push(Change {
+                action: ChangeAction::Remove,
+                kind: match s.kind.as_str() {
+                    "directory" => ChangeKind::Directory,
+                    "symlink" => ChangeKind::Symlink,
+                    _ => ChangeKind::File,
+                },
+                subject: s.path.display().to_string(),
+                phase: path_phase(&s.path),
+                role: String::new(),
+                declared_at: None,
+                details: vec!["created by fleet-agent and no longer declared".into()],
+                diff: None,
+                secret: false,
+                creates: false,
+                resource_id: Some(format!("path:{}", s.path.display())),
+                ops: vec![Op::Remove {
+                    path: s.path.clone(),
+                }],
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,579 @@
+//! A run, from the configuration to the recorded state: prepare (configuration, lock,
+//! source, the agent-version gate, load, plan), then stop at the plan (`plan`) or apply
+//! it (`apply`, `pull`), record the outcome in the state, and for `pull` take the OS
+//! update step. This is the only place the stages are wired together. It prints
+//! nothing: it returns what happened (or hands the plan to `show` before applying), and
+//! the command line renders it. Logs go to the journal or stderr.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::{info, warn};
+
+use crate::config::{redact, Config};
+use crate::error::{exit, Error, Result};
+use crate::fleet::gate::{self, Requirement};
+use crate::fleet::os::OsDecl;
+use crate::fleet::source::Source;
+use crate::fleet::{Device, Fleet, FleetFile, Settings};
+use crate::host::Host;
+use crate::lock::RunLock;
+use crate::osupdate::{self, Declared, OsState};
+use crate::plan::Plan;
+use crate::resources::{self, DesiredState};
+use crate::state::{self, RunOutcome, State};
+use crate::sync::{self, Synced};
+
+/// What the command line asks for.
+pub(crate) struct Request<'a> {
+    pub(crate) host: &'a Host,
+    pub(crate) config_path: &'a Path,
+    /// How long to wait for another run's lock.
+    pub(crate) wait: Duration,
+    /// A working tree instead of the configured repository.
+    pub(crate) repo: Option<PathBuf>,
+    /// Another device id or type than the configured ones.
+    pub(crate) device: Option<String>,
+    pub(crate) device_type: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    /// The timer's job: sync, plan, apply, record, OS update.
+    Pull,
+    /// Plan and apply (a working tree, another device).
+    Apply,
+    /// Only plan.
+    Plan,
+}
+
+/// A device's plan, with what the command line shows around it.
+pub(crate) struct Planned {
+    pub(crate) desired: DesiredState,
+    /// Where the branch came from: URL#branch or the working tree.
+    pub(crate) origin: String,
+    pub(crate) commit: Option<String>,
+    /// The short commit, or "working tree".
+    pub(crate) commit_label: String,
+    pub(crate) plan: Plan,
+    pub(crate) os_declared: Declared,
+    pub(crate) os_state: OsState,
+    /// The OS line of the plan and whether it is a pending change.
+    pub(crate) os_line: Option<(String, bool)>,
+    /// A working tree planned against the machine this runs on (`--repo` without
+    /// `--root`), which is worth saying first.
+    pub(crate) against_this_machine: bool,
+}
+
+impl Planned {
+    /// Whether applying would change something (the OS update included).
+    pub(crate) fn pending(&self) -> bool {
+        !self.plan.is_empty() || self.os_line.as_ref().is_some_and(|(_, p)| *p)
+    }
+}
+
+/// What `plan` found.
+pub(crate) enum PlanOutcome {
+    Planned(Box<Planned>),
+    /// The branch needs a newer agent; `pull` would upgrade it first.
+    AgentUpgrade {
+        req: Requirement,
+        device: String,
+        origin: String,
+        commit: Option<String>,
+    },
+}
+
+/// The plan, changing nothing.
+pub(crate) fn plan(req: &Request) -> Result<PlanOutcome> {
+    match execute(req, Mode::Plan, &mut |_| {})? {
+        Done::Planned(p) => Ok(PlanOutcome::Planned(p)),
+        Done::AgentUpgrade(outcome) => Ok(outcome),
+        Done::Exit(_) => unreachable!("plan does not apply"),
+    }
+}
+
+/// `apply` or `pull`: the exit code. `show` sees the plan before it is applied.
+pub(crate) fn converge(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<i32> {
+    match execute(req, mode, show)? {
+        Done::Exit(code) => Ok(code),
+        Done::Planned(_) | Done::AgentUpgrade(_) => unreachable!("only plan stops there"),
+    }
+}
+
+enum Done {
+    Planned(Box<Planned>),
+    AgentUpgrade(PlanOutcome),
+    Exit(i32),
+}
+
+/// What a run knows before it loads the branch.
+struct Run<'a> {
+    host: &'a Host,
+    config: Config,
+    mode: Mode,
+    state_path: PathBuf,
+    previous: Option<State>,
+    commit: Option<String>,
+    /// Why the server could not be reached (the last fetched commit is used).
+    offline: Option<String>,
+    origin: String,
+    /// The previous state when it describes this root filesystem (set by `plan`).
+    previous_here: Option<State>,
+    /// `--repo`: a working tree, not the configured repository.
+    working_tree: bool,
+    /// The branch followed (None for a working tree).
+    branch: Option<String>,
+    _lock: Option<RunLock>,
+}
+
+fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<Done> {
+    let mut run = Run::prepare(req, mode)?;
+    log::debug!(
+        "{mode:?}: device {} (type {}), repository {} branch {}, state {}",
+        run.config.device_id,
+        run.config
+            .device_type
+            .as_deref()
+            .unwrap_or("from host_vars"),
+        req.repo
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| redact(&run.config.repo)),
+        run.config.branch,
+        run.state_path.display()
+    );
+    // Sync (or the maintainer's working tree).
+    let synced: Synced;
+    let source = match &req.repo {
+        Some(dir) => {
+            let dir = dir
+                .canonicalize()
+                .map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
+            run.origin = dir.display().to_string();
+            Source::Dir(dir)
+        }
+        None => {
+            synced = sync_followed(run.host, &mut run.config)?;
+            run.commit = Some(synced.commit.to_string());
+            run.branch = Some(run.config.branch.clone());
+            run.offline = synced.offline.clone();
+            run.origin = format!("{}#{}", redact(&run.config.repo), run.config.branch);
+            Source::commit(&synced.repo, synced.commit)?
+        }
+    };
+    let builtin = crate::fleet::builtin_roles(&run.config.roles_dir);
+    let fleet_file = FleetFile::read(&source)?;
+    // The branch may need a newer agent: read before the full load, which an old agent
+    // may not understand. `pull` on the device upgrades and re-executes (or fails).
+    if let Some(r) = fleet_file.requirement().filter(|r| !r.is_met()) {
+        if mode == Mode::Plan {
+            return Ok(Done::AgentUpgrade(PlanOutcome::AgentUpgrade {
+                req: r,
+                device: run.config.device_id.clone(),
+                origin: run.origin.clone(),
+                commit: run.commit.clone(),
+            }));
+        }
+        if mode == Mode::Pull && crate::selfupdate::may_upgrade(run.host) {
+            let pin = gate::pinned_version(&source)?;
+            let e = crate::selfupdate::upgrade_and_reexec(run.host, &r, pin.as_deref());
+            return run.stopped(RunOutcome::Failed, e);
+        }
+        // Elsewhere the full load rejects the branch and says why.
+    }
+    let (desired, settings, os_decl) = match load(&run.config, &source, Some(&builtin), &fleet_file)
+    {
+        Ok(loaded) => loaded,
+        Err(e) => return run.stopped(RunOutcome::Invalid, e),
+    };
+    log::debug!(
+        "loaded: groups [{}], roles [{}], {} resources",
+        desired.groups.join(", "),
+        desired.roles.join(", "),
+        desired.resources.len()
+    );
+    if req.device.is_some() && desired.groups.is_empty() {
+        warn!(
+            "device {} is in no group of inventory.yml: it gets fleet.yml's vars and roles (and its host_vars) only",
+            desired.device_id
+        );
+    }
+    let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
+        Ok(p) => p,
+        Err(e) => return run.stopped(RunOutcome::Failed, e),
+    };
+    if mode == Mode::Plan {
+        return Ok(Done::Planned(Box::new(planned)));
+    }
+    show(&planned);
+    run.apply(planned).map(Done::Exit)
+}
+
+/// The device's desired state, the fleet's settings and its `os:` declaration.
+fn load(
+    config: &Config,
+    source: &Source,
+    builtin: Option<&Source>,
+    fleet_file: &FleetFile,
+) -> Result<(DesiredState, Settings, Option<OsDecl>)> {
+    let fleet = Fleet::load(source, builtin, fleet_file)?;
+    let mut device = Device {
+        id: config.device_id.clone(),
+        device_type: config.device_type.clone(),
+    };
+    if device.device_type.is_none() {
+        device.device_type = fleet.host_facts(&device.id)?.device_type;
+    }
+    let desired = fleet.desired_state(&device)?;
+    Ok((desired, fleet.settings.clone(), fleet.os.clone()))
+}
+
+/// Syncs the configured branch, then the branch the device's host_vars there tell it
+/// to follow instead, if any (decided on the configured branch only: no flip-flop).
+fn sync_followed(host: &Host, config: &mut Config) -> Result<Synced> {
+    let first = sync::sync(host, config)?;
+    let follow = {
+        let source = Source::commit(&first.repo, first.commit)?;
+        crate::fleet::host_facts(&source, &config.device_id)
+            .ok()
+            .and_then(|f| f.branch)
+    };
+    match follow {
+        Some(branch) if branch != config.branch => {
+            info!(
+                "host_vars/{}.yml: following branch {branch} instead of {}",
+                config.device_id, config.branch
+            );
+            config.branch = branch;
+            drop(first);
+            sync::sync(host, config)
+        }
+        _ => Ok(first),
+    }
+}
+
+impl<'a> Run<'a> {
+    /// The configuration (with the request's device), the lock, the previous state.
+    fn prepare(req: &Request<'a>, mode: Mode) -> Result<Run<'a>> {
+        let host = req.host;
+        let mut config = Config::load(req.config_path, host, req.repo.is_none())?;
+        if let Some(d) = &req.device {
+            config.device_id = d.clone();
+            // Another device's type is its own (host_vars), not this machine's.
+            config.device_type = None;
+        }
+        if let Some(t) = &req.device_type {
+            config.device_type = Some(t.clone());
+        }
+        let reads_only = mode == Mode::Plan && req.repo.is_some();
+        let lock = if reads_only {
+            None
+        } else {
+            Some(RunLock::acquire(&host.path(&config.state_dir), req.wait)?)
+        };
+        let state_path = State::path(host, &config.state_dir);
+        Ok(Run {
+            host,
+            previous: State::load(&state_path),
+            state_path,
+            config,
+            mode,
+            commit: None,
+            offline: None,
+            origin: String::new(),
+            previous_here: None,
+            working_tree: req.repo.is_some(),
+            branch: None,
+            _lock: lock,
+        })
+    }
+
+    /// Plans against this root filesystem's state only.
+    fn plan(
+        &mut self,
+        desired: DesiredState,
+        settings: &Settings,
+        os_decl: Option<&OsDecl>,
+    ) -> Result<Planned> {
+        let rootfs = state::rootfs_id(self.host)?;
+        self.previous_here = self
+            .previous
+            .clone()
+            .filter(|s| s.rootfs.is_some() && s.rootfs == rootfs);
+        if self.previous.is_some() && self.previous_here.is_none() {
+            info!("the root filesystem is not the one of the last run: converging everything");
+        }
+        let plan = resources::plan(
+            self.host,
+            &desired,
+            self.previous_here.as_ref().map(|s| &s.resources),
+            resources::Options {
+                prune: settings.prune,
+                apt_lists_max_age: Duration::from_secs(settings.apt_lists_max_age_minutes * 60),
+            },
+            self.commit.clone(),
+        )?;
+        let os_declared = Declared::new(os_decl, desired.device_type.as_deref());
+        let os_state = self
+            .previous
+            .as_ref()
+            .map(|p| p.os_update.clone())
+            .unwrap_or_default();
+        let os_line = osupdate::plan_line(&os_declared, &os_state);
+        Ok(Planned {
+            desired,
+            origin: self.origin.clone(),
+            commit: self.commit.clone(),
+            commit_label: self.commit_label(),
+            plan,
+            os_declared,
+            os_state,
+            os_line,
+            against_this_machine: self.working_tree && self.host.is_live(),
+        })
+    }
+
+    fn commit_label(&self) -> String {
+        self.commit
+            .as_deref()
+            .map(|c| c[..12].to_string())
+            .unwrap_or_else(|| "working tree".into())
+    }
+
+    /// A run that stops before applying records why (plan records nothing); a pull
+    /// still takes the OS step of a stopped run (an update being verified cannot
+    /// converge: its health timeout still runs).
+    fn stopped(&self, outcome: RunOutcome, e: Error) -> Result<Done> {
+        if self.mode == Mode::Plan {
+            return Err(e);
+        }
+        let mut recorded = record(&self.state_path, self.previous.clone(), |s| {
+            s.last_commit = self.commit.clone();
+            s.branch = self.branch.clone();
+            s.outcome = Some(outcome);
+            s.message = Some(e.to_string());
+            s.offline = self.offline.is_some();
+            s.changes = 0;
+        })?;
+        if self.mode == Mode::Pull {
+            match self.os_update(&mut recorded, |step, os, save| {
+                osupdate::stopped_pull_step(step, os, save)
+            }) {
+                Ok(false) => {}
+                Ok(true) => {
+                    log::error!("{e}");
+                    return Ok(Done::Exit(exit::REBOOTING));
+                }
+                // Both errors are shown: the load error first, then the OS step's.
+                Err(os) => {
+                    log::error!("{e}");
+                    return Err(os);
+                }
+            }
+        }
+        Err(e)
+    }
+
+    /// Runs an OS-update step whose every transition is saved into `recorded`; true
+    /// when it asked for a reboot.
+    fn os_update(
+        &self,
+        recorded: &mut State,
+        step: impl FnOnce(&osupdate::Step, &mut OsState, &mut osupdate::Save) -> Result<bool>,
+    ) -> Result<bool> {
+        let os_step = osupdate::Step {
+            host: self.host,
+            config: &self.config.os_update,
+            state_dir: &self.config.state_dir,
+            http_timeout: Duration::from_secs(self.config.http.timeout_secs),
+        };
+        let mut os = recorded.os_update.clone();
+        let mut save = |os: &OsState| -> Result<()> {
+            recorded.os_update = os.clone();
+            recorded.save(&self.state_path)
+        };
+        step(&os_step, &mut os, &mut save)
+    }
+
+    /// Applies the plan, records the state, and for `pull` takes the OS step.
+    fn apply(&self, planned: Planned) -> Result<i32> {
+        let plan = &planned.plan;
+        let (done, result) = if plan.is_empty() {
+            (0, Ok(()))
+        } else {
+            let applied = crate::apply::apply(self.host, plan, &planned.commit_label);
+            crate::selfupdate::note_installed(self.host);
+            applied
+        };
+        let rootfs = state::ensure_rootfs_id(self.host)?;
+        let failed = result.as_ref().err().map(|e| e.to_string());
+        let mut recorded = record(&self.state_path, self.previous_here.clone(), |s| {
+            s.os_update = planned.os_state.clone();
+            s.rootfs = Some(rootfs);
+            s.last_commit = self.commit.clone();
+            s.branch = self.branch.clone();
+            s.source = Some(planned.origin.clone());
+            s.changes = done;
+            s.offline = self.offline.is_some();
+            match &failed {
+                None => record_applied(s, plan, self.commit.clone(), self.offline.clone()),
+                Some(m) => record_failed(s, plan, done, m),
+            }
+        })?;
+        if self.mode == Mode::Pull {
+            let converged = result.is_ok() && self.offline.is_none();
+            let rebooting = match self.os_update(&mut recorded, |step, os, save| {
+                osupdate::pull_step(step, &planned.os_declared, os, converged, save)
+            }) {
+                Ok(r) => r,
+                // The apply error is the one to return; this one is logged.
+                Err(e) if result.is_err() => {
+                    log::error!("{e}");
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+            if rebooting {
+                if let Err(e) = &result {
+                    log::error!("{e}");
+                }
+                return Ok(exit::REBOOTING);
+            }
+        }
+        result?;
+        let device = &planned.desired.device_id;
+        let label = &planned.commit_label;
+        if plan.is_empty() {
+            info!("{device}: no changes at {label}");
+        } else {
+            let (c, m, r) = plan.counts();
+            info!("{device}: applied {label}: {c} created, {m} changed, {r} removed");
+        }
+        if let Some(why) = &self.offline {
+            warn!("the fleet repository could not be reached ({why}); converged to the last fetched commit");
+            return Ok(exit::UNREACHABLE);
+        }
+        Ok(exit::OK)
+    }
+}
+
+fn record_applied(s: &mut State, plan: &Plan, commit: Option<String>, offline: Option<String>) {
+    s.applied_commit = commit;
+    s.outcome = Some(if plan.is_empty() {
+        RunOutcome::Unchanged
+    } else {
+        RunOutcome::Applied
+    });
+    s.message = offline;
+    s.resources = plan.resources.clone();
+}
+
+/// Keeps what is known: the resources applied before the failure count.
+fn record_failed(s: &mut State, plan: &Plan, done: usize, message: &str) {
+    s.outcome = Some(RunOutcome::Failed);
+    s.message = Some(message.to_string());
+    for c in plan.changes.iter().take(done) {
+        let Some(id) = &c.resource_id else { continue };
+        match plan.resources.get(id) {
+            Some(r) => {
+                s.resources.insert(id.clone(), r.clone());
+            }
+            None => {
+                s.resources.remove(id);
+            }
+        }
+    }
+}
+
+/// Updates the state file from the previous state (or a fresh one).
+fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State)) -> Result<State> {
+    let mut s = previous.unwrap_or_default();
+    update(&mut s);
+    s.time = Some(crate::time::now());
+    s.save(path)?;
+    Ok(s)
+}
+
+/// What `validate DIR` found: the devices checked, or every problem.
+pub(crate) struct Validation {
+    pub(crate) dir: PathBuf,
+    pub(crate) outcome: std::result::Result<Vec<String>, Vec<crate::error::Invalid>>,
+}
+
+/// `validate DIR`: the fleet repository checked for every device it names.
+pub(crate) fn validate(dir: &Path, host: &Host, config_path: &Path) -> Result<Validation> {
+    let config = Config::load(config_path, host, false)?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
+    let source = Source::Dir(dir.clone());
+    let builtin = crate::fleet::builtin_roles(&config.roles_dir);
+    let fleet_file = FleetFile::read(&source)?;
+    let outcome =
+        match Fleet::load(&source, Some(&builtin), &fleet_file).and_then(|f| f.validate_all()) {
+            Ok(checked) => Ok(checked),
+            Err(Error::Invalid(problems)) => Err(problems),
+            Err(other) => return Err(other),
+        };
+    Ok(Validation { dir, outcome })
+}
+
+/// The recorded state and where it is.
+pub(crate) fn status(host: &Host, config_path: &Path) -> Result<(PathBuf, Option<State>)> {
+    let config = Config::load(config_path, host, false)?;
+    let path = State::path(host, &config.state_dir);
+    let state = State::load(&path);
+    Ok((path, state))
+}
+
+/// What `os retry` cleared.
+pub(crate) struct Retried {
+    pub(crate) recorded: bool,
+    pub(crate) failed: Vec<String>,
+    pub(crate) backoff: Option<String>,
+}
+
+/// `os retry`: forget failed artifacts and the backoff, under the run lock.
+pub(crate) fn os_retry(host: &Host, config_path: &Path, wait: Duration) -> Result<Retried> {
+    let config = Config::load(config_path, host, false)?;
+    let path = State::path(host, &config.state_dir);
+    let _lock = RunLock::acquire(&host.path(&config.state_dir), wait)?;
+    let Some(mut state) = State::load(&path) else {
+        return Ok(Retried {
+            recorded: false,
+            failed: vec![],
+            backoff: None,
+        });
+    };
+    let failed = std::mem::take(&mut state.os_update.failed);
+    let backoff = state.os_update.backoff.take().map(|b| b.artifact);
+    state.save(&path)?;
+    let retried = Retried {
+        recorded: true,
+        failed,
+        backoff,
+    };
+    log::info!(OS_STATE = state.os_update.phase.as_str(); "OS update: retry: {}", retried.summary().trim_end().replace('\n', "; "));
+    Ok(retried)
+}
+
+impl Retried {
+    /// What was cleared, a line each.
+    pub(crate) fn summary(&self) -> String {
+        if !self.recorded {
+            return "no run recorded yet: nothing to retry\n".into();
+        }
+        let mut said = String::new();
+        if !self.failed.is_empty() {
+            said.push_str(&format!("allowed again: {}\n", self.failed.join(", ")));
+        }
+        if let Some(b) = &self.backoff {
+            said.push_str(&format!("backoff of {b} cleared\n"));
+        }
+        if said.is_empty() {
+            said.push_str("nothing to retry\n");
+        }
+        said
+    }
+}

@@ -1,0 +1,357 @@
+//! git transports for libgit2 without OpenSSL or libssh2 (they would triple the arm
+//! binary): smart HTTP(S) over ureq (rustls), and ssh through the system's ssh client,
+//! as git itself does. Registered once per process, before the first fetch.
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+use git2::{Error as GitError, ErrorClass, ErrorCode};
+
+use crate::config::redact;
+
+/// Settings the transports need; set once per process.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TransportSettings {
+    /// "user:token" for HTTP basic authentication.
+    pub(crate) basic_auth: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) ssh_command: String,
+    pub(crate) ssh_key: Option<String>,
+    pub(crate) known_hosts: Option<String>,
+}
+
+static SETTINGS: OnceLock<TransportSettings> = OnceLock::new();
+static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Registers the http, https and ssh transports (once; later settings are ignored).
+pub(crate) fn register(settings: TransportSettings) -> Result<(), GitError> {
+    let _ = SETTINGS.set(settings);
+    REGISTERED
+        .get_or_init(|| {
+            // SAFETY: registration happens once (OnceLock) before any remote is created,
+            // so it is not concurrent with transport creation.
+            unsafe {
+                git2::transport::register("http", |remote| Transport::smart(remote, true, Http))
+                    .and_then(|()| {
+                        git2::transport::register("https", |remote| {
+                            Transport::smart(remote, true, Http)
+                        })
+                    })
+                    .and_then(|()| {
+                        git2::transport::register("ssh", |remote| {
+                            Transport::smart(remote, false, Ssh)
+                        })
+                    })
+                    .map_err(|e| e.message().to_string())
+            }
+        })
+        .clone()
+        .map_err(|m| GitError::new(ErrorCode::GenericError, ErrorClass::Net, m))
+}
+
+fn settings() -> &'static TransportSettings {
+    SETTINGS
+        .get()
+        .expect("transport settings are set before registration")
+}
+
+fn net_error(message: impl Into<String>) -> GitError {
+    GitError::new(ErrorCode::GenericError, ErrorClass::Net, message.into())
+}
+
+// ---------------------------------------------------------------- smart HTTP
+
+struct Http;
+
+impl SmartSubtransport for Http {
+    fn action(
+        &self,
+        url: &str,
+        action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, GitError> {
+        let base = url.trim_end_matches('/');
+        let (method_post, url, content_type) = match action {
+            Service::UploadPackLs => (
+                false,
+                format!("{base}/info/refs?service=git-upload-pack"),
+                None,
+            ),
+            Service::UploadPack => (
+                true,
+                format!("{base}/git-upload-pack"),
+                Some("application/x-git-upload-pack-request"),
+            ),
+            Service::ReceivePackLs | Service::ReceivePack => {
+                return Err(net_error(
+                    "fleet-agent only fetches; pushing is not supported",
+                ))
+            }
+        };
+        Ok(Box::new(HttpStream {
+            post: method_post,
+            url,
+            content_type,
+            body: Vec::new(),
+            response: None,
+        }))
+    }
+
+    fn close(&self) -> Result<(), GitError> {
+        Ok(())
+    }
+}
+
+struct HttpStream {
+    post: bool,
+    url: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    response: Option<Box<dyn Read + Send>>,
+}
+
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let timeout = Some(settings().timeout);
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(timeout)
+            .timeout_per_read(timeout)
+            .timeout_recv_response(timeout)
+            .user_agent(concat!(
+                "git/2.0 (fleet-agent ",
+                env!("CARGO_PKG_VERSION"),
+                ")"
+            ))
+            .build()
+            .into()
+    })
+}
+
+impl HttpStream {
+    fn send(&mut self) -> std::io::Result<()> {
+        let auth = settings()
+            .basic_auth
+            .as_ref()
+            .map(|a| format!("Basic {}", base64(a.as_bytes())));
+        let result = if self.post {
+            let mut req = agent()
+                .post(&self.url)
+                .header("Accept", "application/x-git-upload-pack-result")
+                .header(
+                    "Content-Type",
+                    self.content_type.unwrap_or("application/octet-stream"),
+                );
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.send(&self.body[..])
+        } else {
+            let mut req = agent().get(&self.url).header("Accept", "*/*");
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        };
+        let response =
+            result.map_err(|e| std::io::Error::other(format!("{}: {e}", redact(&self.url))))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let why = match status {
+                401 | 403 => "authentication failed: check credentials.token_file",
+                404 => "no git repository at this address",
+                _ => "the server refused",
+            };
+            return Err(std::io::Error::other(format!(
+                "{}: HTTP {status}: {why}",
+                redact(&self.url)
+            )));
+        }
+        if !self.post {
+            let ct = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            if ct != "application/x-git-upload-pack-advertisement" {
+                return Err(std::io::Error::other(format!(
+                    "{}: not a smart-HTTP git server (content type `{ct}`)",
+                    redact(&self.url)
+                )));
+            }
+        }
+        self.response = Some(Box::new(response.into_body().into_reader()));
+        Ok(())
+    }
+}
+
+impl Read for HttpStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.response.is_none() {
+            self.send()?;
+        }
+        self.response.as_mut().expect("sent").read(buf)
+    }
+}
+
+impl Write for HttpStream {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.body.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+// ---------------------------------------------------------------- ssh via the ssh client
+
+struct Ssh;
+
+impl SmartSubtransport for Ssh {
+    fn action(
+        &self,
+        url: &str,
+        action: Service,
+    ) -> Result<Box<dyn SmartSubtransportStream>, GitError> {
+        if action != Service::UploadPackLs {
+            return Err(net_error(
+                "fleet-agent only fetches; pushing is not supported",
+            ));
+        }
+        let rest = url
+            .strip_prefix("ssh://")
+            .ok_or_else(|| net_error(format!("not an ssh:// URL: {url}")))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+            _ => (authority, None),
+        };
+        // ssh://host/~/x means x in the remote user's home (what scp-style host:x means).
+        let path = path.strip_prefix("/~/").unwrap_or(path);
+        if path.contains('\'') {
+            return Err(net_error("the repository path may not contain a quote"));
+        }
+        let s = settings();
+        let mut cmd = Command::new(&s.ssh_command);
+        cmd.args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            &format!("ConnectTimeout={}", s.timeout.as_secs().max(1)),
+        ]);
+        if let Some(p) = port {
+            cmd.args(["-p", p]);
+        }
+        if let Some(k) = &s.ssh_key {
+            cmd.args(["-i", k, "-o", "IdentitiesOnly=yes"]);
+        }
+        if let Some(kh) = &s.known_hosts {
+            cmd.args([
+                "-o",
+                &format!("UserKnownHostsFile={kh}"),
+                "-o",
+                "StrictHostKeyChecking=yes",
+            ]);
+        }
+        cmd.arg(host).arg(format!("git-upload-pack '{path}'"));
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| net_error(format!("cannot run {}: {e}", s.ssh_command)))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        Ok(Box::new(SshStream {
+            child: Mutex::new(child),
+            stdin,
+            stdout,
+        }))
+    }
+
+    fn close(&self) -> Result<(), GitError> {
+        Ok(())
+    }
+}
+
+struct SshStream {
+    child: Mutex<Child>,
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+}
+
+impl SshStream {
+    /// When ssh ends early, its stderr says why (unknown host key, permission denied).
+    fn failure(&mut self) -> std::io::Error {
+        let mut child = self.child.lock().expect("not poisoned");
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        std::io::Error::other(format!("ssh ended ({status}): {}", stderr.trim()))
+    }
+}
+
+impl Read for SshStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stdout.as_mut().expect("stdout is piped").read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            return Err(self.failure());
+        }
+        Ok(n)
+    }
+}
+
+impl Write for SshStream {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self.stdin.as_mut().expect("stdin is piped").write(data) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(self.failure()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stdin.as_mut().expect("stdin is piped").flush()
+    }
+}
+
+impl Drop for SshStream {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Ok(mut c) = self.child.lock() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+    }
+}

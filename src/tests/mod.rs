@@ -1,0 +1,5 @@
+//! In-process tests across modules: the planner (`resources`) fed by the fleet loader
+//! (`fleet`) on a scratch root with a scripted command runner. Kept here, above both,
+//! so that neither module depends on the other for its tests.
+
+mod planner;
