@@ -128,7 +128,7 @@ for t in $targets; do
       printf '  ok    %-26s same output (%s lines), exit %s\n' "$label" \
         "$(cat "$scratch/cross.out" "$scratch/cross.err" | wc -l)" "$(cat "$scratch/cross.rc")"
     else
-      printf '  FAIL  %-26s differs from the zigbuild binary\n' "$label"
+      printf '  FAIL  %-26s differs from the zigbuild binary (built from this tree? scripts/build-release.sh)\n' "$label"
       diff <(cat "$scratch/zig.out" "$scratch/zig.err" "$scratch/zig.rc") \
         <(cat "$scratch/cross.out" "$scratch/cross.err" "$scratch/cross.rc") | sed 's/^/        | /' | head -n 30
       status=1
