@@ -13,13 +13,17 @@
 # for aarch64 (qemu-aarch64-static), armv7 (qemu-arm-static) and, when it was built,
 # armv6 (qemu-arm-static -cpu arm1176, the Pi 1 / Zero CPU).
 #
-#   scripts/qemu-check.sh     after scripts/build-release.sh
+#   scripts/qemu-check.sh                  after scripts/build-release.sh
+#   scripts/qemu-check.sh DIR [TARGET...]  the binaries in DIR/<target>/release/ instead
+#                                          (target/cross after `cross`); with TARGETs,
+#                                          only those, each required
 #
 # Prints one line per check; exits 1 if any check fails.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+bins=$(realpath -m "${1:-$here/target/release-cross}")
+only=("${@:2}")
 cd "$here"
-bins="$here/target/release-cross"
 device=7b2e9c14-0a6d-4e8f-b1c3-5d7e9f1a3b02
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
 
@@ -67,12 +71,13 @@ for spec in aarch64-unknown-linux-musl:qemu-aarch64-static: \
   armv7-unknown-linux-musleabihf:qemu-arm-static: \
   arm-unknown-linux-musleabihf:qemu-arm-static:arm1176; do
   IFS=: read -r target qemu cpu <<<"$spec"
+  if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $target "* ]]; then continue; fi
   bin="$bins/$target/release/fleet-agent"
   if [ ! -x "$bin" ]; then
     case $target in
-      arm-*) continue ;; # armv6 is optional
+      arm-*) [ ${#only[@]} -gt 0 ] || continue ;; # armv6 is optional unless asked for
     esac
-    echo "qemu-check: $bin is missing: run scripts/build-release.sh first" >&2
+    echo "qemu-check: $bin is missing: build it first (scripts/build-release.sh, or cross)" >&2
     exit 1
   fi
   run=("$qemu")
