@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The emulated arm64 board: qemu-system-aarch64 -M virt running Debian's U-Boot
-# (u-boot-qemu, qemu_arm64) from its first flash bank, with its environment in the
-# second flash bank, booting Debian bookworm arm64 with Debian's kernel from a disk with
+# (u-boot-qemu, qemu_arm64) as its firmware, with the boot environment in uboot.env on
+# the FAT boot partition (as Mender keeps it on a Raspberry Pi), booting Debian bookworm arm64 with Debian's kernel from a disk with
 # a boot partition, root filesystems A and B and a data partition. U-Boot picks the
 # slot and counts boots (bootcount, bootlimit, upgrade_available, altbootcmd); Linux
 # reads and writes the same environment with fw_printenv/fw_setenv; Debian's
@@ -31,9 +31,9 @@
 # rebuilds that stage and those after it only:
 #   base-<key>/      debootstrapped arm64 tree with the kernel and initramfs (minutes)
 #   slot-<key>.ext4  a root filesystem image: base + agent .deb + board files + variant
-#   disk-<key>.img   the factory disk: MBR, boot (FAT), A, B, data; plus flash1-<key>.img
+#   disk-<key>.img   the factory disk: MBR, boot (FAT: boot.scr), A, B (empty), data
 #   art-<key>.mender an artifact of a slot image
-# Boards live in /tmp/fleet-agent-board/NAME (disk, flash, console and event logs).
+# Boards live in /tmp/fleet-agent-board/NAME (disk, console and event logs).
 # Host packages it installs when missing: qemu-system-arm, u-boot-qemu, u-boot-tools,
 # qemu-user-static, binfmt-support, debootstrap, dosfstools, mtools, e2fsprogs, fdisk,
 # mender-artifact. Needs root (debootstrap, chroot).
@@ -47,12 +47,13 @@ UBOOT=/usr/lib/u-boot/qemu_arm64/u-boot.bin
 DEVICE_TYPE=qemu-arm64-board
 # Partition layout (MiB): Mender's usual order on one disk.
 BOOT_MIB=64 ROOTFS_MIB=900 DATA_MIB=1400
-# The U-Boot environment: Debian's qemu_arm64 build keeps it in NOR flash at 0x4000000
-# (CONFIG_ENV_ADDR: the start of the second flash bank of -M virt), 0x40000 bytes, one
-# sector (CONFIG_ENV_SIZE, CONFIG_ENV_SECT_SIZE; /usr/share/doc/u-boot-qemu/configs).
-ENV_SIZE=0x40000
-FLASH_BYTES=$((64 * 1024 * 1024))
-
+# The boot environment: Debian's qemu_arm64 U-Boot keeps its own environment in NOR
+# flash (CONFIG_ENV_IS_IN_FLASH), which Debian's arm64 kernel cannot reach (no
+# CONFIG_MTD_CFI, no CONFIG_MTD_PHYSMAP). So the Mender variables live in uboot.env on
+# the FAT boot partition, as with Mender on a Raspberry Pi (CONFIG_ENV_IS_IN_FAT there;
+# fw_env.config "/uboot/uboot.env 0x0000 0x4000"): boot.scr imports and saves it with
+# `env import -c` / `env export -c` + `save` (FAT write), Linux with libubootenv.
+ENV_SIZE=0x4000
 sha() { sha256sum | cut -c1-16; }
 
 # --- host tools ---------------------------------------------------------------------
@@ -61,7 +62,6 @@ host_tools() {
   command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
   [ -f "$UBOOT" ] || need+=(u-boot-qemu)
   command -v mkimage >/dev/null || need+=(u-boot-tools)
-  command -v mkenvimage >/dev/null || need+=(u-boot-tools)
   command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
   command -v update-binfmts >/dev/null || need+=(binfmt-support)
   command -v debootstrap >/dev/null || need+=(debootstrap)
@@ -173,10 +173,9 @@ board_files() { # TREE NAME VARIANT
   rm -rf "$t/var/lib/mender"
   ln -sfn /data/mender "$t/var/lib/mender"
   ln -sfn /data/fleet-agent/agent.toml "$t/etc/fleet-agent/agent.toml"
-  # The U-Boot environment as Linux sees it: QEMU's device tree describes both flash
-  # banks as one cfi-flash node, which Linux's physmap driver joins into /dev/mtd0
-  # (2 x 64 MiB); the environment is at the start of the second bank.
-  printf '# device offset size sector-size (scripts/board.sh)\n/dev/mtd0 0x4000000 %s %s\n' "$ENV_SIZE" "$ENV_SIZE" >"$t/etc/fw_env.config"
+  # The boot environment as Linux sees it: uboot.env on the boot partition.
+  printf '/dev/vda1 /uboot vfat defaults,noatime 0 0\n' >>"$t/etc/fstab"
+  printf '# file offset size (scripts/board.sh)\n/uboot/uboot.env 0x0000 %s\n' "$ENV_SIZE" >"$t/etc/fw_env.config"
   printf '{\n  "RootfsPartA": "/dev/vda2",\n  "RootfsPartB": "/dev/vda3"\n}\n' >"$t/etc/mender/mender.conf"
   echo "artifact_name=$name" >"$t/etc/mender/artifact_info"
   echo "$name" >"$t/etc/fleet-os-release"
@@ -258,35 +257,38 @@ build_slot() {
   log "slot image $name ($variant) built in $(($(date +%s) - s)) s: $out"
 }
 
-# --- stage 3: the factory disk and flash ------------------------------------------------
-# U-Boot's environment at first power-on (written into flash with mkenvimage). The
-# variables and their defaults are Mender's (meta-mender's env_mender.h: bootlimit=1,
-# bootcount=0, upgrade_available=0, altbootcmd="run mender_altbootcmd; run bootcmd").
-# Debian's qemu_arm64 U-Boot is built without CONFIG_BOOTCOUNT_LIMIT, so the counting
-# that U-Boot would do before bootcmd is done at the top of boot.scr, with the same
-# variables and the same rule (count only while upgrade_available=1, altbootcmd when
-# bootcount > bootlimit).
-env_text() {
-  cat <<'E'
-bootdelay=0
-bootcmd=virtio scan; if load virtio 0:1 ${scriptaddr} boot.scr; then source ${scriptaddr}; fi; echo board: no boot.scr; reset
-altbootcmd=run mender_altbootcmd; run bootcmd
-bootlimit=1
-bootcount=0
-upgrade_available=0
-mender_boot_part=2
-mender_boot_part_hex=2
-mender_altbootcmd=if test ${mender_boot_part} = 2; then setenv mender_boot_part 3; setenv mender_boot_part_hex 3; else setenv mender_boot_part 2; setenv mender_boot_part_hex 2; fi; setenv upgrade_available 0; echo board: altbootcmd: falling back to partition ${mender_boot_part}; saveenv
-E
-}
-
+# --- stage 3: the factory disk ------------------------------------------------------------
+# U-Boot runs its default bootcmd (distro_bootcmd), which finds boot.scr on the bootable
+# FAT partition. boot.scr does what Mender's U-Boot integration does (meta-mender's
+# env_mender.h defaults: bootlimit=1, bootcount=0, upgrade_available=0,
+# altbootcmd="run mender_altbootcmd; run bootcmd"; the boot count of
+# CONFIG_BOOTCOUNT_LIMIT with CONFIG_BOOTCOUNT_ENV: counted and saved only while
+# upgrade_available=1, altbootcmd instead of the normal boot once bootcount > bootlimit).
+# Debian's qemu_arm64 U-Boot is built without CONFIG_BOOTCOUNT_LIMIT, so the count is
+# done at the top of boot.scr, with the same variables and rule. The environment
+# (uboot.env) holds the variables below; the script variables are re-set by every boot.
 boot_cmd() {
   cat <<'B'
 # The board's boot script (scripts/board.sh): Mender's boot counting, then the slot.
+setenv board_saveenv 'env export -c -s 0x4000 0x50000000 bootcount bootlimit upgrade_available mender_boot_part mender_boot_part_hex altbootcmd mender_altbootcmd; save virtio 0:1 0x50000000 uboot.env 0x4000'
+if load virtio 0:1 0x50000000 uboot.env && env import -c 0x50000000 0x4000; then
+  echo "board: environment from uboot.env"
+else
+  echo "board: no valid uboot.env: Mender's defaults (partition 2)"
+  setenv bootlimit 1
+  setenv bootcount 0
+  setenv upgrade_available 0
+  setenv mender_boot_part 2
+  setenv mender_boot_part_hex 2
+  setenv board_init 1
+fi
+setenv altbootcmd 'run mender_altbootcmd; run bootcmd'
+setenv mender_altbootcmd 'if test ${mender_boot_part} = 2; then setenv mender_boot_part 3; setenv mender_boot_part_hex 3; else setenv mender_boot_part 2; setenv mender_boot_part_hex 2; fi; setenv upgrade_available 0; echo "board: altbootcmd: falling back to partition ${mender_boot_part}"; run board_saveenv'
+if test "${board_init}" = 1; then setenv board_init; run board_saveenv; fi
 echo "board: mender_boot_part=${mender_boot_part} upgrade_available=${upgrade_available} bootcount=${bootcount} bootlimit=${bootlimit}"
 if test "${upgrade_available}" = 1; then
   setexpr bootcount ${bootcount} + 1
-  saveenv
+  run board_saveenv
   if test ${bootcount} -gt ${bootlimit}; then
     echo "board: bootcount ${bootcount} > bootlimit ${bootlimit}: running altbootcmd"
     run altbootcmd
@@ -299,20 +301,20 @@ if load virtio 0:${mender_boot_part_hex} ${kernel_addr_r} /boot/Image; then
     booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${fdtcontroladdr}
   fi
 fi
-# Mender's mender_try_to_recover: a slot whose kernel cannot be loaded during an
-# update resets, and the count above falls back.
+# Mender's mender_try_to_recover: a slot that cannot be loaded during an update resets,
+# and the count above falls back.
 echo "board: cannot boot /dev/vda${mender_boot_part}"
 if test "${upgrade_available}" = 1; then reset; fi
 B
 }
 
-# build_disk DEB: sets DISK and FLASH (factory image: A = fleet-os-1, B empty).
+# build_disk DEB: sets DISK (factory image: A = fleet-os-1, B empty).
 build_disk() {
   local deb=$1 key tmp s
   build_slot "$deb" fleet-os-1 healthy
-  key=$( { echo "disk v1 slot=$SLOT boot=$BOOT_MIB rootfs=$ROOTFS_MIB data=$DATA_MIB env=$ENV_SIZE"; env_text; boot_cmd; } | sha)
-  DISK=$cache/disk-$key.img FLASH=$cache/flash1-$key.img
-  [ -f "$DISK" ] && [ -f "$FLASH" ] && return 0
+  key=$( { echo "disk v2 slot=$SLOT boot=$BOOT_MIB rootfs=$ROOTFS_MIB data=$DATA_MIB"; boot_cmd; } | sha)
+  DISK=$cache/disk-$key.img
+  [ -f "$DISK" ] && return 0
   s=$(date +%s)
   tmp=$(mktemp -d "$cache/.disk.XXXXXX")
   local total=$((1 + BOOT_MIB + 2 * ROOTFS_MIB + DATA_MIB))
@@ -330,12 +332,6 @@ P
   mcopy -i "$tmp/boot.vfat" "$tmp/boot.scr" "$tmp/boot.cmd" ::/
   dd if="$tmp/boot.vfat" of="$tmp/disk.img" bs=1M seek=1 conv=notrunc,sparse status=none
   dd if="$SLOT" of="$tmp/disk.img" bs=1M seek=$((1 + BOOT_MIB)) conv=notrunc,sparse status=none
-  # Flash bank 2: erased NOR (0xff) with the environment at its start.
-  env_text >"$tmp/env.txt"
-  mkenvimage -s "$ENV_SIZE" -o "$tmp/env.bin" "$tmp/env.txt"
-  head -c "$FLASH_BYTES" /dev/zero | tr '\0' '\377' >"$tmp/flash1.img"
-  dd if="$tmp/env.bin" of="$tmp/flash1.img" conv=notrunc status=none
-  mv "$tmp/flash1.img" "$FLASH"
   mv "$tmp/disk.img" "$DISK"
   rm -rf "$tmp"
   log "factory disk built in $(($(date +%s) - s)) s: $DISK"
@@ -394,7 +390,6 @@ power_on() {
   echo "=== power on $(date -u +%FT%TZ)" >>"$dir/events.log"
   setsid nice -n "${FLEET_BOARD_NICE:-15}" qemu-system-aarch64 -M virt -cpu cortex-a57 -smp 2 -m 1024 \
     -bios "$UBOOT" \
-    -drive if=pflash,format=raw,index=1,file="$dir/flash1.img" \
     -drive if=none,format=raw,file="$dir/disk.img",id=disk,cache=writeback \
     -device virtio-blk-device,drive=disk \
     -netdev user,id=net -device virtio-net-device,netdev=net \
@@ -481,8 +476,7 @@ case "$cmd" in
     mkdir -p "$cache"
     build_disk "$deb"
     echo "BASE=$BASE"
-    echo "DISK=$DISK"
-    echo "FLASH=$FLASH" ;;
+    echo "DISK=$DISK" ;;
   artifact)
     out=${1:?artifact OUT.mender}
     shift
@@ -513,7 +507,6 @@ case "$cmd" in
         mkdir -p "$dir"
         t0=$(date +%s%3N)
         cp --sparse=always "$DISK" "$dir/disk.img"
-        cp "$FLASH" "$dir/flash1.img"
         provision_data "$dir" "$toml"
         : >"$dir/console.log"
         : >"$dir/events.log"
