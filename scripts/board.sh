@@ -14,7 +14,6 @@
 #   scripts/board.sh wait NAME PATTERN [--timeout S]  wait for a line of the event log
 #   scripts/board.sh powercut NAME                    SIGKILL qemu (no flush, no shutdown)
 #   scripts/board.sh poweron NAME                     start qemu again on the same disk
-#   scripts/board.sh poweroff NAME                    ask the guest to power off, wait
 #   scripts/board.sh inspect NAME CMD...              run CMD on the host with the
 #                                                     board's partitions mounted read-only
 #                                                     under $MNT (the board must be off)
@@ -167,6 +166,8 @@ board_files() { # TREE NAME VARIANT
     "$t/etc/systemd/network" "$t/etc/systemd/journald.conf.d" "$t/var/log/journal" \
     "$t/etc/systemd/system/fleet-agent.timer.d" "$t/etc/systemd/system/fleet-agent.service.d"
   echo board >"$t/etc/hostname"
+  # No login on the console that carries the journal to the host.
+  ln -sfn /dev/null "$t/etc/systemd/system/serial-getty@hvc0.service"
   printf '127.0.0.1 localhost\n127.0.1.1 board\n' >"$t/etc/hosts"
   # The data partition: shared by both slots; Mender's datastore and the agent's state.
   printf '/dev/vda4 /data ext4 defaults,noatime 0 2\n' >"$t/etc/fstab"
@@ -211,6 +212,16 @@ R
   [ -n "$k" ] && [ -n "$i" ] || return 1
   if gzip -t "$k" 2>/dev/null; then zcat "$k" >"$t/boot/Image"; else cp "$k" "$t/boot/Image"; fi
   cp "$i" "$t/boot/initrd"
+  # Smaller slots (and artifacts): modules for hardware a virt board does not have,
+  # documentation, translations and apt's caches go (about 250 MB of 660).
+  local m kv
+  for m in "$t"/usr/lib/modules/*/; do
+    kv=$(basename "$m")
+    (cd "$m/kernel" && rm -rf sound drivers/{media,gpu,scsi,usb,iio,infiniband,target,staging,hwmon,bluetooth,isdn} \
+      drivers/net/{wireless,ethernet,wwan,can,dsa,usb} net/{wireless,mac80211,bluetooth})
+    chroot "$t" /sbin/depmod "$kv" || return 1
+  done
+  rm -rf "$t"/usr/share/{doc,man,locale}/* "$t"/var/cache/apt/*.bin
   : >"$t/etc/machine-id"
   case "$variant" in
     healthy) ;;
@@ -251,7 +262,7 @@ build_slot() {
   local mib
   mib=$(($(du -sm "$tmp/tree" | cut -f1) * 12 / 10 + 64))
   [ "$mib" -le "$ROOTFS_MIB" ] || die "the root filesystem needs $mib MiB, the slot has $ROOTFS_MIB"
-  mkfs.ext4 -q -F -L "rootfs" -d "$tmp/tree" "$tmp/slot.ext4" "${mib}M" || die "mkfs.ext4 failed"
+  mkfs.ext4 -q -F -L "rootfs" -d "$tmp/tree" "$tmp/slot.ext4" "${mib}M" >/dev/null || die "mkfs.ext4 failed"
   mv "$tmp/slot.ext4" "$out"
   rm -rf --one-file-system "$tmp"
   log "slot image $name ($variant) built in $(($(date +%s) - s)) s: $out"
@@ -269,12 +280,13 @@ build_slot() {
 # (uboot.env) holds the variables below; the script variables are re-set by every boot.
 boot_cmd() {
   cat <<'B'
-# The board's boot script (scripts/board.sh): Mender's boot counting, then the slot.
+# The boot script of the board (scripts/board.sh): boot counting as Mender does it, then the slot.
+# (No apostrophes in comments: the hush parser of U-Boot reads them as quotes.)
 setenv board_saveenv 'env export -c -s 0x4000 0x50000000 bootcount bootlimit upgrade_available mender_boot_part mender_boot_part_hex altbootcmd mender_altbootcmd; save virtio 0:1 0x50000000 uboot.env 0x4000'
 if load virtio 0:1 0x50000000 uboot.env && env import -c 0x50000000 0x4000; then
   echo "board: environment from uboot.env"
 else
-  echo "board: no valid uboot.env: Mender's defaults (partition 2)"
+  echo "board: no valid uboot.env: the Mender defaults (partition 2)"
   setenv bootlimit 1
   setenv bootcount 0
   setenv upgrade_available 0
@@ -301,8 +313,8 @@ if load virtio 0:${mender_boot_part_hex} ${kernel_addr_r} /boot/Image; then
     booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${fdtcontroladdr}
   fi
 fi
-# Mender's mender_try_to_recover: a slot that cannot be loaded during an update resets,
-# and the count above falls back.
+# As mender_try_to_recover in Mender: a slot that cannot be loaded during an update
+# resets, and the count above falls back.
 echo "board: cannot boot /dev/vda${mender_boot_part}"
 if test "${upgrade_available}" = 1; then reset; fi
 B
@@ -363,21 +375,9 @@ provision_data() { # DIR AGENT_TOML
   mkdir -p "$t/mender" "$t/fleet-agent"
   echo "device_type=$DEVICE_TYPE" >"$t/mender/device_type"
   install -m 600 "$toml" "$t/fleet-agent/agent.toml"
-  mkfs.ext4 -q -F -L data -d "$t" "$dir/data.ext4" "${DATA_MIB}M"
+  mkfs.ext4 -q -F -L data -d "$t" "$dir/data.ext4" "${DATA_MIB}M" >/dev/null
   dd if="$dir/data.ext4" of="$dir/disk.img" bs=1M seek=$((1 + BOOT_MIB + 2 * ROOTFS_MIB)) conv=notrunc,sparse status=none
   rm -rf "$t" "$dir/data.ext4"
-}
-
-# monitor CMD: one command to QEMU's human monitor.
-monitor() {
-  python3 - "$dir/monitor.sock" "$*" <<'PY'
-import socket, sys, time
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall((sys.argv[2] + "\n").encode())
-time.sleep(0.3)
-s.close()
-PY
 }
 
 qemu_alive() { [ -f "$dir/qemu.pid" ] && kill -0 "$(cat "$dir/qemu.pid")" 2>/dev/null; }
@@ -397,7 +397,7 @@ power_on() {
     -chardev null,id=con,logfile="$dir/console.log",logappend=on -serial chardev:con \
     -device virtio-serial-device \
     -chardev null,id=ev,logfile="$dir/events.log",logappend=on -device virtconsole,chardev=ev \
-    -display none -monitor unix:"$dir/monitor.sock",server=on,wait=off -pidfile "$dir/qemu.pid" \
+    -display none -monitor none -pidfile "$dir/qemu.pid" \
     </dev/null >>"$dir/qemu.log" 2>&1 &
   for _ in $(seq 100); do
     [ -s "$dir/qemu.pid" ] && return 0
@@ -490,7 +490,7 @@ case "$cmd" in
     mv -f "$out.tmp.$$" "$out"
     echo "ARTIFACT=$out"
     echo "SHA256=$(sha256sum "$out" | cut -d' ' -f1)" ;;
-  start | wait | powercut | poweron | poweroff | inspect | stop | console | events)
+  start | wait | powercut | poweron | inspect | stop | console | events)
     name=${1:?board NAME}
     shift
     check_name "$name"
@@ -533,14 +533,6 @@ case "$cmd" in
         WAIT_OFF_OK=1 wait_off 10 || die "qemu survived SIGKILL"
         rm -f "$dir/qemu.pid" ;;
       poweron) power_on ;;
-      poweroff)
-        parse_opts "$@"
-        qemu_alive || exit 0
-        # The power button: QEMU's virt board reports it through its GPIO key, and
-        # systemd-logind powers the guest off (a clean shutdown, the journal flushed).
-        monitor system_powerdown
-        WAIT_OFF_OK=1 wait_off "$timeout" || die "$name did not power off"
-        rm -f "$dir/qemu.pid" ;;
       inspect) inspect "$@" ;;
       console) cat "$dir/console.log" ;;
       events) cat "$dir/events.log" ;;
