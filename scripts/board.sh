@@ -189,8 +189,9 @@ board_files() { # TREE NAME VARIANT
   # second console (virtio, /dev/hvc0 -> the board's events.log).
   printf '[Journal]\nStorage=persistent\nForwardToConsole=yes\nTTYPath=/dev/hvc0\nMaxLevelConsole=info\n' >"$t/etc/systemd/journald.conf.d/board.conf"
   # The package's timer, faster on the board: 15 s after boot, then 15 s after each run
-  # ends, no random delay (the package's own settings are for a fleet).
-  printf '[Timer]\nOnBootSec=\nOnBootSec=15s\nOnUnitActiveSec=\nOnUnitInactiveSec=15s\nRandomizedDelaySec=0\nFixedRandomDelay=false\n' \
+  # ends, no random delay (the package's own settings are for a fleet). One empty
+  # assignment resets every monotonic setting of the unit (systemd.timer(5)).
+  printf '[Timer]\nOnBootSec=\nOnBootSec=15s\nOnUnitInactiveSec=15s\nRandomizedDelaySec=0\nFixedRandomDelay=false\n' \
     >"$t/etc/systemd/system/fleet-agent.timer.d/board.conf"
   # After every run, one line for the host: where the board runs and what the agent says.
   cat >"$t/usr/local/sbin/board-report" <<'R'
