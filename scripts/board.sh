@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# The emulated arm64 board: qemu-system-aarch64 -M virt running Debian's U-Boot
-# (u-boot-qemu, qemu_arm64) as its firmware, with the boot environment in uboot.env on
-# the FAT boot partition (as Mender keeps it on a Raspberry Pi), booting Debian bookworm arm64 with Debian's kernel from a disk with
-# a boot partition, root filesystems A and B and a data partition. U-Boot picks the
-# slot and counts boots (bootcount, bootlimit, upgrade_available, altbootcmd); Linux
-# reads and writes the same environment with fw_printenv/fw_setenv; Debian's
-# mender-client 3.4 installs mender-artifact artifacts; the arm64 fleet-agent .deb runs
-# from its own timer. docs/os-updates-board.md describes the board and its scenarios.
+# The emulated arm64 board: qemu-system-aarch64 -M virt with Debian's U-Boot
+# (u-boot-qemu, qemu_arm64) as its firmware, booting Debian bookworm arm64 with Debian's
+# kernel from a disk with a boot partition (FAT: boot.scr and uboot.env, the boot
+# environment, as Mender keeps it on a Raspberry Pi), root filesystems A and B and a
+# data partition. U-Boot picks the slot and counts boots (bootcount, bootlimit,
+# upgrade_available, altbootcmd); Linux reads and writes the same environment with
+# fw_printenv/fw_setenv; Debian's mender-client 3.4 installs mender-artifact artifacts;
+# the arm64 fleet-agent .deb runs from its own timer. docs/os-updates-board.md
+# describes the board and its scenarios (scripts/board-check.sh).
 #
 #   scripts/board.sh image  --deb DEB                 build (or find) the cached images
 #   scripts/board.sh artifact OUT.mender --deb DEB --name N [--variant V]
-#   scripts/board.sh start NAME --deb DEB --agent-toml FILE [--timeout S]
-#   scripts/board.sh wait NAME PATTERN [--timeout S]  wait for a line of the event log
+#   scripts/board.sh start NAME --deb DEB --agent-toml FILE   flash a board, power on
+#   scripts/board.sh wait NAME REGEX [--console] [--after LINE] [--timeout S]
+#                                                     wait for a line of events.log (the
+#                                                     journal) or console.log, print it
 #   scripts/board.sh powercut NAME                    SIGKILL qemu (no flush, no shutdown)
 #   scripts/board.sh poweron NAME                     start qemu again on the same disk
-#   scripts/board.sh inspect NAME CMD...              run CMD on the host with the
-#                                                     board's partitions mounted read-only
-#                                                     under $MNT (the board must be off)
 #   scripts/board.sh stop NAME                        kill qemu, remove the board
 #
 # Variants (the image's own difference): healthy; unhealthy (has
@@ -109,7 +109,7 @@ build_base() {
   key=$(base_recipe | sha)
   out=$cache/base-$key
   BASE=$out
-  [ -f "$out/.complete" ] && return 0
+  [ -f "$out/.complete" ] && { touch "$out"; return 0; }
   mkdir -p "$cache/debootstrap-debs"
   exec 7>"$cache/.lock-base"
   flock 7
@@ -248,7 +248,7 @@ build_slot() {
   key=$( { echo "slot v1 base=$BASE deb=$(deb_key "$deb") name=$name variant=$variant"; declare -f board_files; } | sha)
   out=$cache/slot-$key.ext4
   SLOT=$out
-  [ -f "$out" ] && return 0
+  [ -f "$out" ] && { touch "$out"; return 0; }
   local s
   s=$(date +%s)
   tmp=$(mktemp -d "$cache/.slot.XXXXXX")
@@ -331,7 +331,7 @@ build_disk() {
   build_slot "$deb" fleet-os-1 healthy
   key=$( { echo "disk v2 slot=$SLOT boot=$BOOT_MIB rootfs=$ROOTFS_MIB data=$DATA_MIB"; boot_cmd; } | sha)
   DISK=$cache/disk-$key.img
-  [ -f "$DISK" ] && return 0
+  [ -f "$DISK" ] && { touch "$DISK"; return 0; }
   s=$(date +%s)
   tmp=$(mktemp -d "$cache/.disk.XXXXXX")
   local total=$((1 + BOOT_MIB + 2 * ROOTFS_MIB + DATA_MIB))
@@ -361,12 +361,19 @@ build_artifact() {
   build_slot "$deb" "$name" "$variant"
   key=$(echo "artifact v2 slot=$SLOT name=$name type=$DEVICE_TYPE compression=$ARTIFACT_COMPRESSION" | sha)
   ARTIFACT=$cache/art-$key.mender
-  [ -f "$ARTIFACT" ] && return 0
+  [ -f "$ARTIFACT" ] && { touch "$ARTIFACT"; return 0; }
   tmp=$(mktemp "$cache/.art.XXXXXX")
   mender-artifact write rootfs-image --compression "$ARTIFACT_COMPRESSION" -t "$DEVICE_TYPE" -n "$name" \
     -f "$SLOT" -o "$tmp" >"$tmp.log" 2>&1 || { cat "$tmp.log" >&2; rm -f "$tmp" "$tmp.log"; die "mender-artifact failed"; }
   rm -f "$tmp.log"
   mv "$tmp" "$ARTIFACT"
+}
+
+# Stage outputs unused for 3 days go (every use touches its output): each agent build
+# makes new slots, disks and artifacts of about 0.5 GB.
+prune_cache() {
+  find "$cache" -maxdepth 1 \( -name 'slot-*.ext4' -o -name 'disk-*.img' -o -name 'art-*.mender' \) -mtime +3 -delete
+  find "$cache" -maxdepth 1 -name 'base-*' -type d -mtime +3 -exec rm -rf --one-file-system {} +
 }
 
 # --- a board ----------------------------------------------------------------------------------
@@ -434,26 +441,6 @@ wait_off() { # TIMEOUT
   done
 }
 
-# inspect CMD...: the board's partitions mounted read-only under $MNT/p1..p4 (the board
-# must be off), CMD run on the host with MNT set.
-inspect() {
-  qemu_alive && die "$name is on: power it off first"
-  local m=$dir/mnt p off size loops=() rc=0
-  mkdir -p "$m"
-  for p in 1 2 3 4; do
-    read -r off size < <(sfdisk -d "$dir/disk.img" | sed -n "s/.*p$p : start= *\([0-9]*\), size= *\([0-9]*\).*/\1 \2/p")
-    mkdir -p "$m/p$p"
-    local l
-    l=$(losetup -f --show -r -o $((off * 512)) --sizelimit $((size * 512)) "$dir/disk.img")
-    loops+=("$l")
-    mount -o ro,noload "$l" "$m/p$p" 2>/dev/null || mount -o ro "$l" "$m/p$p" 2>/dev/null || true
-  done
-  MNT=$m "$@" || rc=$?
-  for p in 1 2 3 4; do mountpoint -q "$m/p$p" && umount "$m/p$p"; done
-  for l in "${loops[@]}"; do losetup -d "$l"; done
-  return $rc
-}
-
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 64; }
 
 [ $# -ge 1 ] || usage
@@ -480,6 +467,7 @@ case "$cmd" in
     host_tools
     mkdir -p "$cache"
     build_disk "$deb"
+    prune_cache
     echo "BASE=$BASE"
     echo "DISK=$DISK" ;;
   artifact)
@@ -495,7 +483,7 @@ case "$cmd" in
     mv -f "$out.tmp.$$" "$out"
     echo "ARTIFACT=$out"
     echo "SHA256=$(sha256sum "$out" | cut -d' ' -f1)" ;;
-  start | wait | powercut | poweron | inspect | stop | console | events)
+  start | wait | powercut | poweron | stop | console | events)
     name=${1:?board NAME}
     shift
     check_name "$name"
@@ -538,7 +526,6 @@ case "$cmd" in
         WAIT_OFF_OK=1 wait_off 10 || die "qemu survived SIGKILL"
         rm -f "$dir/qemu.pid" ;;
       poweron) power_on ;;
-      inspect) inspect "$@" ;;
       console) cat "$dir/console.log" ;;
       events) cat "$dir/events.log" ;;
       stop)
