@@ -248,8 +248,8 @@ scenario_rollback() {
   expect_event "install" "OS update: installing fleet-os-3" 600 || return
   expect_console "U-Boot boots B" "board: booting root filesystem /dev/vda3" 900 || return
   set_mark
-  expect_event "unhealthy on B" "not healthy yet" 600 || return
-  expect_event "rolled back by the agent" "OS update: rolling back fleet-os-3" 300 || return
+  expect_event "health checked on B" "OS update: running the new root filesystem \(fleet-os-3\); checking health" 600 || return
+  expect_event "rolled back by the agent" "OS update: rolling back fleet-os-3: health checks failed" 300 || return
   expect_console "U-Boot boots A again" "board: booting root filesystem /dev/vda2" 300 || return
   expect_event "on A: fleet-os-3 failed" "$(report 2 fleet-os-1 'upgrade_available=0 .*"failed": \[ "fleet-os-3" \]')" 600 || return
   set_mark
