@@ -127,6 +127,8 @@ ROLE='resources:
         Description=A service the fleet declares (board scenarios)
         [Service]
         ExecStart=/bin/sleep infinity
+        [Install]
+        WantedBy=multi-user.target
   - file:
       path: /etc/board-demo.conf
       content: "converged on this root filesystem\n"
