@@ -400,7 +400,10 @@ power_on() {
   qemu_alive && die "$name is already on"
   echo "=== power on $(date -u +%FT%TZ)" >>"$dir/console.log"
   echo "=== power on $(date -u +%FT%TZ)" >>"$dir/events.log"
-  setsid nice -n "${FLEET_BOARD_NICE:-15}" qemu-system-aarch64 -M virt -cpu cortex-a57 -smp 2 -m 1024 \
+  # FLEET_BOARD_NICE is the level qemu runs at, whatever the caller's own.
+  local inc=$((${FLEET_BOARD_NICE:-15} - $(nice)))
+  [ "$inc" -ge 0 ] || inc=0
+  setsid nice -n "$inc" qemu-system-aarch64 -M virt -cpu cortex-a57 -smp 2 -m 1024 \
     -bios "$UBOOT" \
     -drive if=none,format=raw,file="$dir/disk.img",id=disk,cache=writeback \
     -device virtio-blk-device,drive=disk \
