@@ -374,6 +374,9 @@ build_artifact() {
 prune_cache() {
   find "$cache" -maxdepth 1 \( -name 'slot-*.ext4' -o -name 'disk-*.img' -o -name 'art-*.mender' \) -mtime +3 -delete
   find "$cache" -maxdepth 1 -name 'base-*' -type d -mtime +3 -exec rm -rf --one-file-system {} +
+  # Leftovers of interrupted builds (never used: only complete outputs are renamed).
+  find "$cache" -maxdepth 1 -name '.*.*' \( -name '.base.*' -o -name '.slot.*' -o -name '.disk.*' -o -name '.art.*' \) \
+    -mmin +720 -exec rm -rf --one-file-system {} +
 }
 
 # --- a board ----------------------------------------------------------------------------------
