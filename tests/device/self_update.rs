@@ -371,7 +371,10 @@ fn the_timer_upgrades_the_declared_agent_and_a_failed_self_update_leaves_it_work
     assert_eq!(s["outcome"], "failed");
     assert_eq!(s["applied_commit"], second.as_str());
     let status = dev.agent(&["status"]);
-    assert_eq!(status.code, 0, "{status:?}");
+    assert_eq!(
+        status.code, 1,
+        "status exits 1 after a failed run: {status:?}"
+    );
     assert!(
         status.stdout.contains("outcome:        failed"),
         "{status:?}"
