@@ -13,7 +13,7 @@ use crate::fleet::layers::RoleRef;
 use crate::fleet::roles::{as_choice, RoleDef};
 use crate::fleet::template::Templates;
 use crate::fleet::{yaml, Fleet};
-use crate::resources::{Expand, Resource};
+use crate::resources::{Expand, Reserved, Resource};
 
 pub(super) struct Expander<'f, 'a> {
     fleet: &'f Fleet<'a>,
@@ -319,5 +319,9 @@ impl Expand for RoleContext<'_, '_> {
 
     fn problems(&self) -> usize {
         self.problems.len()
+    }
+
+    fn reserved(&self) -> &Reserved {
+        &self.fleet.reserved
     }
 }

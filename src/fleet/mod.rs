@@ -12,7 +12,7 @@ use marked_yaml::Node;
 use minijinja::Value;
 
 use crate::error::{extend_unique, Error, Invalid, Pos, Result};
-use crate::resources::DesiredState;
+use crate::resources::{DesiredState, Reserved};
 use crate::VERSION;
 
 mod expand;
@@ -103,6 +103,8 @@ pub(crate) struct Fleet<'a> {
     group_layers: HashMap<String, Layer>,
     host_ids: Vec<String>,
     roles: std::cell::RefCell<HashMap<String, Loaded>>,
+    /// The agent's own files, which no resource may touch (from the device's agent.toml).
+    reserved: Reserved,
 }
 
 /// What fleet.yml declares besides the inventory.
@@ -121,6 +123,7 @@ impl<'a> Fleet<'a> {
         repo: &'a Source<'a>,
         builtin: Option<&'a Source<'a>>,
         file: &FleetFile,
+        reserved: Reserved,
     ) -> Result<Fleet<'a>> {
         if let Some(req) = file.requirement().filter(|r| !r.is_met()) {
             return Err(req.too_old());
@@ -164,6 +167,7 @@ impl<'a> Fleet<'a> {
             group_layers,
             host_ids,
             roles: Default::default(),
+            reserved,
         })
     }
 

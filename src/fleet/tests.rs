@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::error::Error;
 use crate::fleet::source::Source;
 use crate::fleet::{Device, Fleet, FleetFile};
-use crate::resources::DesiredState;
+use crate::resources::{DesiredState, Reserved};
 
 /// A small valid fleet: role `web` for every device of group `shop` (pi-*).
 pub(crate) const BASE: &[(&str, &str)] = &[
@@ -34,6 +34,27 @@ pub(crate) fn source(files: &[(&str, &str)]) -> Source<'static> {
     Source::Files(map)
 }
 
+/// The agent's own files, as the default agent.toml puts them (src/run.rs `reserved`;
+/// tests/integration/reserved.rs checks that one end to end).
+pub(crate) fn reserved() -> Reserved {
+    Reserved::new(
+        [
+            ("/var/lib/fleet-agent", "the agent's state directory"),
+            ("/etc/fleet-agent/agent.toml", "the agent's configuration"),
+            ("/etc/fleet-agent/rootfs-id", "the root filesystem's marker"),
+            (
+                "/etc/fleet-agent/os-update-slot",
+                "the OS update's slot marker",
+            ),
+            ("/usr/share/fleet-agent/roles", "the built-in roles"),
+            ("/proc", "the kernel's process filesystem"),
+            ("/sys", "the kernel's sysfs"),
+            ("/dev", "the device filesystem"),
+        ]
+        .map(|(p, what)| (p.into(), what.to_string())),
+    )
+}
+
 /// The desired state of device pi-1, or every problem as `file:line:column: message`.
 pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String>> {
     let src = source(files);
@@ -42,7 +63,7 @@ pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String
         other => vec![format!("not a validation error: {other}")],
     };
     let file = FleetFile::read(&src).map_err(as_strings)?;
-    let fleet = Fleet::load(&src, None, &file).map_err(as_strings)?;
+    let fleet = Fleet::load(&src, None, &file, reserved()).map_err(as_strings)?;
     let device = Device {
         id: "pi-1".into(),
         device_type: None,
@@ -185,7 +206,7 @@ invalid!(
     [
         ("roles/web/role.yml", "resources:\n  - file:\n      path: etc/x\n      content: x\n")
     ],
-    "roles/web/role.yml:3:13: `etc/x` is not a device path: expected an absolute path without `.`, `..` or a trailing /"
+    "roles/web/role.yml:3:13: `etc/x` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /"
 );
 
 invalid!(
@@ -463,4 +484,109 @@ invalid!(
     an_empty_vars_followed_by_dedented_keys,
     [("group_vars/shop.yml", "vars:\ngreeting: hi\n")],
     "group_vars/shop.yml:2:1: `greeting` is not a key of this file: the `vars:` above it is empty; indent `greeting` under `vars:` to make it a variable"
+);
+
+// A device path is exactly what it looks like (docs/security.md).
+
+invalid!(
+    path_dot_and_empty_components,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/x, content: a}\n  - file: {path: /etc/./x, content: b}\n  - absent: {path: \"/etc//x\"}\n"
+    )],
+    "roles/web/role.yml:3:18: `/etc/./x` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /",
+    "roles/web/role.yml:4:20: `/etc//x` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /"
+);
+
+invalid!(
+    path_control_and_bidi_characters,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: \"/etc/x\\nCreate file /etc/ok\", content: a}\n  - directory: {path: \"/etc/\\u202Efdp.sh\"}\n  - file: {path: \"/etc/a\\0b\", content: c}\n"
+    )],
+    "roles/web/role.yml:2:18: `/etc/x\\u{a}Create file /etc/ok` is not a device path: it contains the control character U+000A",
+    "roles/web/role.yml:3:23: `/etc/\\u{202e}fdp.sh` is not a device path: it contains the Unicode bidirectional control U+202E",
+    "roles/web/role.yml:4:18: `/etc/a\\u{0}b` is not a device path: it contains the control character U+0000"
+);
+
+invalid!(
+    path_over_the_system_limits,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file:\n      path: \"/etc/{{ 'n' * 256 }}\"\n      content: a\n  - directory:\n      path: \"{{ '/abc' * 1100 }}\"\n"
+    )],
+    "roles/web/role.yml:3:13: `/etc/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn…` is not a device path: its component `nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn…` is 256 bytes long, more than 255",
+    "roles/web/role.yml:6:13: `/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc…` is not a device path: it is 4400 bytes long, more than 4095"
+);
+
+invalid!(
+    symlink_target_control_characters,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - symlink: {path: /etc/l, target: \"/x\\r\\e[2K\"}\n"
+    )],
+    "roles/web/role.yml:2:37: `/x\\u{d}\\u{1b}[2K` is not a link target: it contains the control character U+000D"
+);
+
+// The agent's own files are off limits.
+
+invalid!(
+    reserved_paths,
+    [(
+        "roles/web/role.yml",
+        concat!(
+            "resources:\n",
+            "  - absent: {path: /var/lib/fleet-agent}\n",
+            "  - file: {path: /var/lib/fleet-agent/state.json, content: \"{}\"}\n",
+            "  - absent: {path: /etc/fleet-agent/rootfs-id}\n",
+            "  - file: {path: /etc/fleet-agent/agent.toml, content: x}\n",
+            "  - absent: {path: /etc/fleet-agent/os-update-slot}\n",
+            "  - directory: {path: /usr/share/fleet-agent/roles/evil}\n",
+            "  - file: {path: /proc/sys/kernel/core_pattern, content: x}\n",
+            "  - file: {path: /sys/class/leds/x, content: x}\n",
+            "  - symlink: {path: /dev/watchdog0, target: /dev/null}\n",
+            "  - absent: {path: /var/lib}\n",
+            "  - symlink: {path: /etc/fleet-agent, target: /tmp}\n",
+        )
+    )],
+    "roles/web/role.yml:2:20: /var/lib/fleet-agent is the agent's state directory: the agent's own files are off limits",
+    "roles/web/role.yml:3:18: /var/lib/fleet-agent/state.json is under /var/lib/fleet-agent (the agent's state directory): the agent's own files are off limits",
+    "roles/web/role.yml:4:20: /etc/fleet-agent/rootfs-id is the root filesystem's marker: the agent's own files are off limits",
+    "roles/web/role.yml:5:18: /etc/fleet-agent/agent.toml is the agent's configuration: the agent's own files are off limits",
+    "roles/web/role.yml:6:20: /etc/fleet-agent/os-update-slot is the OS update's slot marker: the agent's own files are off limits",
+    "roles/web/role.yml:7:23: /usr/share/fleet-agent/roles/evil is under /usr/share/fleet-agent/roles (the built-in roles): the agent's own files are off limits",
+    "roles/web/role.yml:8:18: /proc/sys/kernel/core_pattern is under /proc (the kernel's process filesystem): the agent's own files are off limits",
+    "roles/web/role.yml:9:18: /sys/class/leds/x is under /sys (the kernel's sysfs): the agent's own files are off limits",
+    "roles/web/role.yml:10:21: /dev/watchdog0 is under /dev (the device filesystem): the agent's own files are off limits",
+    "roles/web/role.yml:11:20: /var/lib holds /var/lib/fleet-agent (the agent's state directory): the agent's own files are off limits",
+    "roles/web/role.yml:12:21: /etc/fleet-agent holds /etc/fleet-agent/agent.toml (the agent's configuration): the agent's own files are off limits"
+);
+
+// Nothing reaches a command as an option.
+
+invalid!(
+    option_injection,
+    [(
+        "roles/web/role.yml",
+        concat!(
+            "resources:\n",
+            "  - service: {name: \"--root=/.\", enabled: true}\n",
+            "  - service: {name: \"-x.service\", enabled: true}\n",
+            "  - package: {name: curl, version: \"--allow-downgrades\"}\n",
+            "  - user: {name: app, shell: \"--badname\", home: \"/var/lib/a:b\", comment: \"x:0:0\", groups: [\"-oroot\"]}\n",
+            "  - apt_source:\n",
+            "      name: ex\n",
+            "      uris: [\"http://deb.example/ \\nTrusted: yes\"]\n",
+            "      suites: [bookworm]\n",
+            "      key: k.gpg\n",
+        )
+    ), ("roles/web/files/k.gpg", "key")],
+    "roles/web/role.yml:2:21: `--root=/.` is not a unit name: expected a systemd unit name such as web or web.service: letters, digits, `:-_.\\`, one `@`, and a unit type",
+    "roles/web/role.yml:3:21: `-x.service` is not a unit name: expected a systemd unit name such as web or web.service: letters, digits, `:-_.\\`, one `@`, and a unit type",
+    "roles/web/role.yml:4:36: `--allow-downgrades` is not a package version: expected a Debian version such as 1.2-3 or 2:1.0~rc1 (or a glob of one, 1.2.*): it starts with a digit and has only letters, digits and .+~-:",
+    "roles/web/role.yml:5:49: `/var/lib/a:b` is not a home or shell: `:` separates the fields of /etc/passwd",
+    "roles/web/role.yml:5:30: `--badname` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /",
+    "roles/web/role.yml:5:92: `-oroot` is not a user or group name: lowercase letters, digits, - and _",
+    "roles/web/role.yml:5:74: `x:0:0` is not a comment: `:` separates the fields of /etc/passwd",
+    "roles/web/role.yml:8:14: `http://deb.example/ \\u{a}Trusted: yes` is not one word: an apt source's uris, suites, components and architectures have no spaces or control characters"
 );

@@ -117,7 +117,7 @@ pub(crate) fn version_matches(installed: &str, wanted: &str) -> bool {
 /// Versions apt knows for a package, from the local lists (`apt-cache madison`), most
 /// preferred first.
 fn candidate_versions(host: &Host, package: &str) -> Result<Vec<String>> {
-    let out = host.run_output(&["apt-cache", "madison", package], true)?;
+    let out = host.run_output(&["apt-cache", "madison", "--", package], true)?;
     Ok(out
         .lines()
         .filter_map(|l| {
@@ -183,6 +183,7 @@ pub(crate) fn simulate(
     if !recommends {
         argv.push("--no-install-recommends");
     }
+    argv.push("--");
     argv.extend(specs.iter().map(String::as_str));
     host.run_status(&argv, true)
 }
@@ -266,6 +267,7 @@ pub(crate) fn transaction(
     if !recommends {
         argv.push("--no-install-recommends");
     }
+    argv.push("--");
     argv.extend(specs.iter().map(String::as_str));
     host.run_output(&argv, true).map(|_| ())
 }

@@ -39,7 +39,7 @@ impl Directory {
 }
 
 pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Directory> {
-    let path = path::device_path(x, &s.path);
+    let path = path::managed_path(x, &s.path);
     let mode = path::mode(x, s.mode.as_ref(), 0o755);
     let owner = path::owner(x, s.owner.as_ref());
     let group = path::owner(x, s.group.as_ref());

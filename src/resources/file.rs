@@ -63,7 +63,7 @@ impl File {
 }
 
 pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Result<Option<File>> {
-    let path = path::device_path(x, &s.path);
+    let path = path::managed_path(x, &s.path);
     let mode = path::mode(x, s.mode.as_ref(), 0o644);
     let owner = path::owner(x, s.owner.as_ref());
     let group = path::owner(x, s.group.as_ref());

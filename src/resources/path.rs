@@ -2,7 +2,7 @@
 //! validated from role.yml, modes and owners; and in planning, what is at the path now,
 //! the parents to create, metadata differences and content diffs.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use marked_yaml::Spanned;
 
@@ -11,30 +11,45 @@ use crate::error::{Error, Result};
 use crate::host::accounts::Principal;
 use crate::plan::Op;
 use crate::resources::planner::Planner;
-use crate::resources::{Expand, Resource};
+use crate::resources::{checks, Expand, Resource};
 
-/// A managed path from role.yml: absolute, normalized, not the root itself.
+/// A device path from role.yml (rendered): exactly what it looks like (src/resources/checks.rs).
 pub(super) fn device_path(x: &mut dyn Expand, at: &Spanned<String>) -> Option<PathBuf> {
     let p = x.text(at)?;
     checked_path(x, at, &p)
 }
 
-/// A rendered path, checked: absolute, normalized, not the root itself.
+/// A rendered device path, checked.
 pub(super) fn checked_path(x: &mut dyn Expand, at: &Spanned<String>, p: &str) -> Option<PathBuf> {
-    let path = Path::new(p);
-    let normal = path.is_absolute()
-        && path
-            .components()
-            .skip(1)
-            .all(|c| matches!(c, Component::Normal(_)))
-        && path.components().count() > 1
-        && !p.ends_with('/');
-    if normal {
-        Some(path.to_path_buf())
-    } else {
-        x.problem(at.span(), format!("`{p}` is not a device path: expected an absolute path without `.`, `..` or a trailing /"));
-        None
+    match checks::path_problem(p) {
+        None => Some(PathBuf::from(p)),
+        Some(why) => {
+            x.problem(
+                at.span(),
+                format!("`{}` is not a device path: {why}", checks::shown(p)),
+            );
+            None
+        }
     }
+}
+
+/// The path of a path kind: a device path that is not one of the agent's own files.
+pub(super) fn managed_path(x: &mut dyn Expand, at: &Spanned<String>) -> Option<PathBuf> {
+    let p = device_path(x, at)?;
+    not_reserved(x, at, p)
+}
+
+/// The path, unless it is one of the agent's own files (a problem at `at`).
+pub(super) fn not_reserved(
+    x: &mut dyn Expand,
+    at: &Spanned<String>,
+    p: PathBuf,
+) -> Option<PathBuf> {
+    if let Some(why) = x.reserved().problem(&p) {
+        x.problem(at.span(), why);
+        return None;
+    }
+    Some(p)
 }
 
 /// A mode in quotes ("0644"), or the default.

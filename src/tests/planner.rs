@@ -157,7 +157,7 @@ fn stale_lists_are_refreshed_first_and_apt_resolves_after() {
     );
     assert_eq!(
         commands,
-        ["apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends hello"]
+        ["apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends -- hello"]
     );
 }
 
@@ -193,7 +193,7 @@ fn a_glob_pin_is_resolved_against_the_lists() {
     ]);
     let runner = Scripted::new()
         .on(
-            "apt-cache madison hello",
+            "apt-cache madison -- hello",
             0,
             "     hello |   2.10-3 | http://deb.debian.org/debian bookworm/main amd64 Packages\n     hello |   2.9-1 | http://old bookworm/main amd64 Packages\n",
         )
@@ -212,8 +212,8 @@ fn a_glob_pin_is_resolved_against_the_lists() {
     assert_eq!(
         commands,
         [
-            "apt-cache madison hello",
-            "apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends hello=2.10-3",
+            "apt-cache madison -- hello",
+            "apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends -- hello=2.10-3",
         ]
     );
 }
@@ -236,13 +236,16 @@ fn a_masked_unit_is_unmasked_before_it_is_enabled() {
     assert_eq!(
         argvs(&p),
         [
-            "systemctl --root=ROOT unmask web.service"
+            "systemctl --root=ROOT unmask -- web.service"
                 .replace("ROOT", &root.path().display().to_string()),
-            "systemctl --root=ROOT enable web.service"
+            "systemctl --root=ROOT enable -- web.service"
                 .replace("ROOT", &root.path().display().to_string()),
         ]
     );
-    assert_eq!(commands, ["systemctl --root=ROOT is-enabled web.service"]);
+    assert_eq!(
+        commands,
+        ["systemctl --root=ROOT is-enabled -- web.service"]
+    );
 }
 
 #[test]
@@ -295,7 +298,7 @@ fn accounts_differ_in_shell_comment_and_groups() {
     assert_eq!(
         argvs(&p),
         [format!(
-            "usermod --root={r} --shell /usr/sbin/nologin --comment App service --groups video app"
+            "usermod --root={r} --shell /usr/sbin/nologin --comment App service --groups video -- app"
         )]
     );
     assert!(commands.is_empty(), "{commands:?}");
@@ -393,14 +396,14 @@ fn where_systemd_runs_a_changed_file_restarts_its_service_once() {
         argvs(&p),
         [
             "systemctl daemon-reload",
-            "systemctl try-restart web.service"
+            "systemctl try-restart -- web.service"
         ]
     );
     assert_eq!(
         commands,
         [
-            "systemctl is-enabled web.service",
-            "systemctl is-active web.service"
+            "systemctl is-enabled -- web.service",
+            "systemctl is-active -- web.service"
         ]
     );
 }
