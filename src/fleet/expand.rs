@@ -13,7 +13,7 @@ use crate::fleet::layers::RoleRef;
 use crate::fleet::roles::{as_choice, RoleDef};
 use crate::fleet::template::Templates;
 use crate::fleet::{yaml, Fleet};
-use crate::resources::{Expand, Reserved, Resource};
+use crate::resources::{Expand, Kind, Reserved, Resource};
 
 pub(super) struct Expander<'f, 'a> {
     fleet: &'f Fleet<'a>,
@@ -26,6 +26,8 @@ pub(super) struct Expander<'f, 'a> {
     pub(super) resources: Vec<Resource>,
     pub(super) roles: Vec<String>,
     pub(super) problems: Vec<Invalid>,
+    /// The bytes of the device's file contents so far (max_total_file_bytes).
+    file_bytes: u64,
 }
 
 impl<'f, 'a> Expander<'f, 'a> {
@@ -36,13 +38,17 @@ impl<'f, 'a> Expander<'f, 'a> {
     ) -> Expander<'f, 'a> {
         Expander {
             fleet,
-            templates: Templates::new(),
+            templates: Templates::new(
+                fleet.settings.max_template_steps,
+                fleet.settings.max_file_bytes,
+            ),
             vars,
             instances: HashMap::new(),
             claimed: HashMap::new(),
             resources: Vec::new(),
             roles: Vec::new(),
             problems,
+            file_bytes: 0,
         }
     }
 
@@ -211,6 +217,10 @@ impl<'f, 'a> Expander<'f, 'a> {
                     continue;
                 }
                 self.claimed.insert(id, pos.clone());
+                let max = self.fleet.settings.max_total_file_bytes;
+                if let Some(p) = count_bytes(&mut self.file_bytes, max, &kind, pos) {
+                    self.problems.push(p);
+                }
                 self.resources.push(Resource {
                     role: def.name.clone(),
                     declared_at: pos.clone(),
@@ -249,6 +259,20 @@ impl<'f, 'a> Expander<'f, 'a> {
                 .map(Value::from_iter),
         }
     }
+}
+
+/// Adds a file's content to the device's total; the resource that crosses `max` (the
+/// fleet's `max_total_file_bytes`) is a problem.
+fn count_bytes(total: &mut u64, max: u64, kind: &Kind, pos: &Pos) -> Option<Invalid> {
+    let Kind::File(f) = kind else { return None };
+    let before = *total;
+    *total += f.content.len() as u64;
+    (before <= max && *total > max).then(|| {
+        Invalid::new(
+            pos.clone(),
+            format!("the device's files add up to more than {max} bytes with this one (max_total_file_bytes; fleet.yml settings)"),
+        )
+    })
 }
 
 /// One role's context for its resources: templates render with its variables and

@@ -78,9 +78,8 @@ impl FleetFile {
 
     pub(crate) fn read(source: &Source) -> Result<FleetFile> {
         Ok(FleetFile {
-            node: source
-                .read(Self::NAME)?
-                .map(|text| yaml::parse(Self::NAME, &text)),
+            // Before its settings are known, fleet.yml is held to the default bound.
+            node: source.yaml(Self::NAME, schema::MAX_YAML_BYTES)?,
             label: source.label(),
         })
     }
@@ -146,8 +145,9 @@ impl<'a> Fleet<'a> {
             }
             Some(Ok(node)) => read_top(repo, node, &mut problems)?,
         };
-        let groups = read_inventory(repo, &mut problems)?;
-        let group_layers = read_group_vars(repo, &groups, &mut problems)?;
+        let max = top.settings.max_yaml_bytes;
+        let groups = read_inventory(repo, max, &mut problems)?;
+        let group_layers = read_group_vars(repo, &groups, max, &mut problems)?;
         let host_ids = repo
             .list("host_vars")?
             .unwrap_or_default()
@@ -202,7 +202,8 @@ impl<'a> Fleet<'a> {
     fn desired_state_in(&self, device: &Device, groups: Vec<String>) -> Result<DesiredState> {
         let mut problems = Vec::new();
         let host_file = format!("host_vars/{}.yml", device.id);
-        let host_layer = read_vars_file(self.repo, &host_file, &mut problems)?;
+        let max = self.settings.max_yaml_bytes;
+        let host_layer = read_vars_file(self.repo, &host_file, max, &mut problems)?;
 
         // Layers, weakest first: all (fleet.yml, group_vars/all.yml), groups, host.
         let mut layers: Vec<&Layer> = vec![&self.all];
@@ -327,7 +328,8 @@ impl<'a> Fleet<'a> {
             if self.repo.list(&dir)?.is_none() {
                 continue;
             }
-            if self.repo.read(&format!("{dir}/role.yml"))?.is_none() {
+            let max = self.settings.max_yaml_bytes;
+            if let source::Entry::Missing = self.repo.get(&format!("{dir}/role.yml"), max)? {
                 problems.push(Invalid::new(
                     Pos::file(dir.clone()),
                     format!("a role is a directory with a role.yml (and its files/ and templates/): there is no {dir}/role.yml"),
@@ -370,7 +372,12 @@ impl<'a> Fleet<'a> {
         }
         for id in &self.host_ids {
             let file = format!("host_vars/{id}.yml");
-            if let Ok(Some(layer)) = read_vars_file(self.repo, &file, &mut Vec::new()) {
+            if let Ok(Some(layer)) = read_vars_file(
+                self.repo,
+                &file,
+                self.settings.max_yaml_bytes,
+                &mut Vec::new(),
+            ) {
                 if sets(&layer) {
                     files.push(file);
                 }
@@ -409,7 +416,9 @@ impl<'a> Fleet<'a> {
 /// which branch to follow is decided before the branch is loaded.
 pub(crate) fn host_facts(repo: &Source, device_id: &str) -> Result<HostFacts> {
     let mut problems = Vec::new();
-    let layer = read_vars_file(repo, &format!("host_vars/{device_id}.yml"), &mut problems)?;
+    let file = format!("host_vars/{device_id}.yml");
+    // Read before the branch's settings are known: the default bound.
+    let layer = read_vars_file(repo, &file, schema::MAX_YAML_BYTES, &mut problems)?;
     if !problems.is_empty() {
         return Err(Error::Invalid(problems));
     }
@@ -476,11 +485,11 @@ fn read_top(repo: &Source, node: &Node, problems: &mut Vec<Invalid>) -> Result<T
     })
 }
 
-fn read_inventory(repo: &Source, problems: &mut Vec<Invalid>) -> Result<Vec<Group>> {
-    let Some(text) = repo.read(INVENTORY_FILE)? else {
+fn read_inventory(repo: &Source, max: u64, problems: &mut Vec<Invalid>) -> Result<Vec<Group>> {
+    let Some(parsed) = repo.yaml(INVENTORY_FILE, max)? else {
         return Ok(vec![]);
     };
-    match yaml::parse(INVENTORY_FILE, &text).and_then(|n| {
+    match parsed.and_then(|n| {
         if let Some(p) = misplaced_keys(INVENTORY_FILE, &n, FileKind::Inventory).pop() {
             return Err(p);
         }
@@ -497,6 +506,7 @@ fn read_inventory(repo: &Source, problems: &mut Vec<Invalid>) -> Result<Vec<Grou
 fn read_group_vars(
     repo: &Source,
     groups: &[Group],
+    max: u64,
     problems: &mut Vec<Invalid>,
 ) -> Result<HashMap<String, Layer>> {
     let mut layers = HashMap::new();
@@ -512,7 +522,7 @@ fn read_group_vars(
             ));
             continue;
         }
-        if let Some(layer) = read_vars_file(repo, &file, problems)? {
+        if let Some(layer) = read_vars_file(repo, &file, max, problems)? {
             layers.insert(group.to_string(), layer);
         }
     }

@@ -590,3 +590,49 @@ invalid!(
     "roles/web/role.yml:5:74: `x:0:0` is not a comment: `:` separates the fields of /etc/passwd",
     "roles/web/role.yml:8:14: `http://deb.example/ \\u{a}Trusted: yes` is not one word: an apt source's uris, suites, components and architectures have no spaces or control characters"
 );
+
+// Bounded work: each bound is a problem at its position, and a fleet.yml setting.
+
+invalid!(
+    template_steps,
+    [(
+        "roles/web/templates/web.conf.j2",
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}\n"
+    )],
+    "roles/web/templates/web.conf.j2:1:40: the template takes more than 1000000 steps (max_template_steps; fleet.yml settings)"
+);
+
+invalid!(
+    template_steps_in_role_yml,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_template_steps: 1000}\nvars: {port: 1}\nroles: [web]\n"),
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: \"{% for i in range(2000) %}{% endfor %}\"\n")
+    ],
+    "roles/web/role.yml:4:16: the template takes more than 1000 steps (max_template_steps; fleet.yml settings)"
+);
+
+invalid!(
+    rendered_size,
+    [("roles/web/templates/web.conf.j2", "{% for i in range(2) %}{{ 'x' * 10000000 }}{% endfor %}\n")],
+    "roles/web/templates/web.conf.j2: the rendered text is more than 16777216 bytes (max_file_bytes; fleet.yml settings)"
+);
+
+invalid!(
+    yaml_size,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_yaml_bytes: 100}\nvars: {port: 1}\nroles: [web]\n"),
+        ("group_vars/shop.yml", "vars:\n  greeting: \"{{ 'far too long for the limit of a hundred bytes, which this file crosses by a few' }}\"\n")
+    ],
+    "group_vars/shop.yml: 108 bytes, more than max_yaml_bytes (100 bytes; fleet.yml settings)"
+);
+
+invalid!(
+    file_size_and_total,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_file_bytes: 8, max_total_file_bytes: 12}\nvars: {port: 1}\nroles: [web]\n"),
+        ("roles/web/role.yml", "resources:\n  - file: {path: /etc/a, source: big}\n  - file: {path: /etc/b, content: \"1234567\"}\n  - file: {path: /etc/c, content: \"1234567\"}\n"),
+        ("roles/web/files/big", "123456789")
+    ],
+    "roles/web/role.yml:2:34: roles/web/files/big: 9 bytes, more than max_file_bytes (8 bytes; fleet.yml settings)",
+    "roles/web/role.yml:4:5: the device's files add up to more than 12 bytes with this one (max_total_file_bytes; fleet.yml settings)"
+);
