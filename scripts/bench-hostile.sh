@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Hostile fleet repositories against the loader's bounds (docs/security.md, "Bounded
 # work"): two nested loops in a template, a template that renders 1 GB, a 200 MB YAML
-# scalar. Each runs `plan --repo` on a scratch root under /usr/bin/time -v, with a
-# time limit; prints wall time, peak RSS, exit code and the agent's first error line.
+# scalar; then what the default bounds allow at most: an 8 MiB YAML file, a 16 MiB
+# file, a template of nearly 1,000,000 steps. Each runs `plan --repo` on a scratch
+# root under /usr/bin/time -v, with a time limit; prints exit code (2: a plan with
+# changes), wall time, peak RSS and the agent's first problem line.
 #   scripts/bench-hostile.sh                    (this tree's release build)
 #   AGENT=path/to/fleet-agent scripts/bench-hostile.sh   (another build, e.g. main's)
 #   LIMIT=300 scripts/bench-hostile.sh          (seconds before a case is killed; 120)
@@ -37,8 +39,22 @@ printf 'resources: []\n' > "$scratch/big-yaml/roles/h/role.yml"
 { printf 'vars:\n  blob: "'; head -c 200000000 /dev/zero | tr '\0' 'x'; printf '"\n'; } \
   > "$scratch/big-yaml/group_vars/all.yml"
 
+# At the default bounds, just under each.
+fleet "$scratch/yaml-8MiB"
+printf 'resources: []\n' > "$scratch/yaml-8MiB/roles/h/role.yml"
+{ printf 'vars:\n  hosts:\n'; for i in $(seq 190000); do printf '    - 7b2e9c14-0a6d-4e8f-%012d\n' "$i"; done; } \
+  > "$scratch/yaml-8MiB/group_vars/all.yml"
+fleet "$scratch/file-16MiB"
+mkdir -p "$scratch/file-16MiB/roles/h/files"
+printf 'resources:\n  - file: {path: /etc/h, source: blob}\n' > "$scratch/file-16MiB/roles/h/role.yml"
+head -c $((16 * 1024 * 1024)) /dev/urandom > "$scratch/file-16MiB/roles/h/files/blob"
+fleet "$scratch/steps-1M"
+printf 'resources:\n  - file: {path: /etc/h, template: loops.j2}\n' > "$scratch/steps-1M/roles/h/role.yml"
+printf '{%% for i in range(300) %%}{%% for j in range(1000) %%}{%% endfor %%}{%% endfor %%}\n' \
+  > "$scratch/steps-1M/roles/h/templates/loops.j2"
+
 mkdir -p "$scratch/root"
-for case in loops big-render big-yaml; do
+for case in loops big-render big-yaml yaml-8MiB file-16MiB steps-1M; do
   set +e
   /usr/bin/time -v timeout "$limit" "$agent" --root "$scratch/root" plan --repo "$scratch/$case" \
     > "$scratch/out" 2> "$scratch/err"
@@ -46,7 +62,7 @@ for case in loops big-render big-yaml; do
   set -e
   wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$scratch/err")
   rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$scratch/err")
-  first=$(grep -v -E '^\s+(Command being timed|User time|System time|Percent|Elapsed|Average|Maximum|Major|Minor|Voluntary|Involuntary|Swaps|File system|Socket|Signals|Page size|Exit status)' "$scratch/err" | grep -m1 -E 'fleet.yml|roles/|group_vars|error|invalid' || true)
+  first=$(grep -m1 -E '^  (roles/|group_vars/|fleet.yml|inventory.yml)' "$scratch/err" || true)
   [ "$code" = 124 ] && first="killed after ${limit}s"
   printf '%-10s exit %-3s wall %-8s peak RSS %7s KiB  %s\n' "$case" "$code" "$wall" "$rss" "$first"
 done

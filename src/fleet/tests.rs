@@ -108,7 +108,7 @@ invalid!(
     [
         ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: x\n      mdoe: \"0644\"\n")
     ],
-    "roles/web/role.yml:5:7: unknown key `mdoe`, expected one of: path, content, source, template, mode, owner, group, secret"
+    "roles/web/role.yml:5:7: unknown key `mdoe`, expected one of: path, content, source, template, mode, owner, group, secret, setuid, setgid"
 );
 
 invalid!(
@@ -635,4 +635,23 @@ invalid!(
     ],
     "roles/web/role.yml:2:34: roles/web/files/big: 9 bytes, more than max_file_bytes (8 bytes; fleet.yml settings)",
     "roles/web/role.yml:4:5: the device's files add up to more than 12 bytes with this one (max_total_file_bytes; fleet.yml settings)"
+);
+
+// Private state: setuid and setgid need an opt-in.
+
+invalid!(
+    setuid_needs_an_opt_in,
+    [(
+        "roles/web/role.yml",
+        concat!(
+            "resources:\n",
+            "  - file: {path: /usr/local/bin/x, content: x, mode: \"4755\"}\n",
+            "  - directory: {path: /srv/shared, mode: \"2775\"}\n",
+            "  - file: {path: /usr/local/bin/y, content: y, mode: \"0755\", setgid: true}\n",
+            "  - file: {path: /usr/local/bin/z, content: z, mode: \"6755\", setuid: true, setgid: true}\n",
+        )
+    )],
+    "roles/web/role.yml:2:54: mode 4755 sets the setuid bit: add `setuid: true` to the resource to allow it",
+    "roles/web/role.yml:3:42: mode 2775 sets the setgid bit: add `setgid: true` to the resource to allow it",
+    "roles/web/role.yml:4:70: `setgid: true` but the mode has no setgid bit"
 );

@@ -15,7 +15,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -542,6 +542,29 @@ fn temp_name(name: &OsStr) -> OsString {
     tmp.push(name);
     tmp.push(".fleet-agent-tmp");
     tmp
+}
+
+/// Creates the agent's own directory (the state directory, the clone) readable by root
+/// alone: missing parents as usual (0755), the directory itself 0700. One that exists
+/// with group or other bits (an older agent made it 0755) is tightened: it holds the
+/// clone of the branch, secrets included.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    let made = (|| -> std::io::Result<()> {
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = fs::metadata(dir)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    })();
+    made.map_err(|e| Error::io("cannot create the state directory", dir, e))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {

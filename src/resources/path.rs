@@ -70,6 +70,53 @@ pub(super) fn mode(x: &mut dyn Expand, m: Option<&Spanned<String>>, default: u32
     }
 }
 
+/// The setuid (04000) and setgid (02000) bits need an opt-in on the resource:
+/// `setuid: true`, `setgid: true`; an opt-in without its bit is a mistake too.
+pub(super) fn privileged_bits(
+    x: &mut dyn Expand,
+    at: &Spanned<String>,
+    mode: Option<u32>,
+    opt_in: [Option<&Spanned<bool>>; 2],
+) {
+    for ((bit, key), opt) in [(0o4000, "setuid"), (0o2000, "setgid")]
+        .into_iter()
+        .zip(opt_in)
+    {
+        let allowed = opt.is_some_and(|o| **o);
+        match (mode.map(|m| m & bit != 0), allowed) {
+            (Some(true), false) => x.problem(
+                at.span(),
+                format!(
+                    "mode {} sets the {key} bit: add `{key}: true` to the resource to allow it",
+                    at.as_str()
+                ),
+            ),
+            (Some(false), true) => x.problem(
+                opt.expect("given").span(),
+                format!("`{key}: true` but the mode has no {key} bit"),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// What the plan says of a mode with the setuid or setgid bit: who the file runs as.
+pub(super) fn privilege_marks(mode: u32, owner: &str, directory: bool) -> Vec<String> {
+    let (user, group) = owner.split_once(':').unwrap_or((owner, owner));
+    let mut marks = Vec::new();
+    if mode & 0o4000 != 0 && !directory {
+        marks.push(format!("SETUID: runs as user {user}"));
+    }
+    if mode & 0o2000 != 0 {
+        marks.push(if directory {
+            format!("SETGID: new entries get group {group}")
+        } else {
+            format!("SETGID: runs with group {group}")
+        });
+    }
+    marks
+}
+
 /// An owner or group (a template), root when not given.
 pub(super) fn owner(x: &mut dyn Expand, o: Option<&Spanned<String>>) -> Principal {
     o.and_then(|o| x.text(o))

@@ -426,3 +426,56 @@ fn a_service_started_in_this_run_is_not_restarted_too() {
         ["Change service web.service: inactive → started"]
     );
 }
+
+#[test]
+fn a_secret_without_a_mode_is_0600_and_its_content_is_not_in_its_digest() {
+    let root = root(&[]);
+    let resources = |content: &str| {
+        format!("  - file: {{path: /etc/web/token, content: \"{content}\", secret: true}}\n")
+    };
+    let (p, _) = planned(
+        &resources("hunter2"),
+        root.path(),
+        Scripted::new(),
+        false,
+        None,
+    );
+    assert_eq!(
+        summary(&p),
+        ["Create file /etc/web/token: creates parent /etc (0755 root:root); creates parent /etc/web (0755 root:root); mode 0600, owner root:root, 7 bytes; content is secret: not shown"]
+    );
+    let digest = |p: &Plan| p.resources["path:/etc/web/token"].digest.clone();
+    let (other, _) = planned(
+        &resources("letmein"),
+        root.path(),
+        Scripted::new(),
+        false,
+        None,
+    );
+    assert_eq!(
+        digest(&p),
+        digest(&other),
+        "the recorded digest depends on the secret's content"
+    );
+    let plain = crate::digest::sha256_hex(b"hunter2");
+    assert!(!digest(&p).contains(&plain));
+}
+
+#[test]
+fn the_plan_marks_setuid_and_setgid() {
+    let root = root(&[]);
+    let (p, _) = planned(
+        "  - file: {path: /usr/local/bin/helper, content: x, mode: \"4755\", setuid: true}\n  - directory: {path: /srv/shared, mode: \"2775\", setgid: true}\n",
+        root.path(),
+        Scripted::new(),
+        false,
+        None,
+    );
+    assert_eq!(
+        summary(&p),
+        [
+            "Create file /usr/local/bin/helper: creates parent /usr (0755 root:root); creates parent /usr/local (0755 root:root); creates parent /usr/local/bin (0755 root:root); mode 4755, owner root:root, 1 bytes; SETUID: runs as user root",
+            "Create directory /srv/shared: creates parent /srv (0755 root:root); mode 2775, owner root:root; SETGID: new entries get group root",
+        ]
+    );
+}
