@@ -655,3 +655,114 @@ invalid!(
     "roles/web/role.yml:3:42: mode 2775 sets the setgid bit: add `setgid: true` to the resource to allow it",
     "roles/web/role.yml:4:70: `setgid: true` but the mode has no setgid bit"
 );
+
+// Symlinks in the fleet repository: `plan --repo` (a directory) and `pull` (a commit)
+// treat them alike, and never follow them.
+
+/// The problems of loading the base fleet plus `files` and `links` (path → target) for
+/// device pi-1, from a working tree and from a commit of it (real git).
+fn from_tree_and_commit(files: &[(&str, &str)], links: &[(&str, &str)]) -> [Vec<String>; 2] {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fleet");
+    for (path, content) in BASE.iter().chain(files) {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    for (path, target) in links {
+        let p = dir.join(path);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, p).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "fleet"]);
+    let repo = git2::Repository::open(&dir).unwrap();
+    let head = repo.head().unwrap().target().unwrap();
+    let load = |src: &Source| -> Vec<String> {
+        let as_strings = |e: Error| match e {
+            Error::Invalid(ps) => ps.iter().map(|p| p.to_string()).collect(),
+            other => vec![format!("not a validation error: {other}")],
+        };
+        let file = FleetFile::read(src).map_err(as_strings);
+        let result = file.and_then(|f| Fleet::load(src, None, &f, reserved()).map_err(as_strings));
+        let device = Device {
+            id: "pi-1".into(),
+            device_type: None,
+        };
+        match result.and_then(|fleet| fleet.desired_state(&device).map_err(as_strings)) {
+            Ok(_) => vec![],
+            Err(problems) => problems,
+        }
+    };
+    let commit = Source::commit(&repo, head).unwrap();
+    [load(&Source::Dir(dir.clone())), load(&commit)]
+}
+
+#[test]
+fn symlinks_in_the_repository_are_never_followed_by_plan_repo_or_pull() {
+    let link =
+        "a symlink: links in the fleet repository are never followed (commit the file itself)";
+    let role = "resources:\n  - file: {path: /etc/a, source: a.conf}\n  - file: {path: /etc/b, template: b.j2}\n";
+    let cases: [(&str, Vec<(&str, &str)>, Vec<(&str, &str)>, Vec<String>); 4] = [
+        (
+            "a role's source: and template: (one inside the repository, one outside)",
+            vec![
+                ("roles/web/role.yml", role),
+                (
+                    "inventory.yml",
+                    "groups:\n  shop:\n    devices: [\"pi-*\"]\n",
+                ),
+            ],
+            vec![
+                ("roles/web/files/a.conf", "../../../inventory.yml"),
+                ("roles/web/templates/b.j2", "/etc/passwd"),
+            ],
+            vec![
+                format!("roles/web/role.yml:2:34: roles/web/files/a.conf: {link}"),
+                format!("roles/web/role.yml:3:36: roles/web/templates/b.j2: {link}"),
+            ],
+        ),
+        (
+            "role.yml",
+            vec![("roles/other/role.yml", "resources: []\n")],
+            vec![("roles/web/role.yml", "../other/role.yml")],
+            vec![format!("roles/web/role.yml: {link}")],
+        ),
+        (
+            "a role's directory",
+            vec![("roles/other/role.yml", "resources: []\n")],
+            vec![("roles/web", "other")],
+            vec![format!("roles/web: {link}")],
+        ),
+        (
+            "a group_vars file",
+            vec![("shop-vars.yml", "vars: {}\n")],
+            vec![("group_vars/shop.yml", "../shop-vars.yml")],
+            vec![format!("group_vars/shop.yml: {link}")],
+        ),
+    ];
+    for (what, files, links, expected) in cases {
+        let [tree, commit] = from_tree_and_commit(&files, &links);
+        assert_eq!(tree, expected, "{what}: plan --repo");
+        assert_eq!(commit, expected, "{what}: pull");
+    }
+}
