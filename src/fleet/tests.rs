@@ -722,7 +722,8 @@ fn symlinks_in_the_repository_are_never_followed_by_plan_repo_or_pull() {
     let link =
         "a symlink: links in the fleet repository are never followed (commit the file itself)";
     let role = "resources:\n  - file: {path: /etc/a, source: a.conf}\n  - file: {path: /etc/b, template: b.j2}\n";
-    let cases: [(&str, Vec<(&str, &str)>, Vec<(&str, &str)>, Vec<String>); 4] = [
+    type Files = Vec<(&'static str, &'static str)>;
+    let cases: [(&str, Files, Files, Vec<String>); 4] = [
         (
             "a role's source: and template: (one inside the repository, one outside)",
             vec![
