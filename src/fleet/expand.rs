@@ -59,6 +59,9 @@ impl<'f, 'a> Expander<'f, 'a> {
         caller: &Value,
         stack: &mut Vec<String>,
     ) -> Result<()> {
+        if self.templates.exhausted() {
+            return Ok(());
+        }
         if let Some(i) = stack.iter().position(|n| n == &r.name) {
             let cycle = stack[i..]
                 .iter()
@@ -194,6 +197,9 @@ impl<'f, 'a> Expander<'f, 'a> {
 
     /// Expands the role's resources; two resources on one thing is a problem.
     fn add_resources(&mut self, def: &RoleDef, ctx: &Value) -> Result<()> {
+        if self.templates.exhausted() {
+            return Ok(());
+        }
         let mut cx = RoleContext {
             fleet: self.fleet,
             templates: &self.templates,
@@ -202,6 +208,10 @@ impl<'f, 'a> Expander<'f, 'a> {
             problems: Vec::new(),
         };
         for (pos, spec) in &def.resources {
+            // The template steps are used up: a problem says where; nothing more renders.
+            if cx.templates.exhausted() {
+                break;
+            }
             let kinds = spec.expand(&mut cx)?;
             self.problems.append(&mut cx.problems);
             for kind in kinds.unwrap_or_default() {

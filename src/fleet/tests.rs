@@ -599,7 +599,7 @@ invalid!(
         "roles/web/templates/web.conf.j2",
         "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}\n"
     )],
-    "roles/web/templates/web.conf.j2:1:40: the template takes more than 1000000 steps (max_template_steps; fleet.yml settings)"
+    "roles/web/templates/web.conf.j2:1:1: the device's templates take more than 1000000 steps with this one (max_template_steps; fleet.yml settings)"
 );
 
 invalid!(
@@ -608,7 +608,22 @@ invalid!(
         ("fleet.yml", "format: 1\nsettings: {max_template_steps: 1000}\nvars: {port: 1}\nroles: [web]\n"),
         ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: \"{% for i in range(2000) %}{% endfor %}\"\n")
     ],
-    "roles/web/role.yml:4:16: the template takes more than 1000 steps (max_template_steps; fleet.yml settings)"
+    "roles/web/role.yml:4:16: the device's templates take more than 1000 steps with this one (max_template_steps; fleet.yml settings)"
+);
+
+invalid!(
+    template_steps_are_shared_by_the_device,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_template_steps: 1000}\nvars: {port: 1}\nroles: [web]\n"),
+        ("roles/web/role.yml", concat!(
+            "resources:\n",
+            "  - file: {path: /etc/a, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+            "  - file: {path: /etc/b, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+            "  - file: {path: /etc/c, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+            "  - file: {path: /etc/d, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+        ))
+    ],
+    "roles/web/role.yml:5:35: the device's templates take more than 1000 steps with this one (max_template_steps; fleet.yml settings)"
 );
 
 invalid!(
