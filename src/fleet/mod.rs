@@ -321,7 +321,7 @@ impl<'a> Fleet<'a> {
 
     /// Every role under roles/ is read, even if no device uses it; a directory there
     /// without role.yml is a problem (files such as a README are left alone).
-    fn check_every_role(&self) -> Result<Vec<Invalid>> {
+    pub(crate) fn check_every_role(&self) -> Result<Vec<Invalid>> {
         let mut problems = Vec::new();
         for name in self.repo.list("roles")?.unwrap_or_default() {
             let dir = format!("roles/{name}");
@@ -396,7 +396,7 @@ impl<'a> Fleet<'a> {
     }
 
     /// The literal device ids of the inventory, then those of host_vars files.
-    fn named_devices(&self) -> Vec<String> {
+    pub(crate) fn named_devices(&self) -> Vec<String> {
         let mut devices: Vec<String> = Vec::new();
         let literal = self
             .groups
@@ -527,6 +527,34 @@ fn read_group_vars(
         }
     }
     Ok(layers)
+}
+
+/// The fuzz target of the YAML layer (src/fuzz.rs): parse, then type the document as
+/// every kind of file of the repository (with the checks of misplaced keys), and read
+/// its layer as the loader does.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_yaml(data: &[u8]) {
+    let Ok(node) = yaml::parse("fuzz.yml", data) else {
+        return;
+    };
+    let _ = yaml::typed::<FleetDoc>("fuzz.yml", &node);
+    let _ = yaml::typed::<schema::GroupVarsDoc>("fuzz.yml", &node);
+    let _ = yaml::typed::<schema::HostVarsDoc>("fuzz.yml", &node);
+    let _ = yaml::typed::<schema::RoleDoc>("fuzz.yml", &node);
+    for kind in [
+        FileKind::Fleet,
+        FileKind::Inventory,
+        FileKind::GroupVars,
+        FileKind::HostVars,
+        FileKind::Role,
+    ] {
+        let _ = misplaced_keys("fuzz.yml", &node, kind);
+    }
+    let _ = yaml::to_value(&node);
+    let mut problems = Vec::new();
+    let _ = read_layer("fuzz.yml", &node, &mut problems);
+    let _ = os::read("fuzz.yml", &node, &mut problems);
+    let _ = gate::requirement(&node);
 }
 
 #[cfg(test)]

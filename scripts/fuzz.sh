@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Fuzzing (cargo-fuzz, libFuzzer with AddressSanitizer) of the loader and the YAML layer
+# (fuzz/, src/fuzz.rs). Each target runs for a bounded time; an input that panics,
+# crashes or takes over 1 s fails the run (libFuzzer's -timeout=1), and the input is
+# kept under fuzz/artifacts/TARGET/. Seeds: the example fleet, the every-kind fixture
+# and the built-in roles, encoded as src/fuzz.rs `decode` reads them; the corpus grows
+# in fuzz/corpus/TARGET/ (not committed) and is reused by the next run.
+#   scripts/fuzz.sh                 each target for 60 s (what CI runs)
+#   scripts/fuzz.sh --long [SECS]   each target for SECS seconds (default 3600)
+#   scripts/fuzz.sh --long 600 yaml only the yaml target
+# Needs a nightly toolchain (rustup toolchain install nightly) and installs cargo-fuzz.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+seconds=60
+if [ "${1:-}" = --long ]; then
+  shift
+  seconds=3600
+  if [[ "${1:-}" =~ ^[0-9]+$ ]]; then seconds=$1; shift; fi
+fi
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(loader yaml)
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz.sh: needs a nightly toolchain: rustup toolchain install nightly" >&2
+  exit 1
+fi
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+seeds=$(mktemp -d)
+trap 'rm -rf "$seeds"' EXIT
+mkdir -p "$seeds/loader" "$seeds/yaml"
+# One seed per fleet: every file, as `decode` reads it (name length, name, content
+# length in two bytes little-endian, content); each YAML file also seeds the yaml target.
+python3 - "$here" "$seeds" <<'EOF'
+import os, struct, sys
+top, out = sys.argv[1], sys.argv[2]
+def files(root, prefix=""):
+    for d, _, names in os.walk(root):
+        for n in sorted(names):
+            p = os.path.join(d, n)
+            yield prefix + os.path.relpath(p, root), open(p, "rb").read()
+fleets = {
+    "examples": list(files(os.path.join(top, "examples/fleet"))),
+    "every-kind": list(files(os.path.join(top, "tests/fixtures/every-kind"))),
+}
+fleets["builtin-roles"] = fleets["examples"] + list(files(os.path.join(top, "roles"), "roles/"))
+for name, fs in fleets.items():
+    blob = b"".join(
+        bytes([len(p.encode())]) + p.encode() + struct.pack("<H", len(c)) + c
+        for p, c in fs if len(p.encode()) < 256 and len(c) < 65536)
+    open(os.path.join(out, "loader", name), "wb").write(blob)
+    for p, c in fs:
+        if p.endswith(".yml"):
+            open(os.path.join(out, "yaml", name + "-" + p.replace("/", "_")), "wb").write(c)
+EOF
+
+cd "$here/fuzz"
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  echo "== fuzz target $t: ${seconds}s"
+  nice -n 10 cargo +nightly fuzz run "$t" "corpus/$t" "$seeds/$t" -- \
+    -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 -max_len=65536 \
+    -print_final_stats=1 2>&1 | tee "$seeds/$t.log" | grep -E '^(#[0-9]+\s+(INITED|DONE)|stat::|Done|==|SUMMARY|.*(panicked|Timeout|ERROR))' || true
+  if grep -qE 'ERROR: libFuzzer|panicked|SUMMARY: (Address|libFuzzer)|Test unit written' "$seeds/$t.log"; then
+    echo "fuzz target $t failed: see fuzz/artifacts/$t/" >&2
+    exit 1
+  fi
+  grep -q '^Done ' "$seeds/$t.log" || { echo "fuzz target $t did not finish" >&2; exit 1; }
+done
