@@ -188,6 +188,20 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
         Ok(loaded) => loaded,
         Err(e) => return run.stopped(RunOutcome::Invalid, e),
     };
+    note_loaded(req, &desired);
+    let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
+        Ok(p) => p,
+        Err(e) => return run.stopped(RunOutcome::Failed, e),
+    };
+    if mode == Mode::Plan {
+        return Ok(Done::Planned(Box::new(planned)));
+    }
+    show(&planned);
+    run.apply(planned).map(Done::Exit)
+}
+
+/// What was loaded (-vv), and a warning for a device given by `--device` that is in no group.
+fn note_loaded(req: &Request, desired: &DesiredState) {
     log::debug!(
         "loaded: groups [{}], roles [{}], {} resources",
         desired.groups.join(", "),
@@ -200,15 +214,6 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
             desired.device_id
         );
     }
-    let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
-        Ok(p) => p,
-        Err(e) => return run.stopped(RunOutcome::Failed, e),
-    };
-    if mode == Mode::Plan {
-        return Ok(Done::Planned(Box::new(planned)));
-    }
-    show(&planned);
-    run.apply(planned).map(Done::Exit)
 }
 
 /// The device's desired state, the fleet's settings and its `os:` declaration.
