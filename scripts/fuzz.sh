@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Fuzzing (cargo-fuzz, libFuzzer with AddressSanitizer) of the loader and the YAML layer
-# (fuzz/, src/fuzz.rs). Each target runs for a bounded time; an input that panics,
-# crashes or takes over 1 s fails the run (libFuzzer's -timeout=1), and the input is
-# kept under fuzz/artifacts/TARGET/. Seeds: the example fleet, the every-kind fixture
-# and the built-in roles, encoded as src/fuzz.rs `decode` reads them; the corpus grows
-# in fuzz/corpus/TARGET/ (not committed) and is reused by the next run.
+# Fuzzing (cargo-fuzz, libFuzzer with AddressSanitizer and debug assertions) of the
+# loader and the YAML layer (fuzz/, src/fuzz.rs). Each target runs for a bounded time;
+# an input that panics or crashes fails the run, and so does one that hangs (libFuzzer's
+# -timeout, 10 s of wall time: the run is niced on a shared machine). Then every input
+# of the corpus is run again alone, at normal priority, and one that takes over 1 s
+# fails the run too; the slowest is printed. A failing input is kept under
+# fuzz/artifacts/TARGET/. Seeds: the example fleet, the every-kind fixture and the
+# built-in roles, encoded as src/fuzz.rs `decode` reads them; the corpus grows in
+# fuzz/corpus/TARGET/ (not committed) and is reused by the next run.
 #   scripts/fuzz.sh                 each target for 60 s (what CI runs)
 #   scripts/fuzz.sh --long [SECS]   each target for SECS seconds (default 3600)
 #   scripts/fuzz.sh --long 600 yaml only the yaml target
+#   FUZZ_TARGET_DIR=DIR             build there (CI keeps it between runs)
 # Needs a nightly toolchain (rustup toolchain install nightly) and installs cargo-fuzz.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -54,16 +58,25 @@ for name, fs in fleets.items():
             open(os.path.join(out, "yaml", name + "-" + p.replace("/", "_")), "wb").write(c)
 EOF
 
+target_dir=${FUZZ_TARGET_DIR:-$here/fuzz/target}
 cd "$here/fuzz"
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   echo "== fuzz target $t: ${seconds}s"
-  nice -n 10 cargo +nightly fuzz run "$t" "corpus/$t" "$seeds/$t" -- \
-    -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 -max_len=65536 \
-    -print_final_stats=1 2>&1 | tee "$seeds/$t.log" | grep -E '^(#[0-9]+\s+(INITED|DONE)|stat::|Done|==|SUMMARY|.*(panicked|Timeout|ERROR))' || true
+  nice -n 10 cargo +nightly fuzz build --target-dir "$target_dir" "$t"
+  nice -n 10 cargo +nightly fuzz run --target-dir "$target_dir" "$t" "corpus/$t" "$seeds/$t" -- \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+    -print_final_stats=1 > "$seeds/$t.log" 2>&1 || true
+  grep -E '^(#[0-9]+\s+(INITED|DONE)|stat::|Done|==|SUMMARY)|panicked|Timeout|ERROR' "$seeds/$t.log" || true
   if grep -qE 'ERROR: libFuzzer|panicked|SUMMARY: (Address|libFuzzer)|Test unit written' "$seeds/$t.log"; then
     echo "fuzz target $t failed: see fuzz/artifacts/$t/" >&2
     exit 1
   fi
   grep -q '^Done ' "$seeds/$t.log" || { echo "fuzz target $t did not finish" >&2; exit 1; }
+  # Every input of the corpus again, alone: its time (libFuzzer prints it per file).
+  bin=$(find "$target_dir" -path "*/release/$t" -type f -perm -u+x | head -n 1)
+  find "corpus/$t" -type f -print0 | xargs -0 -n 200 "$bin" -rss_limit_mb=2048 2>&1 |
+    awk '/^Executed / {n++; ms=$(NF-1); if (ms > max) {max = ms; slow = $2}}
+      END {printf "replayed %d inputs of corpus/%s alone: slowest %d ms (%s)\n", n, t, max, slow; exit (max > 1000)}' t="$t" ||
+    { echo "fuzz target $t: an input takes over 1 s" >&2; exit 1; }
 done
