@@ -9,6 +9,9 @@ mod config;
 mod digest;
 mod error;
 mod fleet;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz;
 mod host;
 mod lock;
 mod logging;

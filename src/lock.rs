@@ -2,6 +2,7 @@
 //! released by the kernel when the process ends, however it ends.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,14 +17,14 @@ pub(crate) struct RunLock {
 impl RunLock {
     /// Takes the lock, waiting up to `wait` for another run to finish.
     pub(crate) fn acquire(dir: &Path, wait: Duration) -> Result<RunLock> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io("cannot create the state directory", dir, e))?;
+        crate::host::private_dir(dir)?;
         let path = dir.join("lock");
         let start = Instant::now();
         let mut file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("cannot open the lock file", &path, e))?;
         loop {

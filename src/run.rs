@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::config::{redact, Config};
+use crate::config::{redact, Config, DEFAULT_CONFIG};
 use crate::error::{exit, Error, Result};
 use crate::fleet::gate::{self, Requirement};
 use crate::fleet::os::OsDecl;
@@ -20,7 +20,7 @@ use crate::host::Host;
 use crate::lock::RunLock;
 use crate::osupdate::{self, Declared, OsState};
 use crate::plan::Plan;
-use crate::resources::{self, DesiredState};
+use crate::resources::{self, DesiredState, Reserved};
 use crate::state::{self, RunOutcome, State};
 use crate::sync::{self, Synced};
 
@@ -124,6 +124,8 @@ struct Run<'a> {
     working_tree: bool,
     /// The branch followed (None for a working tree).
     branch: Option<String>,
+    /// The agent's own files, which no resource may touch.
+    reserved: Reserved,
     _lock: Option<RunLock>,
 }
 
@@ -182,11 +184,24 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
         }
         // Elsewhere the full load rejects the branch and says why.
     }
-    let (desired, settings, os_decl) = match load(&run.config, &source, Some(&builtin), &fleet_file)
-    {
+    let (desired, settings, os_decl) = match load(&run, &source, Some(&builtin), &fleet_file) {
         Ok(loaded) => loaded,
         Err(e) => return run.stopped(RunOutcome::Invalid, e),
     };
+    note_loaded(req, &desired);
+    let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
+        Ok(p) => p,
+        Err(e) => return run.stopped(RunOutcome::Failed, e),
+    };
+    if mode == Mode::Plan {
+        return Ok(Done::Planned(Box::new(planned)));
+    }
+    show(&planned);
+    run.apply(planned).map(Done::Exit)
+}
+
+/// What was loaded (-vv), and a warning for a device given by `--device` that is in no group.
+fn note_loaded(req: &Request, desired: &DesiredState) {
     log::debug!(
         "loaded: groups [{}], roles [{}], {} resources",
         desired.groups.join(", "),
@@ -199,25 +214,17 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
             desired.device_id
         );
     }
-    let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
-        Ok(p) => p,
-        Err(e) => return run.stopped(RunOutcome::Failed, e),
-    };
-    if mode == Mode::Plan {
-        return Ok(Done::Planned(Box::new(planned)));
-    }
-    show(&planned);
-    run.apply(planned).map(Done::Exit)
 }
 
 /// The device's desired state, the fleet's settings and its `os:` declaration.
 fn load(
-    config: &Config,
+    run: &Run,
     source: &Source,
     builtin: Option<&Source>,
     fleet_file: &FleetFile,
 ) -> Result<(DesiredState, Settings, Option<OsDecl>)> {
-    let fleet = Fleet::load(source, builtin, fleet_file)?;
+    let config = &run.config;
+    let fleet = Fleet::load(source, builtin, fleet_file, run.reserved.clone())?;
     let mut device = Device {
         id: config.device_id.clone(),
         device_type: config.device_type.clone(),
@@ -273,7 +280,9 @@ impl<'a> Run<'a> {
             Some(RunLock::acquire(&host.path(&config.state_dir), req.wait)?)
         };
         let state_path = State::path(host, &config.state_dir);
+        let reserved = reserved(&config, config_on_device(host, req.config_path).as_deref());
         Ok(Run {
+            reserved,
             host,
             previous: State::load(&state_path),
             state_path,
@@ -495,6 +504,33 @@ fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State))
     Ok(s)
 }
 
+/// The agent's own files on the device, which no resource may touch (docs/security.md):
+/// the state directory, agent.toml, the root filesystem's and the OS update's markers,
+/// the built-in roles, and the kernel's /proc, /sys and /dev. `config_file` is the
+/// agent.toml in use, as a device path, when it is on the device.
+pub(crate) fn reserved(config: &Config, config_file: Option<&Path>) -> Reserved {
+    let mut paths = vec![
+        (config.state_dir.clone(), "the agent's state directory"),
+        (DEFAULT_CONFIG.into(), "the agent's configuration"),
+        (state::ROOTFS_MARKER.into(), "the root filesystem's marker"),
+        (osupdate::SLOT_MARKER.into(), "the OS update's slot marker"),
+        (config.roles_dir.clone(), "the built-in roles"),
+        ("/proc".into(), "the kernel's process filesystem"),
+        ("/sys".into(), "the kernel's sysfs"),
+        ("/dev".into(), "the device filesystem"),
+    ];
+    if let Some(c) = config_file.filter(|c| *c != Path::new(DEFAULT_CONFIG)) {
+        paths.push((c.to_path_buf(), "the agent's configuration"));
+    }
+    Reserved::new(paths.into_iter().map(|(p, what)| (p, what.to_string())))
+}
+
+/// The device path of the agent.toml in use, when it is under the root.
+fn config_on_device(host: &Host, config_path: &Path) -> Option<PathBuf> {
+    let rel = config_path.strip_prefix(host.root()).ok()?;
+    Some(Path::new("/").join(rel))
+}
+
 /// What `validate DIR` found: the devices checked, or every problem.
 pub(crate) struct Validation {
     pub(crate) dir: PathBuf,
@@ -510,12 +546,15 @@ pub(crate) fn validate(dir: &Path, host: &Host, config_path: &Path) -> Result<Va
     let source = Source::Dir(dir.clone());
     let builtin = crate::fleet::builtin_roles(&config.roles_dir);
     let fleet_file = FleetFile::read(&source)?;
-    let outcome =
-        match Fleet::load(&source, Some(&builtin), &fleet_file).and_then(|f| f.validate_all()) {
-            Ok(checked) => Ok(checked),
-            Err(Error::Invalid(problems)) => Err(problems),
-            Err(other) => return Err(other),
-        };
+    let on_device = config_on_device(host, config_path);
+    let reserved = reserved(&config, on_device.as_deref());
+    let outcome = match Fleet::load(&source, Some(&builtin), &fleet_file, reserved)
+        .and_then(|f| f.validate_all())
+    {
+        Ok(checked) => Ok(checked),
+        Err(Error::Invalid(problems)) => Err(problems),
+        Err(other) => return Err(other),
+    };
     Ok(Validation { dir, outcome })
 }
 

@@ -106,8 +106,7 @@ impl State {
     pub(crate) fn save(&mut self, path: &Path) -> Result<()> {
         self.version = VERSION;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io("cannot create the state directory", dir, e))?;
+            crate::host::private_dir(dir)?;
         }
         let mut json = serde_json::to_vec_pretty(self).expect("state serializes");
         json.push(b'\n');

@@ -13,7 +13,7 @@ use crate::fleet::layers::RoleRef;
 use crate::fleet::roles::{as_choice, RoleDef};
 use crate::fleet::template::Templates;
 use crate::fleet::{yaml, Fleet};
-use crate::resources::{Expand, Resource};
+use crate::resources::{Expand, Kind, Reserved, Resource};
 
 pub(super) struct Expander<'f, 'a> {
     fleet: &'f Fleet<'a>,
@@ -26,6 +26,8 @@ pub(super) struct Expander<'f, 'a> {
     pub(super) resources: Vec<Resource>,
     pub(super) roles: Vec<String>,
     pub(super) problems: Vec<Invalid>,
+    /// The bytes of the device's file contents so far (max_total_file_bytes).
+    file_bytes: u64,
 }
 
 impl<'f, 'a> Expander<'f, 'a> {
@@ -36,13 +38,17 @@ impl<'f, 'a> Expander<'f, 'a> {
     ) -> Expander<'f, 'a> {
         Expander {
             fleet,
-            templates: Templates::new(),
+            templates: Templates::new(
+                fleet.settings.max_template_steps,
+                fleet.settings.max_file_bytes,
+            ),
             vars,
             instances: HashMap::new(),
             claimed: HashMap::new(),
             resources: Vec::new(),
             roles: Vec::new(),
             problems,
+            file_bytes: 0,
         }
     }
 
@@ -53,6 +59,9 @@ impl<'f, 'a> Expander<'f, 'a> {
         caller: &Value,
         stack: &mut Vec<String>,
     ) -> Result<()> {
+        if self.templates.exhausted() {
+            return Ok(());
+        }
         if let Some(i) = stack.iter().position(|n| n == &r.name) {
             let cycle = stack[i..]
                 .iter()
@@ -188,6 +197,9 @@ impl<'f, 'a> Expander<'f, 'a> {
 
     /// Expands the role's resources; two resources on one thing is a problem.
     fn add_resources(&mut self, def: &RoleDef, ctx: &Value) -> Result<()> {
+        if self.templates.exhausted() {
+            return Ok(());
+        }
         let mut cx = RoleContext {
             fleet: self.fleet,
             templates: &self.templates,
@@ -196,6 +208,10 @@ impl<'f, 'a> Expander<'f, 'a> {
             problems: Vec::new(),
         };
         for (pos, spec) in &def.resources {
+            // The template steps are used up: a problem says where; nothing more renders.
+            if cx.templates.exhausted() {
+                break;
+            }
             let kinds = spec.expand(&mut cx)?;
             self.problems.append(&mut cx.problems);
             for kind in kinds.unwrap_or_default() {
@@ -211,6 +227,10 @@ impl<'f, 'a> Expander<'f, 'a> {
                     continue;
                 }
                 self.claimed.insert(id, pos.clone());
+                let max = self.fleet.settings.max_total_file_bytes;
+                if let Some(p) = count_bytes(&mut self.file_bytes, max, &kind, pos) {
+                    self.problems.push(p);
+                }
                 self.resources.push(Resource {
                     role: def.name.clone(),
                     declared_at: pos.clone(),
@@ -249,6 +269,20 @@ impl<'f, 'a> Expander<'f, 'a> {
                 .map(Value::from_iter),
         }
     }
+}
+
+/// Adds a file's content to the device's total; the resource that crosses `max` (the
+/// fleet's `max_total_file_bytes`) is a problem.
+fn count_bytes(total: &mut u64, max: u64, kind: &Kind, pos: &Pos) -> Option<Invalid> {
+    let Kind::File(f) = kind else { return None };
+    let before = *total;
+    *total += f.content.len() as u64;
+    (before <= max && *total > max).then(|| {
+        Invalid::new(
+            pos.clone(),
+            format!("the device's files add up to more than {max} bytes with this one (max_total_file_bytes; fleet.yml settings)"),
+        )
+    })
 }
 
 /// One role's context for its resources: templates render with its variables and
@@ -319,5 +353,9 @@ impl Expand for RoleContext<'_, '_> {
 
     fn problems(&self) -> usize {
         self.problems.len()
+    }
+
+    fn reserved(&self) -> &Reserved {
+        &self.fleet.reserved
     }
 }

@@ -9,7 +9,6 @@ use marked_yaml::Node;
 
 use crate::error::{span_pos, Error, Invalid, Pos, Result};
 use crate::fleet::source::Source;
-use crate::fleet::yaml;
 use crate::fleet::{FleetFile, Settings};
 use crate::VERSION;
 
@@ -135,14 +134,11 @@ pub(crate) fn check_min_version(settings: &Settings) -> Option<Invalid> {
 /// Every `package` declaration of fleet-agent with a `version` in the repository's roles
 /// (not `state: absent`), with the position of the version; read leniently: a role
 /// that does not parse is skipped (the full load reports it when a device uses it).
-fn agent_pins(source: &Source) -> Result<Vec<(String, Pos)>> {
+fn agent_pins(source: &Source, max: u64) -> Result<Vec<(String, Pos)>> {
     let mut pins = Vec::new();
     for role in source.list("roles")?.unwrap_or_default() {
         let file = format!("roles/{role}/role.yml");
-        let Some(text) = source.read(&file)? else {
-            continue;
-        };
-        let Ok(node) = yaml::parse(&file, &text) else {
+        let Some(Ok(node)) = source.yaml(&file, max)? else {
             continue;
         };
         let Some(resources) = node.as_mapping().and_then(|m| m.get_sequence("resources")) else {
@@ -165,7 +161,8 @@ fn agent_pins(source: &Source) -> Result<Vec<(String, Pos)>> {
 /// The fleet-agent version that roles of the branch pin, when exactly one `package`
 /// declaration of fleet-agent in the repository's roles gives a version.
 pub(crate) fn pinned_version(source: &Source) -> Result<Option<String>> {
-    let pins = agent_pins(source)?;
+    // Read before the branch's settings are known: the default bound.
+    let pins = agent_pins(source, crate::fleet::schema::MAX_YAML_BYTES)?;
     Ok(match pins.as_slice() {
         [(one, _)] => Some(one.clone()),
         _ => None,
@@ -194,7 +191,7 @@ pub(crate) fn check_pins(source: &Source, settings: &Settings) -> Result<Vec<Inv
         return Ok(vec![]);
     };
     let at = span_pos(FleetFile::NAME, value.span());
-    Ok(agent_pins(source)?
+    Ok(agent_pins(source, settings.max_yaml_bytes)?
         .into_iter()
         .filter_map(|(pin, pos)| {
             pin_below(&pin, min).map(|why| Invalid {

@@ -68,9 +68,10 @@ pub(super) fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -
 pub(super) fn read_vars_file(
     repo: &Source,
     file: &str,
+    max: u64,
     problems: &mut Vec<Invalid>,
 ) -> Result<Option<Layer>> {
-    let Some(text) = repo.read(file)? else {
+    let Some(parsed) = repo.yaml(file, max)? else {
         return Ok(None);
     };
     let host = file.starts_with("host_vars/");
@@ -79,7 +80,7 @@ pub(super) fn read_vars_file(
     } else {
         FileKind::GroupVars
     };
-    let node = match yaml::parse(file, &text) {
+    let node = match parsed {
         Ok(node) => node,
         Err(p) => {
             problems.push(p);

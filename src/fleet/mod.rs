@@ -12,7 +12,7 @@ use marked_yaml::Node;
 use minijinja::Value;
 
 use crate::error::{extend_unique, Error, Invalid, Pos, Result};
-use crate::resources::DesiredState;
+use crate::resources::{DesiredState, Reserved};
 use crate::VERSION;
 
 mod expand;
@@ -78,9 +78,8 @@ impl FleetFile {
 
     pub(crate) fn read(source: &Source) -> Result<FleetFile> {
         Ok(FleetFile {
-            node: source
-                .read(Self::NAME)?
-                .map(|text| yaml::parse(Self::NAME, &text)),
+            // Before its settings are known, fleet.yml is held to the default bound.
+            node: source.yaml(Self::NAME, schema::MAX_YAML_BYTES)?,
             label: source.label(),
         })
     }
@@ -103,6 +102,8 @@ pub(crate) struct Fleet<'a> {
     group_layers: HashMap<String, Layer>,
     host_ids: Vec<String>,
     roles: std::cell::RefCell<HashMap<String, Loaded>>,
+    /// The agent's own files, which no resource may touch (from the device's agent.toml).
+    reserved: Reserved,
 }
 
 /// What fleet.yml declares besides the inventory.
@@ -121,6 +122,7 @@ impl<'a> Fleet<'a> {
         repo: &'a Source<'a>,
         builtin: Option<&'a Source<'a>>,
         file: &FleetFile,
+        reserved: Reserved,
     ) -> Result<Fleet<'a>> {
         if let Some(req) = file.requirement().filter(|r| !r.is_met()) {
             return Err(req.too_old());
@@ -143,8 +145,9 @@ impl<'a> Fleet<'a> {
             }
             Some(Ok(node)) => read_top(repo, node, &mut problems)?,
         };
-        let groups = read_inventory(repo, &mut problems)?;
-        let group_layers = read_group_vars(repo, &groups, &mut problems)?;
+        let max = top.settings.max_yaml_bytes;
+        let groups = read_inventory(repo, max, &mut problems)?;
+        let group_layers = read_group_vars(repo, &groups, max, &mut problems)?;
         let host_ids = repo
             .list("host_vars")?
             .unwrap_or_default()
@@ -164,6 +167,7 @@ impl<'a> Fleet<'a> {
             group_layers,
             host_ids,
             roles: Default::default(),
+            reserved,
         })
     }
 
@@ -198,7 +202,8 @@ impl<'a> Fleet<'a> {
     fn desired_state_in(&self, device: &Device, groups: Vec<String>) -> Result<DesiredState> {
         let mut problems = Vec::new();
         let host_file = format!("host_vars/{}.yml", device.id);
-        let host_layer = read_vars_file(self.repo, &host_file, &mut problems)?;
+        let max = self.settings.max_yaml_bytes;
+        let host_layer = read_vars_file(self.repo, &host_file, max, &mut problems)?;
 
         // Layers, weakest first: all (fleet.yml, group_vars/all.yml), groups, host.
         let mut layers: Vec<&Layer> = vec![&self.all];
@@ -316,14 +321,15 @@ impl<'a> Fleet<'a> {
 
     /// Every role under roles/ is read, even if no device uses it; a directory there
     /// without role.yml is a problem (files such as a README are left alone).
-    fn check_every_role(&self) -> Result<Vec<Invalid>> {
+    pub(crate) fn check_every_role(&self) -> Result<Vec<Invalid>> {
         let mut problems = Vec::new();
         for name in self.repo.list("roles")?.unwrap_or_default() {
             let dir = format!("roles/{name}");
             if self.repo.list(&dir)?.is_none() {
                 continue;
             }
-            if self.repo.read(&format!("{dir}/role.yml"))?.is_none() {
+            let max = self.settings.max_yaml_bytes;
+            if let source::Entry::Missing = self.repo.get(&format!("{dir}/role.yml"), max)? {
                 problems.push(Invalid::new(
                     Pos::file(dir.clone()),
                     format!("a role is a directory with a role.yml (and its files/ and templates/): there is no {dir}/role.yml"),
@@ -366,7 +372,12 @@ impl<'a> Fleet<'a> {
         }
         for id in &self.host_ids {
             let file = format!("host_vars/{id}.yml");
-            if let Ok(Some(layer)) = read_vars_file(self.repo, &file, &mut Vec::new()) {
+            if let Ok(Some(layer)) = read_vars_file(
+                self.repo,
+                &file,
+                self.settings.max_yaml_bytes,
+                &mut Vec::new(),
+            ) {
                 if sets(&layer) {
                     files.push(file);
                 }
@@ -385,7 +396,7 @@ impl<'a> Fleet<'a> {
     }
 
     /// The literal device ids of the inventory, then those of host_vars files.
-    fn named_devices(&self) -> Vec<String> {
+    pub(crate) fn named_devices(&self) -> Vec<String> {
         let mut devices: Vec<String> = Vec::new();
         let literal = self
             .groups
@@ -405,7 +416,9 @@ impl<'a> Fleet<'a> {
 /// which branch to follow is decided before the branch is loaded.
 pub(crate) fn host_facts(repo: &Source, device_id: &str) -> Result<HostFacts> {
     let mut problems = Vec::new();
-    let layer = read_vars_file(repo, &format!("host_vars/{device_id}.yml"), &mut problems)?;
+    let file = format!("host_vars/{device_id}.yml");
+    // Read before the branch's settings are known: the default bound.
+    let layer = read_vars_file(repo, &file, schema::MAX_YAML_BYTES, &mut problems)?;
     if !problems.is_empty() {
         return Err(Error::Invalid(problems));
     }
@@ -472,11 +485,11 @@ fn read_top(repo: &Source, node: &Node, problems: &mut Vec<Invalid>) -> Result<T
     })
 }
 
-fn read_inventory(repo: &Source, problems: &mut Vec<Invalid>) -> Result<Vec<Group>> {
-    let Some(text) = repo.read(INVENTORY_FILE)? else {
+fn read_inventory(repo: &Source, max: u64, problems: &mut Vec<Invalid>) -> Result<Vec<Group>> {
+    let Some(parsed) = repo.yaml(INVENTORY_FILE, max)? else {
         return Ok(vec![]);
     };
-    match yaml::parse(INVENTORY_FILE, &text).and_then(|n| {
+    match parsed.and_then(|n| {
         if let Some(p) = misplaced_keys(INVENTORY_FILE, &n, FileKind::Inventory).pop() {
             return Err(p);
         }
@@ -493,6 +506,7 @@ fn read_inventory(repo: &Source, problems: &mut Vec<Invalid>) -> Result<Vec<Grou
 fn read_group_vars(
     repo: &Source,
     groups: &[Group],
+    max: u64,
     problems: &mut Vec<Invalid>,
 ) -> Result<HashMap<String, Layer>> {
     let mut layers = HashMap::new();
@@ -508,11 +522,39 @@ fn read_group_vars(
             ));
             continue;
         }
-        if let Some(layer) = read_vars_file(repo, &file, problems)? {
+        if let Some(layer) = read_vars_file(repo, &file, max, problems)? {
             layers.insert(group.to_string(), layer);
         }
     }
     Ok(layers)
+}
+
+/// The fuzz target of the YAML layer (src/fuzz.rs): parse, then type the document as
+/// every kind of file of the repository (with the checks of misplaced keys), and read
+/// its layer as the loader does.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_yaml(data: &[u8]) {
+    let Ok(node) = yaml::parse("fuzz.yml", data) else {
+        return;
+    };
+    let _ = yaml::typed::<FleetDoc>("fuzz.yml", &node);
+    let _ = yaml::typed::<schema::GroupVarsDoc>("fuzz.yml", &node);
+    let _ = yaml::typed::<schema::HostVarsDoc>("fuzz.yml", &node);
+    let _ = yaml::typed::<schema::RoleDoc>("fuzz.yml", &node);
+    for kind in [
+        FileKind::Fleet,
+        FileKind::Inventory,
+        FileKind::GroupVars,
+        FileKind::HostVars,
+        FileKind::Role,
+    ] {
+        let _ = misplaced_keys("fuzz.yml", &node, kind);
+    }
+    let _ = yaml::to_value(&node);
+    let mut problems = Vec::new();
+    let _ = read_layer("fuzz.yml", &node, &mut problems);
+    let _ = os::read("fuzz.yml", &node, &mut problems);
+    let _ = gate::requirement(&node);
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use minijinja::Value;
 use crate::error::{span_pos, Invalid, Pos, Result};
 use crate::fleet::layers::{read_role_refs, RoleRef};
 use crate::fleet::schema::{misplaced_keys, FileKind, ParamDoc, RoleDoc};
+use crate::fleet::source::Entry;
 use crate::fleet::{yaml, Fleet};
 use crate::resources::Spec;
 
@@ -82,27 +83,26 @@ impl Fleet<'_> {
         if !valid_name {
             return Ok(Loaded::BadName);
         }
-        let (dir, file, builtin, text) = match self.repo.read(&format!("roles/{name}/role.yml"))? {
-            Some(t) => (
-                format!("roles/{name}"),
-                format!("roles/{name}/role.yml"),
-                false,
-                t,
-            ),
-            None => match self
-                .builtin
-                .map(|b| b.read(&format!("{name}/role.yml")))
-                .transpose()?
-                .flatten()
-            {
-                Some(t) => (
-                    name.to_string(),
-                    format!("builtin:{name}/role.yml"),
-                    true,
-                    t,
-                ),
-                None => return Ok(Loaded::Missing),
-            },
+        let max = self.settings.max_yaml_bytes;
+        let rel = format!("roles/{name}/role.yml");
+        let (dir, file, builtin, entry) = match self.repo.get(&rel, max)? {
+            Entry::Missing => {
+                let found = match self.builtin {
+                    Some(b) => b.get(&format!("{name}/role.yml"), max)?,
+                    None => Entry::Missing,
+                };
+                let file = format!("builtin:{name}/role.yml");
+                (name.to_string(), file, true, found)
+            }
+            found => (format!("roles/{name}"), rel, false, found),
+        };
+        let text = match entry {
+            Entry::File(text) => text,
+            Entry::Missing => return Ok(Loaded::Missing),
+            other => {
+                let problem = other.problem(&file, "max_yaml_bytes", max);
+                return Ok(Loaded::Role(Err(vec![problem])));
+            }
         };
         Ok(Loaded::Role(
             self.parse_role(name, dir, file, builtin, &text),
@@ -177,19 +177,21 @@ impl Fleet<'_> {
         } else {
             self.repo
         };
-        match source.read(&path)? {
-            Some(bytes) => Ok(Ok(bytes)),
-            None => {
-                let shown = if def.builtin {
-                    format!("builtin:{path}")
-                } else {
-                    path
-                };
-                Ok(Err(Invalid::at(
-                    &def.file,
-                    name.span(),
-                    format!("{shown} does not exist"),
-                )))
+        let max = self.settings.max_file_bytes;
+        let shown = if def.builtin {
+            format!("builtin:{path}")
+        } else {
+            path.clone()
+        };
+        // A problem with the file is shown where role.yml names it.
+        let problem = |message: String| Ok(Err(Invalid::at(&def.file, name.span(), message)));
+        match source.get(&path, max)? {
+            Entry::File(bytes) => Ok(Ok(bytes)),
+            Entry::Missing => problem(format!("{shown} does not exist")),
+            other => {
+                let p = other.problem(&path, "max_file_bytes", max);
+                let builtin = if def.builtin { "builtin:" } else { "" };
+                problem(format!("{builtin}{}: {}", p.pos.file, p.message))
             }
         }
     }

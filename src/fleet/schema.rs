@@ -102,7 +102,24 @@ pub(crate) struct Settings {
     /// The oldest agent that may apply this branch (`X.Y.Z`); an older agent's `pull`
     /// upgrades itself first (src/selfupdate.rs).
     pub(crate) min_agent_version: Option<Spanned<String>>,
+    /// Bounds on the work a branch can ask of a device (docs/security.md): the size of
+    /// each YAML file (fleet.yml itself is always held to the default), ...
+    pub(crate) max_yaml_bytes: u64,
+    /// ... of one file's content (inline, from files/, or rendered), and of any
+    /// rendered string of role.yml, ...
+    pub(crate) max_file_bytes: u64,
+    /// ... of all of a device's file contents together, ...
+    pub(crate) max_total_file_bytes: u64,
+    /// ... and the steps (minijinja's fuel) of one template rendering.
+    pub(crate) max_template_steps: u64,
 }
+
+/// The defaults of the bounds: what a 512 MiB Raspberry Pi can afford while it also
+/// runs its application (docs/security.md measures them).
+pub(crate) const MAX_YAML_BYTES: u64 = 8 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_TOTAL_FILE_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_TEMPLATE_STEPS: u64 = 1_000_000;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -110,6 +127,10 @@ impl Default for Settings {
             prune: true,
             apt_lists_max_age_minutes: 60,
             min_agent_version: None,
+            max_yaml_bytes: MAX_YAML_BYTES,
+            max_file_bytes: MAX_FILE_BYTES,
+            max_total_file_bytes: MAX_TOTAL_FILE_BYTES,
+            max_template_steps: MAX_TEMPLATE_STEPS,
         }
     }
 }

@@ -3,9 +3,13 @@
 //! (a maintainer's working tree with `--repo`, the built-in roles). Paths are relative,
 //! '/'-separated, and never leave the source.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use marked_yaml::Node;
+
+use crate::error::{Error, Invalid, Pos, Result};
+use crate::fleet::yaml;
 
 pub(crate) enum Source<'r> {
     Commit {
@@ -16,8 +20,8 @@ pub(crate) enum Source<'r> {
     Dir(PathBuf),
     /// Files compiled into the binary (the built-in roles), by relative path.
     Embedded(&'static [(&'static str, &'static [u8])]),
-    /// Files in memory by relative path (in-process tests).
-    #[cfg(test)]
+    /// Files in memory by relative path (in-process tests, fuzzing).
+    #[cfg(any(test, feature = "fuzzing"))]
     Files(std::collections::BTreeMap<String, Vec<u8>>),
 }
 
@@ -40,51 +44,35 @@ impl<'r> Source<'r> {
             Source::Commit { label, .. } => label.clone(),
             Source::Dir(p) => p.display().to_string(),
             Source::Embedded(_) => "the built-in roles".into(),
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Source::Files(_) => "memory".into(),
         }
     }
 
-    /// The content of a file, or None when there is no file at that path.
-    pub(crate) fn read(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+    /// What is at a path: a file of at most `max` bytes (its size is looked at before
+    /// its content is read), a larger one, a symlink (never followed, for a path or any
+    /// directory on the way: `plan --repo` and `pull` treat links alike), or nothing.
+    pub(crate) fn get(&self, rel: &str, max: u64) -> Result<Entry> {
         match self {
-            Source::Commit { repo, tree, .. } => {
-                let entry = match tree.get_path(Path::new(rel)) {
-                    Ok(e) => e,
-                    Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-                    Err(e) => return Err(Error::git(format!("cannot look up {rel}"), e)),
-                };
-                if entry.kind() != Some(git2::ObjectType::Blob) {
-                    return Ok(None);
-                }
-                let blob = repo.find_blob(entry.id()).map_err(|e| {
-                    Error::git(format!("cannot read {rel} from the local clone"), e)
-                })?;
-                Ok(Some(blob.content().to_vec()))
-            }
-            Source::Dir(dir) => {
-                let p = dir.join(rel);
-                match std::fs::read(&p) {
-                    Ok(b) => Ok(Some(b)),
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory
-                        ) =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => Ok(None),
-                    Err(e) => Err(Error::io("cannot read", p, e)),
-                }
-            }
-            Source::Embedded(files) => Ok(files
-                .iter()
-                .find(|(path, _)| *path == rel)
-                .map(|(_, bytes)| bytes.to_vec())),
-            #[cfg(test)]
-            Source::Files(files) => Ok(files.get(rel).cloned()),
+            Source::Commit { repo, tree, .. } => commit_get(repo, tree, rel, max),
+            Source::Dir(dir) => dir_get(dir, rel, max),
+            Source::Embedded(files) => Ok(in_memory(
+                files.iter().find(|(path, _)| *path == rel).map(|(_, b)| *b),
+                max,
+            )),
+            #[cfg(any(test, feature = "fuzzing"))]
+            Source::Files(files) => Ok(in_memory(files.get(rel).map(Vec::as_slice), max)),
         }
+    }
+
+    /// A YAML file of the repository, parsed: None when there is none; a problem at the
+    /// file when it is a link, larger than `max` bytes, or not valid YAML.
+    pub(crate) fn yaml(&self, rel: &str, max: u64) -> Result<Option<Result<Node, Invalid>>> {
+        Ok(match self.get(rel, max)? {
+            Entry::Missing => None,
+            Entry::File(text) => Some(yaml::parse(rel, &text)),
+            other => Some(Err(other.problem(rel, "max_yaml_bytes", max))),
+        })
     }
 
     /// Names of the entries of a directory, sorted; None when it does not exist.
@@ -95,6 +83,10 @@ impl<'r> Source<'r> {
                     tree.clone()
                 } else {
                     match tree.get_path(Path::new(rel)) {
+                        Ok(e) if e.filemode() == GIT_LINK => {
+                            let link = Entry::Link(rel.to_string());
+                            return Err(Error::Invalid(vec![link.problem(rel, "", 0)]));
+                        }
                         Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => {
                             repo.find_tree(e.id()).map_err(|e| {
                                 Error::git(format!("cannot read {rel} from the local clone"), e)
@@ -111,6 +103,9 @@ impl<'r> Source<'r> {
             }
             Source::Dir(dir) => {
                 let p = dir.join(rel);
+                if let Err(link @ Entry::Link(_)) = dir_walk(dir, rel)? {
+                    return Err(Error::Invalid(vec![link.problem(rel, "", 0)]));
+                }
                 match std::fs::read_dir(&p) {
                     Ok(rd) => rd
                         .filter_map(|e| e.ok())
@@ -125,7 +120,7 @@ impl<'r> Source<'r> {
                 Some(names) => names,
                 None => return Ok(None),
             },
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fuzzing"))]
             Source::Files(files) => match children(files.keys().map(String::as_str), rel) {
                 Some(names) => names,
                 None => return Ok(None),
@@ -151,6 +146,158 @@ fn children<'p>(paths: impl Iterator<Item = &'p str>, rel: &str) -> Option<Vec<S
     names.sort();
     names.dedup();
     (!names.is_empty()).then_some(names)
+}
+
+/// A file held in memory, within `max` bytes.
+fn in_memory(found: Option<&[u8]>, max: u64) -> Entry {
+    match found {
+        Some(b) if b.len() as u64 > max => Entry::TooBig(b.len() as u64),
+        Some(b) => Entry::File(b.to_vec()),
+        None => Entry::Missing,
+    }
+}
+
+/// What is at a path of a source.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    Missing,
+    File(Vec<u8>),
+    /// A file larger than the limit asked for, and its size.
+    TooBig(u64),
+    /// A symlink at this path (the path itself or a directory on the way).
+    Link(String),
+    /// A FIFO, socket or device (working trees only).
+    Special,
+}
+
+impl Entry {
+    /// The problem with an entry that is not a file within its limit (`setting` names
+    /// the limit in fleet.yml `settings:`).
+    pub(crate) fn problem(&self, rel: &str, setting: &str, max: u64) -> Invalid {
+        let (at, message) = match self {
+            Entry::TooBig(size) => (
+                rel,
+                format!("{size} bytes, more than {setting} ({max} bytes; fleet.yml settings)"),
+            ),
+            Entry::Link(at) => (
+                at.as_str(),
+                "a symlink: links in the fleet repository are never followed (commit the file itself)".to_string(),
+            ),
+            Entry::Special => (rel, "not a regular file".to_string()),
+            Entry::Missing | Entry::File(_) => (rel, "does not exist".to_string()),
+        };
+        Invalid::new(Pos::file(at), message)
+    }
+}
+
+/// A git symlink: a blob with mode 120000.
+const GIT_LINK: i32 = 0o120000;
+
+fn commit_get(repo: &git2::Repository, tree: &git2::Tree, rel: &str, max: u64) -> Result<Entry> {
+    let entry = match tree.get_path(Path::new(rel)) {
+        Ok(e) => e,
+        // A directory on the way may be a link (a blob, so the path is not found).
+        Err(e) if e.code() == git2::ErrorCode::NotFound => {
+            return Ok(commit_link_on_the_way(tree, rel))
+        }
+        Err(e) => return Err(Error::git(format!("cannot look up {rel}"), e)),
+    };
+    if entry.filemode() == GIT_LINK {
+        return Ok(Entry::Link(rel.to_string()));
+    }
+    if entry.kind() != Some(git2::ObjectType::Blob) {
+        return Ok(Entry::Missing);
+    }
+    let odb = repo
+        .odb()
+        .map_err(|e| Error::git("cannot open the local clone's objects", e))?;
+    let (size, _) = odb
+        .read_header(entry.id())
+        .map_err(|e| Error::git(format!("cannot read {rel} from the local clone"), e))?;
+    if size as u64 > max {
+        return Ok(Entry::TooBig(size as u64));
+    }
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(|e| Error::git(format!("cannot read {rel} from the local clone"), e))?;
+    Ok(Entry::File(blob.content().to_vec()))
+}
+
+/// A link among the directories of `rel`, or Missing.
+fn commit_link_on_the_way(tree: &git2::Tree, rel: &str) -> Entry {
+    let mut at = String::new();
+    for part in rel.split('/') {
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(part);
+        match tree.get_path(Path::new(&at)) {
+            Ok(e) if e.filemode() == GIT_LINK => return Entry::Link(at),
+            Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => continue,
+            _ => return Entry::Missing,
+        }
+    }
+    Entry::Missing
+}
+
+fn dir_get(dir: &Path, rel: &str, max: u64) -> Result<Entry> {
+    let (p, meta) = match dir_walk(dir, rel)? {
+        Ok(found) => found,
+        Err(entry) => return Ok(entry),
+    };
+    if meta.is_dir() {
+        return Ok(Entry::Missing);
+    }
+    if !meta.is_file() {
+        return Ok(Entry::Special);
+    }
+    if meta.len() > max {
+        return Ok(Entry::TooBig(meta.len()));
+    }
+    let mut content = Vec::new();
+    std::fs::File::open(&p)
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut content))
+        .map_err(|e| Error::io("cannot read", &p, e))?;
+    if content.len() as u64 > max {
+        return Ok(Entry::TooBig(content.len() as u64));
+    }
+    Ok(Entry::File(content))
+}
+
+/// Looks at each component of `rel` under `dir` without following links: the path and
+/// what is there, or the entry that ends the walk (missing, a link on the way).
+fn dir_walk(
+    dir: &Path,
+    rel: &str,
+) -> Result<std::result::Result<(PathBuf, std::fs::Metadata), Entry>> {
+    let mut p = dir.to_path_buf();
+    let mut at = String::new();
+    let mut meta = None;
+    for part in rel.split('/').filter(|s| !s.is_empty()) {
+        if meta
+            .as_ref()
+            .is_some_and(|m: &std::fs::Metadata| !m.is_dir())
+        {
+            return Ok(Err(Entry::Missing));
+        }
+        p.push(part);
+        if !at.is_empty() {
+            at.push('/');
+        }
+        at.push_str(part);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return Ok(Err(Entry::Link(at))),
+            Ok(m) => meta = Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Err(Entry::Missing)),
+            Err(e) => return Err(Error::io("cannot read", &p, e)),
+        }
+    }
+    match meta {
+        Some(m) => Ok(Ok((p, m))),
+        None => std::fs::symlink_metadata(&p)
+            .map(|m| Ok((p.clone(), m)))
+            .map_err(|e| Error::io("cannot read", &p, e)),
+    }
 }
 
 pub(crate) fn short(oid: git2::Oid) -> String {

@@ -1,7 +1,13 @@
 //! Templates: minijinja (Jinja2) with strict undefined variables, for strings of
 //! role.yml and for the files under a role's templates/. Every error names the position
 //! of the template; undefined variables are all reported, each by name (the template is
-//! rendered again with the ones found so far standing in, up to a bound).
+//! rendered again with the ones found so far standing in, up to a bound). Rendering is
+//! bounded: all the renderings of one device share `max_template_steps` steps
+//! (minijinja's fuel), and each gives at most `max_file_bytes` of output (fleet.yml
+//! settings); going over is a problem at the template.
+
+use std::cell::{Cell, RefCell};
+use std::io::Write;
 
 use marked_yaml::Span;
 use minijinja::value::ValueKind;
@@ -13,7 +19,11 @@ use crate::error::{line_column, Invalid, Pos};
 const MAX_UNDEFINED: usize = 20;
 
 pub(super) struct Templates {
-    env: Environment<'static>,
+    env: RefCell<Environment<'static>>,
+    max_steps: u64,
+    /// The steps left to this device's renderings.
+    steps_left: Cell<u64>,
+    max_bytes: u64,
 }
 
 /// A problem of a template, and the variable it lacks when that is the problem.
@@ -24,11 +34,59 @@ pub(super) struct TemplateError {
 }
 
 impl Templates {
-    pub(super) fn new() -> Templates {
+    pub(super) fn new(max_steps: u64, max_bytes: u64) -> Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
-        Templates { env }
+        Templates {
+            env: RefCell::new(env),
+            max_steps,
+            steps_left: Cell::new(max_steps),
+            max_bytes,
+        }
+    }
+
+    /// Whether the steps are used up (a problem already says where).
+    pub(super) fn exhausted(&self) -> bool {
+        self.steps_left.get() == 0
+    }
+
+    /// Renders `src` into at most `max_bytes`, with the steps left; an error comes with
+    /// the words for it (which bound was crossed, or minijinja's error).
+    fn bounded(&self, src: &str, ctx: &Value) -> Result<String, (minijinja::Error, String)> {
+        let mut out = Capped {
+            out: Vec::new(),
+            max: self.max_bytes,
+            over: false,
+        };
+        self.env
+            .borrow_mut()
+            .set_fuel(Some(self.steps_left.get().max(1)));
+        let env = self.env.borrow();
+        let rendered = env.template_from_str(src).and_then(|t| {
+            let captured = t.render_captured_to(ctx, &mut out)?;
+            let (used, _) = captured.state().fuel_levels().unwrap_or_default();
+            self.steps_left
+                .set(self.steps_left.get().saturating_sub(used).max(1));
+            Ok(())
+        });
+        if matches!(&rendered, Err(e) if e.kind() == ErrorKind::OutOfFuel) {
+            self.steps_left.set(0);
+        }
+        match rendered {
+            Ok(()) => Ok(String::from_utf8(out.out).expect("templates render UTF-8")),
+            Err(e) if out.over => {
+                let why = format!(
+                    "the rendered text is more than {} bytes (max_file_bytes; fleet.yml settings)",
+                    self.max_bytes
+                );
+                Err((e, why))
+            }
+            Err(e) => {
+                let why = message(&e, src, self.max_steps);
+                Err((e, why))
+            }
+        }
     }
 
     /// Renders a string from role.yml; errors point at the string.
@@ -45,8 +103,8 @@ impl Templates {
         self.render_all(text, ctx).map_err(|errors| {
             errors
                 .into_iter()
-                .map(|(e, undefined)| {
-                    let mut p = Invalid::at(file, span, message(&e, text));
+                .map(|(e, why, undefined)| {
+                    let mut p = Invalid::at(file, span, why);
                     if let (Some(line), true) = (e.line(), p.pos.line > 0) {
                         if line > 1 {
                             p.message.push_str(&format!(" (line {line} of the value)"));
@@ -78,7 +136,7 @@ impl Templates {
             Ok(s) => Ok(s.into_bytes()),
             Err(errors) => Err(errors
                 .into_iter()
-                .map(|(e, undefined)| {
+                .map(|(e, why, undefined)| {
                     let (line, column) = match (e.line(), e.range()) {
                         (_, Some(r)) => line_column(src, r.start),
                         (Some(l), None) => (l, 1),
@@ -90,7 +148,7 @@ impl Templates {
                         column,
                     };
                     TemplateError {
-                        problem: Invalid::new(pos, message(&e, src)),
+                        problem: Invalid::new(pos, why),
                         undefined,
                     }
                 })
@@ -104,11 +162,11 @@ impl Templates {
         &self,
         src: &str,
         ctx: &Value,
-    ) -> Result<String, Vec<(minijinja::Error, Option<String>)>> {
+    ) -> Result<String, Vec<(minijinja::Error, String, Option<String>)>> {
         let mut errors = Vec::new();
         let mut ctx = ctx.clone();
         loop {
-            let e = match self.env.render_str(src, &ctx) {
+            let (e, why) = match self.bounded(src, &ctx) {
                 Ok(s) if errors.is_empty() => return Ok(s),
                 Ok(_) => return Err(errors),
                 Err(e) => e,
@@ -116,7 +174,7 @@ impl Templates {
             let path = undefined_path(&e, src);
             let next = path.as_ref().and_then(|p| with_stand_in(&ctx, p));
             let name = path.and_then(|p| p.into_iter().next());
-            errors.push((e, name));
+            errors.push((e, why, name));
             match next {
                 Some(c) if errors.len() < MAX_UNDEFINED => ctx = c,
                 _ => return Err(errors),
@@ -171,9 +229,34 @@ fn nested_stand_in(rest: &[String]) -> Value {
     }
 }
 
+/// The rendered text, refused past its bound.
+struct Capped {
+    out: Vec<u8>,
+    max: u64,
+    over: bool,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.out.len() + buf.len()) as u64 > self.max {
+            self.over = true;
+            return Err(std::io::Error::other("over max_file_bytes"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// minijinja's error, with the name of an undefined variable spelled out.
-fn message(e: &minijinja::Error, src: &str) -> String {
+fn message(e: &minijinja::Error, src: &str, max_steps: u64) -> String {
     match e.kind() {
+        ErrorKind::OutOfFuel => format!(
+            "the device's templates take more than {max_steps} steps with this one (max_template_steps; fleet.yml settings)"
+        ),
         ErrorKind::UndefinedError => {
             let expr = e
                 .range()

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::error::Error;
 use crate::fleet::source::Source;
 use crate::fleet::{Device, Fleet, FleetFile};
-use crate::resources::DesiredState;
+use crate::resources::{DesiredState, Reserved};
 
 /// A small valid fleet: role `web` for every device of group `shop` (pi-*).
 pub(crate) const BASE: &[(&str, &str)] = &[
@@ -34,6 +34,27 @@ pub(crate) fn source(files: &[(&str, &str)]) -> Source<'static> {
     Source::Files(map)
 }
 
+/// The agent's own files, as the default agent.toml puts them (src/run.rs `reserved`;
+/// tests/integration/reserved.rs checks that one end to end).
+pub(crate) fn reserved() -> Reserved {
+    Reserved::new(
+        [
+            ("/var/lib/fleet-agent", "the agent's state directory"),
+            ("/etc/fleet-agent/agent.toml", "the agent's configuration"),
+            ("/etc/fleet-agent/rootfs-id", "the root filesystem's marker"),
+            (
+                "/etc/fleet-agent/os-update-slot",
+                "the OS update's slot marker",
+            ),
+            ("/usr/share/fleet-agent/roles", "the built-in roles"),
+            ("/proc", "the kernel's process filesystem"),
+            ("/sys", "the kernel's sysfs"),
+            ("/dev", "the device filesystem"),
+        ]
+        .map(|(p, what)| (p.into(), what.to_string())),
+    )
+}
+
 /// The desired state of device pi-1, or every problem as `file:line:column: message`.
 pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String>> {
     let src = source(files);
@@ -42,7 +63,7 @@ pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String
         other => vec![format!("not a validation error: {other}")],
     };
     let file = FleetFile::read(&src).map_err(as_strings)?;
-    let fleet = Fleet::load(&src, None, &file).map_err(as_strings)?;
+    let fleet = Fleet::load(&src, None, &file, reserved()).map_err(as_strings)?;
     let device = Device {
         id: "pi-1".into(),
         device_type: None,
@@ -87,7 +108,7 @@ invalid!(
     [
         ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: x\n      mdoe: \"0644\"\n")
     ],
-    "roles/web/role.yml:5:7: unknown key `mdoe`, expected one of: path, content, source, template, mode, owner, group, secret"
+    "roles/web/role.yml:5:7: unknown key `mdoe`, expected one of: path, content, source, template, mode, owner, group, secret, setuid, setgid"
 );
 
 invalid!(
@@ -185,7 +206,7 @@ invalid!(
     [
         ("roles/web/role.yml", "resources:\n  - file:\n      path: etc/x\n      content: x\n")
     ],
-    "roles/web/role.yml:3:13: `etc/x` is not a device path: expected an absolute path without `.`, `..` or a trailing /"
+    "roles/web/role.yml:3:13: `etc/x` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /"
 );
 
 invalid!(
@@ -464,3 +485,300 @@ invalid!(
     [("group_vars/shop.yml", "vars:\ngreeting: hi\n")],
     "group_vars/shop.yml:2:1: `greeting` is not a key of this file: the `vars:` above it is empty; indent `greeting` under `vars:` to make it a variable"
 );
+
+// A device path is exactly what it looks like (docs/security.md).
+
+invalid!(
+    path_dot_and_empty_components,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/x, content: a}\n  - file: {path: /etc/./x, content: b}\n  - absent: {path: \"/etc//x\"}\n"
+    )],
+    "roles/web/role.yml:3:18: `/etc/./x` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /",
+    "roles/web/role.yml:4:20: `/etc//x` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /"
+);
+
+invalid!(
+    path_control_and_bidi_characters,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: \"/etc/x\\nCreate file /etc/ok\", content: a}\n  - directory: {path: \"/etc/\\u202Efdp.sh\"}\n  - file: {path: \"/etc/a\\0b\", content: c}\n"
+    )],
+    "roles/web/role.yml:2:18: `/etc/x\\u{a}Create file /etc/ok` is not a device path: it contains the control character U+000A",
+    "roles/web/role.yml:3:23: `/etc/\\u{202e}fdp.sh` is not a device path: it contains the Unicode bidirectional control U+202E",
+    "roles/web/role.yml:4:18: `/etc/a\\u{0}b` is not a device path: it contains the control character U+0000"
+);
+
+invalid!(
+    path_over_the_system_limits,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file:\n      path: \"/etc/{{ 'n' * 256 }}\"\n      content: a\n  - directory:\n      path: \"{{ '/abc' * 1100 }}\"\n"
+    )],
+    "roles/web/role.yml:3:13: `/etc/nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn…` is not a device path: its component `nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn…` is 256 bytes long, more than 255",
+    "roles/web/role.yml:6:13: `/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc/abc…` is not a device path: it is 4400 bytes long, more than 4095"
+);
+
+invalid!(
+    symlink_target_control_characters,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - symlink: {path: /etc/l, target: \"/x\\r\\e[2K\"}\n"
+    )],
+    "roles/web/role.yml:2:37: `/x\\u{d}\\u{1b}[2K` is not a link target: it contains the control character U+000D"
+);
+
+// The agent's own files are off limits.
+
+invalid!(
+    reserved_paths,
+    [(
+        "roles/web/role.yml",
+        concat!(
+            "resources:\n",
+            "  - absent: {path: /var/lib/fleet-agent}\n",
+            "  - file: {path: /var/lib/fleet-agent/state.json, content: \"{}\"}\n",
+            "  - absent: {path: /etc/fleet-agent/rootfs-id}\n",
+            "  - file: {path: /etc/fleet-agent/agent.toml, content: x}\n",
+            "  - absent: {path: /etc/fleet-agent/os-update-slot}\n",
+            "  - directory: {path: /usr/share/fleet-agent/roles/evil}\n",
+            "  - file: {path: /proc/sys/kernel/core_pattern, content: x}\n",
+            "  - file: {path: /sys/class/leds/x, content: x}\n",
+            "  - symlink: {path: /dev/watchdog0, target: /dev/null}\n",
+            "  - absent: {path: /var/lib}\n",
+            "  - symlink: {path: /etc/fleet-agent, target: /tmp}\n",
+        )
+    )],
+    "roles/web/role.yml:2:20: /var/lib/fleet-agent is the agent's state directory: the agent's own files are off limits",
+    "roles/web/role.yml:3:18: /var/lib/fleet-agent/state.json is under /var/lib/fleet-agent (the agent's state directory): the agent's own files are off limits",
+    "roles/web/role.yml:4:20: /etc/fleet-agent/rootfs-id is the root filesystem's marker: the agent's own files are off limits",
+    "roles/web/role.yml:5:18: /etc/fleet-agent/agent.toml is the agent's configuration: the agent's own files are off limits",
+    "roles/web/role.yml:6:20: /etc/fleet-agent/os-update-slot is the OS update's slot marker: the agent's own files are off limits",
+    "roles/web/role.yml:7:23: /usr/share/fleet-agent/roles/evil is under /usr/share/fleet-agent/roles (the built-in roles): the agent's own files are off limits",
+    "roles/web/role.yml:8:18: /proc/sys/kernel/core_pattern is under /proc (the kernel's process filesystem): the agent's own files are off limits",
+    "roles/web/role.yml:9:18: /sys/class/leds/x is under /sys (the kernel's sysfs): the agent's own files are off limits",
+    "roles/web/role.yml:10:21: /dev/watchdog0 is under /dev (the device filesystem): the agent's own files are off limits",
+    "roles/web/role.yml:11:20: /var/lib holds /var/lib/fleet-agent (the agent's state directory): the agent's own files are off limits",
+    "roles/web/role.yml:12:21: /etc/fleet-agent holds /etc/fleet-agent/agent.toml (the agent's configuration): the agent's own files are off limits"
+);
+
+// Nothing reaches a command as an option.
+
+invalid!(
+    option_injection,
+    [(
+        "roles/web/role.yml",
+        concat!(
+            "resources:\n",
+            "  - service: {name: \"--root=/.\", enabled: true}\n",
+            "  - service: {name: \"-x.service\", enabled: true}\n",
+            "  - package: {name: curl, version: \"--allow-downgrades\"}\n",
+            "  - user: {name: app, shell: \"--badname\", home: \"/var/lib/a:b\", comment: \"x:0:0\", groups: [\"-oroot\"]}\n",
+            "  - apt_source:\n",
+            "      name: ex\n",
+            "      uris: [\"http://deb.example/ \\nTrusted: yes\"]\n",
+            "      suites: [bookworm]\n",
+            "      key: k.gpg\n",
+        )
+    ), ("roles/web/files/k.gpg", "key")],
+    "roles/web/role.yml:2:21: `--root=/.` is not a unit name: expected a systemd unit name such as web or web.service: letters, digits, `:-_.\\`, one `@`, and a unit type",
+    "roles/web/role.yml:3:21: `-x.service` is not a unit name: expected a systemd unit name such as web or web.service: letters, digits, `:-_.\\`, one `@`, and a unit type",
+    "roles/web/role.yml:4:36: `--allow-downgrades` is not a package version: expected a Debian version such as 1.2-3 or 2:1.0~rc1 (or a glob of one, 1.2.*): it starts with a digit and has only letters, digits and .+~-:",
+    "roles/web/role.yml:5:49: `/var/lib/a:b` is not a home or shell: `:` separates the fields of /etc/passwd",
+    "roles/web/role.yml:5:30: `--badname` is not a device path: expected an absolute path without `.`, `..`, empty components (`//`) or a trailing /",
+    "roles/web/role.yml:5:92: `-oroot` is not a user or group name: lowercase letters, digits, - and _",
+    "roles/web/role.yml:5:74: `x:0:0` is not a comment: `:` separates the fields of /etc/passwd",
+    "roles/web/role.yml:8:14: `http://deb.example/ \\u{a}Trusted: yes` is not one word: an apt source's uris, suites, components and architectures have no spaces or control characters"
+);
+
+// Bounded work: each bound is a problem at its position, and a fleet.yml setting.
+
+invalid!(
+    template_steps,
+    [(
+        "roles/web/templates/web.conf.j2",
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}\n"
+    )],
+    "roles/web/templates/web.conf.j2:1:1: the device's templates take more than 1000000 steps with this one (max_template_steps; fleet.yml settings)"
+);
+
+invalid!(
+    template_steps_in_role_yml,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_template_steps: 1000}\nvars: {port: 1}\nroles: [web]\n"),
+        ("roles/web/role.yml", "resources:\n  - file:\n      path: /etc/x\n      content: \"{% for i in range(2000) %}{% endfor %}\"\n")
+    ],
+    "roles/web/role.yml:4:16: the device's templates take more than 1000 steps with this one (max_template_steps; fleet.yml settings)"
+);
+
+invalid!(
+    template_steps_are_shared_by_the_device,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_template_steps: 1000}\nvars: {port: 1}\nroles: [web]\n"),
+        ("roles/web/role.yml", concat!(
+            "resources:\n",
+            "  - file: {path: /etc/a, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+            "  - file: {path: /etc/b, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+            "  - file: {path: /etc/c, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+            "  - file: {path: /etc/d, content: \"{% for i in range(100) %}{% endfor %}\"}\n",
+        ))
+    ],
+    "roles/web/role.yml:5:35: the device's templates take more than 1000 steps with this one (max_template_steps; fleet.yml settings)"
+);
+
+invalid!(
+    rendered_size,
+    [("roles/web/templates/web.conf.j2", "{% for i in range(2) %}{{ 'x' * 10000000 }}{% endfor %}\n")],
+    "roles/web/templates/web.conf.j2: the rendered text is more than 16777216 bytes (max_file_bytes; fleet.yml settings)"
+);
+
+invalid!(
+    yaml_size,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_yaml_bytes: 100}\nvars: {port: 1}\nroles: [web]\n"),
+        ("group_vars/shop.yml", "vars:\n  greeting: \"{{ 'far too long for the limit of a hundred bytes, which this file crosses by a few' }}\"\n")
+    ],
+    "group_vars/shop.yml: 108 bytes, more than max_yaml_bytes (100 bytes; fleet.yml settings)"
+);
+
+invalid!(
+    file_size_and_total,
+    [
+        ("fleet.yml", "format: 1\nsettings: {max_file_bytes: 8, max_total_file_bytes: 12}\nvars: {port: 1}\nroles: [web]\n"),
+        ("roles/web/role.yml", "resources:\n  - file: {path: /etc/a, source: big}\n  - file: {path: /etc/b, content: \"1234567\"}\n  - file: {path: /etc/c, content: \"1234567\"}\n"),
+        ("roles/web/files/big", "123456789")
+    ],
+    "roles/web/role.yml:2:34: roles/web/files/big: 9 bytes, more than max_file_bytes (8 bytes; fleet.yml settings)",
+    "roles/web/role.yml:4:5: the device's files add up to more than 12 bytes with this one (max_total_file_bytes; fleet.yml settings)"
+);
+
+// Private state: setuid and setgid need an opt-in.
+
+invalid!(
+    setuid_needs_an_opt_in,
+    [(
+        "roles/web/role.yml",
+        concat!(
+            "resources:\n",
+            "  - file: {path: /usr/local/bin/x, content: x, mode: \"4755\"}\n",
+            "  - directory: {path: /srv/shared, mode: \"2775\"}\n",
+            "  - file: {path: /usr/local/bin/y, content: y, mode: \"0755\", setgid: true}\n",
+            "  - file: {path: /usr/local/bin/z, content: z, mode: \"6755\", setuid: true, setgid: true}\n",
+        )
+    )],
+    "roles/web/role.yml:2:54: mode 4755 sets the setuid bit: add `setuid: true` to the resource to allow it",
+    "roles/web/role.yml:3:42: mode 2775 sets the setgid bit: add `setgid: true` to the resource to allow it",
+    "roles/web/role.yml:4:70: `setgid: true` but the mode has no setgid bit"
+);
+
+// Symlinks in the fleet repository: `plan --repo` (a directory) and `pull` (a commit)
+// treat them alike, and never follow them.
+
+/// The problems of loading the base fleet plus `files` and `links` (path → target) for
+/// device pi-1, from a working tree and from a commit of it (real git).
+fn from_tree_and_commit(files: &[(&str, &str)], links: &[(&str, &str)]) -> [Vec<String>; 2] {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("fleet");
+    for (path, content) in BASE.iter().chain(files) {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    for (path, target) in links {
+        let p = dir.join(path);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, p).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "fleet"]);
+    let repo = git2::Repository::open(&dir).unwrap();
+    let head = repo.head().unwrap().target().unwrap();
+    let load = |src: &Source| -> Vec<String> {
+        let as_strings = |e: Error| match e {
+            Error::Invalid(ps) => ps.iter().map(|p| p.to_string()).collect(),
+            other => vec![format!("not a validation error: {other}")],
+        };
+        let file = FleetFile::read(src).map_err(as_strings);
+        let result = file.and_then(|f| Fleet::load(src, None, &f, reserved()).map_err(as_strings));
+        let device = Device {
+            id: "pi-1".into(),
+            device_type: None,
+        };
+        match result.and_then(|fleet| fleet.desired_state(&device).map_err(as_strings)) {
+            Ok(_) => vec![],
+            Err(problems) => problems,
+        }
+    };
+    let commit = Source::commit(&repo, head).unwrap();
+    [load(&Source::Dir(dir.clone())), load(&commit)]
+}
+
+#[test]
+fn symlinks_in_the_repository_are_never_followed_by_plan_repo_or_pull() {
+    let link =
+        "a symlink: links in the fleet repository are never followed (commit the file itself)";
+    let role = "resources:\n  - file: {path: /etc/a, source: a.conf}\n  - file: {path: /etc/b, template: b.j2}\n";
+    type Files = Vec<(&'static str, &'static str)>;
+    let cases: [(&str, Files, Files, Vec<String>); 4] = [
+        (
+            "a role's source: and template: (one inside the repository, one outside)",
+            vec![
+                ("roles/web/role.yml", role),
+                (
+                    "inventory.yml",
+                    "groups:\n  shop:\n    devices: [\"pi-*\"]\n",
+                ),
+            ],
+            vec![
+                ("roles/web/files/a.conf", "../../../inventory.yml"),
+                ("roles/web/templates/b.j2", "/etc/passwd"),
+            ],
+            vec![
+                format!("roles/web/role.yml:2:34: roles/web/files/a.conf: {link}"),
+                format!("roles/web/role.yml:3:36: roles/web/templates/b.j2: {link}"),
+            ],
+        ),
+        (
+            "role.yml",
+            vec![("roles/other/role.yml", "resources: []\n")],
+            vec![("roles/web/role.yml", "../other/role.yml")],
+            vec![format!("roles/web/role.yml: {link}")],
+        ),
+        (
+            "a role's directory",
+            vec![("roles/other/role.yml", "resources: []\n")],
+            vec![("roles/web", "other")],
+            vec![format!("roles/web: {link}")],
+        ),
+        (
+            "a group_vars file",
+            vec![("shop-vars.yml", "vars: {}\n")],
+            vec![("group_vars/shop.yml", "../shop-vars.yml")],
+            vec![format!("group_vars/shop.yml: {link}")],
+        ),
+    ];
+    for (what, files, links, expected) in cases {
+        let [tree, commit] = from_tree_and_commit(&files, &links);
+        assert_eq!(tree, expected, "{what}: plan --repo");
+        assert_eq!(commit, expected, "{what}: pull");
+    }
+}

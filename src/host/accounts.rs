@@ -74,12 +74,11 @@ pub(crate) fn read(host: &Host, db: Db) -> Result<HashMap<String, Account>> {
 
 /// The accounts of one database in file order; a missing file has none.
 fn entries(host: &Host, db: Db) -> Result<Vec<Account>> {
-    let path = host.path(Path::new(db.path()));
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(parse(&text, db)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(Error::io("cannot read", &path, e)),
-    }
+    // Read like any managed path: never through a link out of the root.
+    Ok(host
+        .read_optional(Path::new(db.path()))?
+        .map(|bytes| parse(&String::from_utf8_lossy(&bytes), db))
+        .unwrap_or_default())
 }
 
 /// Lines of passwd (7 fields) or group (4 fields); lines without a numeric id are skipped.

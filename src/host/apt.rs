@@ -42,13 +42,13 @@ impl Installed {
 
 /// dpkg's status file, read directly: no dpkg lock, no command.
 pub(crate) fn dpkg_status(host: &Host) -> Result<HashMap<String, Installed>> {
-    let path = host.path(Path::new("/var/lib/dpkg/status"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(Error::io("cannot read dpkg's status", &path, e)),
-    };
-    Ok(parse_status(&text))
+    // Read like any managed path: never through a link out of the root.
+    Ok(
+        match host.read_optional(Path::new("/var/lib/dpkg/status"))? {
+            Some(bytes) => parse_status(&String::from_utf8_lossy(&bytes)),
+            None => HashMap::new(),
+        },
+    )
 }
 
 fn parse_status(text: &str) -> HashMap<String, Installed> {
@@ -117,7 +117,7 @@ pub(crate) fn version_matches(installed: &str, wanted: &str) -> bool {
 /// Versions apt knows for a package, from the local lists (`apt-cache madison`), most
 /// preferred first.
 fn candidate_versions(host: &Host, package: &str) -> Result<Vec<String>> {
-    let out = host.run_output(&["apt-cache", "madison", package], true)?;
+    let out = host.run_output(&["apt-cache", "madison", "--", package], true)?;
     Ok(out
         .lines()
         .filter_map(|l| {
@@ -183,6 +183,7 @@ pub(crate) fn simulate(
     if !recommends {
         argv.push("--no-install-recommends");
     }
+    argv.push("--");
     argv.extend(specs.iter().map(String::as_str));
     host.run_status(&argv, true)
 }
@@ -266,6 +267,7 @@ pub(crate) fn transaction(
     if !recommends {
         argv.push("--no-install-recommends");
     }
+    argv.push("--");
     argv.extend(specs.iter().map(String::as_str));
     host.run_output(&argv, true).map(|_| ())
 }

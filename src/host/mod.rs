@@ -7,22 +7,34 @@
 pub(crate) mod accounts;
 pub(crate) mod apt;
 pub(crate) mod command;
+mod resolve;
 pub(crate) mod systemd;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
-use std::sync::Arc;
+use nix::errno::Errno;
+use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag};
+use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
+use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
 use crate::error::{Error, Result};
 use command::{Cmd, Runner};
+use resolve::{Fail, Policy};
 
 #[derive(Clone)]
 pub(crate) struct Host {
     root: PathBuf,
+    /// The root directory, opened on first use: every path is resolved from it.
+    root_fd: Arc<OnceLock<OwnedFd>>,
+    /// How links on the way to a managed path are treated (src/host/resolve.rs).
+    links: Policy,
     runner: Arc<dyn Runner>,
     /// Tests only: whether systemd manages the system, instead of looking.
     systemd: Option<bool>,
@@ -47,9 +59,21 @@ pub(crate) enum Existing {
 impl Host {
     /// The machine at `root`, with real commands.
     pub(crate) fn new(root: impl Into<PathBuf>) -> Host {
+        Host::with(root.into(), Arc::new(command::System))
+    }
+
+    fn with(root: PathBuf, runner: Arc<dyn Runner>) -> Host {
+        // On the running system, users other than root own directories on the way to
+        // managed paths (their homes): a link there is refused.
+        let refuse_user_links = root == Path::new("/");
         Host {
-            root: root.into(),
-            runner: Arc::new(command::System),
+            root,
+            root_fd: Arc::new(OnceLock::new()),
+            links: Policy {
+                refuse_user_links,
+                walk_only: false,
+            },
+            runner,
             systemd: None,
         }
     }
@@ -57,11 +81,18 @@ impl Host {
     /// The machine at `root` whose commands `runner` answers (tests).
     #[cfg(test)]
     pub(crate) fn with_runner(root: impl Into<PathBuf>, runner: Arc<dyn Runner>) -> Host {
-        Host {
-            root: root.into(),
-            runner,
-            systemd: None,
-        }
+        Host::with(root.into(), runner)
+    }
+
+    /// Tests: treat links on the way as on the running system (`refuse_user_links`),
+    /// and resolve by the O_NOFOLLOW walk even where the kernel has openat2 (`walk_only`).
+    #[cfg(test)]
+    pub(crate) fn with_links(mut self, refuse_user_links: bool, walk_only: bool) -> Host {
+        self.links = Policy {
+            refuse_user_links,
+            walk_only,
+        };
+        self
     }
 
     /// Tests: pretend that systemd does (or does not) manage this system.
@@ -118,57 +149,134 @@ impl Host {
         p
     }
 
-    pub(crate) fn inspect(&self, device_path: &Path) -> Result<Existing> {
-        let real = self.path(device_path);
-        match fs::symlink_metadata(&real) {
-            Ok(m) => {
-                let ft = m.file_type();
-                let mode = m.mode() & 0o7777;
-                Ok(if ft.is_symlink() {
-                    let target = fs::read_link(&real)
-                        .map_err(|e| Error::io("cannot read the link", &real, e))?;
-                    Existing::Symlink { target }
-                } else if ft.is_file() {
-                    Existing::File {
-                        mode,
-                        uid: m.uid(),
-                        gid: m.gid(),
-                    }
-                } else if ft.is_dir() {
-                    Existing::Directory {
-                        mode,
-                        uid: m.uid(),
-                        gid: m.gid(),
-                    }
-                } else {
-                    Existing::Other
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Existing::Missing),
-            // A parent that is a file: the target cannot exist.
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => Ok(Existing::Missing),
-            Err(e) => Err(Error::io("cannot inspect", &real, e)),
+    /// The root directory, opened once.
+    fn root_fd(&self) -> std::result::Result<&OwnedFd, Fail> {
+        if let Some(fd) = self.root_fd.get() {
+            return Ok(fd);
+        }
+        let fd = resolve::open_root(&self.root).map_err(Fail::Io)?;
+        Ok(self.root_fd.get_or_init(|| fd))
+    }
+
+    /// A directory inside the root, resolved without leaving it.
+    fn open_dir(&self, device_dir: &Path) -> std::result::Result<OwnedFd, Fail> {
+        let dirs = resolve::components(device_dir)?;
+        resolve::open_dir(self.root_fd()?, &dirs, self.links)
+    }
+
+    /// The directory that holds a device path (resolved inside the root) and its name
+    /// there, which is never followed.
+    fn at(&self, device_path: &Path) -> std::result::Result<At, Fail> {
+        let mut parts = resolve::components(device_path)?;
+        let Some(name) = parts.pop() else {
+            return Err(Fail::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the root itself is not a managed path",
+            )));
+        };
+        let dir = resolve::open_dir(self.root_fd()?, &parts, self.links)?;
+        Ok(At {
+            dir,
+            name: name.to_os_string(),
+        })
+    }
+
+    /// An error of a read or change of `device_path`.
+    fn fail(&self, context: &str, device_path: &Path, f: Fail) -> Error {
+        match f {
+            Fail::Io(e) => Error::io(context, self.path(device_path), e),
+            Fail::Untrusted { link, target, why } => Error::Other(format!(
+                "{context} {}: the symlink {} → {} on the way is not followed: {why}, and on the running system only links that root alone can change are followed",
+                device_path.display(),
+                link.display(),
+                target.display()
+            )),
         }
     }
 
+    pub(crate) fn inspect(&self, device_path: &Path) -> Result<Existing> {
+        let at = match self.at(device_path) {
+            Ok(at) => at,
+            Err(f) if missing(&f) => return Ok(Existing::Missing),
+            Err(f) => return Err(self.fail("cannot inspect", device_path, f)),
+        };
+        let st = match fstatat(
+            Some(at.raw()),
+            at.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(Existing::Missing),
+            Err(e) => return Err(self.fail("cannot inspect", device_path, e.into())),
+        };
+        let mode = st.st_mode & 0o7777;
+        let (uid, gid) = (st.st_uid, st.st_gid);
+        Ok(match st.st_mode & SFlag::S_IFMT.bits() {
+            t if t == SFlag::S_IFLNK.bits() => {
+                let target = readlinkat(Some(at.raw()), at.name.as_os_str())
+                    .map_err(|e| self.fail("cannot read the link", device_path, e.into()))?;
+                Existing::Symlink {
+                    target: target.into(),
+                }
+            }
+            t if t == SFlag::S_IFREG.bits() => Existing::File { mode, uid, gid },
+            t if t == SFlag::S_IFDIR.bits() => Existing::Directory { mode, uid, gid },
+            _ => Existing::Other,
+        })
+    }
+
+    /// Opens what is at a device path (never a link), for reading or metadata changes.
+    fn open_final(&self, at: &At) -> nix::Result<fs::File> {
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = openat(Some(at.raw()), at.name.as_os_str(), flags, Mode::empty())?;
+        // SAFETY: a fresh fd from a successful openat, owned by no one else.
+        Ok(fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// A regular file's content.
     pub(crate) fn read(&self, device_path: &Path) -> Result<Vec<u8>> {
-        let real = self.path(device_path);
-        fs::read(&real).map_err(|e| Error::io("cannot read", &real, e))
+        let fail = |f: Fail| self.fail("cannot read", device_path, f);
+        let at = self.at(device_path).map_err(fail)?;
+        let mut file = self.open_final(&at).map_err(|e| fail(e.into()))?;
+        let meta = file.metadata().map_err(|e| fail(Fail::Io(e)))?;
+        if !meta.is_file() {
+            return Err(fail(Fail::Io(std::io::Error::other("not a regular file"))));
+        }
+        let mut content = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut content)
+            .map_err(|e| fail(Fail::Io(e)))?;
+        Ok(content)
+    }
+
+    /// A regular file's content, or None when there is nothing at the path.
+    pub(crate) fn read_optional(&self, device_path: &Path) -> Result<Option<Vec<u8>>> {
+        match self.inspect(device_path)? {
+            Existing::Missing => Ok(None),
+            _ => self.read(device_path).map(Some),
+        }
     }
 
     /// The device paths of a directory's entries.
     pub(crate) fn dir_entries(&self, device_path: &Path) -> Result<Vec<PathBuf>> {
-        let real = self.path(device_path);
-        let entries = fs::read_dir(&real).map_err(|e| Error::io("cannot list", &real, e))?;
-        entries
-            .map(|e| {
-                e.map(|e| device_path.join(e.file_name()))
-                    .map_err(|e| Error::io("cannot list", &real, e))
-            })
-            .collect()
+        let fail = |f: Fail| self.fail("cannot list", device_path, f);
+        let at = self.at(device_path).map_err(fail)?;
+        let flags = dir_flags() | OFlag::O_NOFOLLOW;
+        let fd = openat(Some(at.raw()), at.name.as_os_str(), flags, Mode::empty())
+            .map_err(|e| fail(e.into()))?;
+        let mut dir = nix::dir::Dir::from_fd(fd).map_err(|e| fail(e.into()))?;
+        let mut out = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry.map_err(|e| fail(e.into()))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name != "." && name != ".." {
+                out.push(device_path.join(name));
+            }
+        }
+        Ok(out)
     }
 
-    /// Missing ancestors of a device path, outermost first.
+    /// Missing ancestors of a device path, outermost first. An existing ancestor that is
+    /// a link must lead to a directory inside the root.
     pub(crate) fn missing_parents(&self, device_path: &Path) -> Result<Vec<PathBuf>> {
         let mut missing = Vec::new();
         let mut cur = device_path.parent();
@@ -178,6 +286,20 @@ impl Host {
             }
             match self.inspect(dir)? {
                 Existing::Missing => missing.push(dir.to_path_buf()),
+                Existing::Symlink { target } => {
+                    if let Err(f) = self.open_dir(dir) {
+                        return Err(match f {
+                            Fail::Io(_) => Error::Other(format!(
+                                "cannot create {}: its parent {} is a symlink to {}, which does not lead to a directory inside the root",
+                                device_path.display(),
+                                dir.display(),
+                                target.display()
+                            )),
+                            untrusted => self.fail("cannot create", device_path, untrusted),
+                        });
+                    }
+                    break;
+                }
                 _ => break,
             }
             cur = dir.parent();
@@ -196,7 +318,11 @@ impl Host {
         uid: u32,
         gid: u32,
     ) -> Result<()> {
-        write_atomic(&self.path(device_path), content, mode, Some((uid, gid)))
+        let at = self
+            .at(device_path)
+            .map_err(|f| self.fail("cannot write", device_path, f))?;
+        write_at(&at, content, mode, Some((uid, gid)))
+            .map_err(|e| self.fail("cannot write", device_path, Fail::Io(e)))
     }
 
     pub(crate) fn set_metadata(
@@ -206,13 +332,21 @@ impl Host {
         uid: u32,
         gid: u32,
     ) -> Result<()> {
-        let real = self.path(device_path);
+        let context = "cannot set mode and owner of";
+        let at = self
+            .at(device_path)
+            .map_err(|f| self.fail(context, device_path, f))?;
         let result = (|| -> std::io::Result<()> {
-            std::os::unix::fs::lchown(&real, Some(uid), Some(gid))?;
-            fs::set_permissions(&real, fs::Permissions::from_mode(mode))?;
-            fs::File::open(&real)?.sync_all()
+            let file = self.open_final(&at)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() && !meta.is_dir() {
+                return Err(std::io::Error::other("not a file or directory"));
+            }
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            file.sync_all()
         })();
-        result.map_err(|e| Error::io("cannot set mode and owner of", &real, e))
+        result.map_err(|e| self.fail(context, device_path, Fail::Io(e)))
     }
 
     pub(crate) fn create_dir(
@@ -222,59 +356,215 @@ impl Host {
         uid: u32,
         gid: u32,
     ) -> Result<()> {
-        let real = self.path(device_path);
-        let result = (|| -> std::io::Result<()> {
-            match fs::create_dir(&real) {
-                Ok(()) => {}
-                // Repeating an interrupted run: the directory is already there.
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && real.is_dir() => {}
-                Err(e) => return Err(e),
-            }
-            std::os::unix::fs::lchown(&real, Some(uid), Some(gid))?;
-            fs::set_permissions(&real, fs::Permissions::from_mode(mode))?;
-            sync_dir(real.parent().unwrap_or(Path::new("/")))
-        })();
-        result.map_err(|e| Error::io("cannot create the directory", &real, e))
+        let context = "cannot create the directory";
+        let at = self
+            .at(device_path)
+            .map_err(|f| self.fail(context, device_path, f))?;
+        make_dir_at(&at, mode, Some((uid, gid)))
+            .map_err(|e| self.fail(context, device_path, Fail::Io(e)))
     }
 
     /// Creates or replaces a symlink atomically (a temporary link renamed over the path).
     pub(crate) fn symlink(&self, device_path: &Path, target: &Path) -> Result<()> {
-        let real = self.path(device_path);
-        let tmp = temp_name(&real);
-        let result = (|| -> std::io::Result<()> {
-            let _ = fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(target, &tmp)?;
-            fs::rename(&tmp, &real)?;
-            sync_dir(real.parent().unwrap_or(Path::new("/")))
+        let context = "cannot create the symlink";
+        let at = self
+            .at(device_path)
+            .map_err(|f| self.fail(context, device_path, f))?;
+        let tmp = temp_name(&at.name);
+        let result = (|| -> nix::Result<()> {
+            let _ = unlinkat(Some(at.raw()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            symlinkat(target, Some(at.raw()), tmp.as_os_str())?;
+            renameat(
+                Some(at.raw()),
+                tmp.as_os_str(),
+                Some(at.raw()),
+                at.name.as_os_str(),
+            )?;
+            nix::unistd::fsync(at.raw())
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = unlinkat(Some(at.raw()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
         }
-        result.map_err(|e| Error::io("cannot create the symlink", &real, e))
+        result.map_err(|e| self.fail(context, device_path, e.into()))
     }
 
     /// Removes a file, symlink or (recursively) a directory. Already gone is success.
     pub(crate) fn remove(&self, device_path: &Path) -> Result<()> {
-        let real = self.path(device_path);
-        let result = match fs::symlink_metadata(&real) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&real),
-            Ok(_) => fs::remove_file(&real),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => Err(e),
+        let at = match self.at(device_path) {
+            Ok(at) => at,
+            Err(f) if missing(&f) => return Ok(()),
+            Err(f) => return Err(self.fail("cannot remove", device_path, f)),
         };
-        result
-            .and_then(|()| sync_dir(real.parent().unwrap_or(Path::new("/"))))
-            .map_err(|e| Error::io("cannot remove", &real, e))
+        let result = (|| -> nix::Result<()> {
+            let st = match fstatat(
+                Some(at.raw()),
+                at.name.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits() {
+                remove_tree(at.raw(), &at.name)?;
+            } else {
+                unlinkat(
+                    Some(at.raw()),
+                    at.name.as_os_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                )?;
+            }
+            nix::unistd::fsync(at.raw())
+        })();
+        result.map_err(|e| self.fail("cannot remove", device_path, e.into()))
     }
 }
 
-/// A temporary name beside the target, so that the final rename stays on one filesystem.
-fn temp_name(real: &Path) -> PathBuf {
-    let name = real
-        .file_name()
-        .unwrap_or(OsStr::new("file"))
-        .to_string_lossy();
-    real.with_file_name(format!(".{name}.fleet-agent-tmp"))
+/// An open directory inside the root and a name in it.
+struct At {
+    dir: OwnedFd,
+    name: OsString,
+}
+
+impl At {
+    fn raw(&self) -> RawFd {
+        self.dir.as_raw_fd()
+    }
+}
+
+/// Whether a resolution failed because something on the way is missing (or is a file).
+fn missing(f: &Fail) -> bool {
+    matches!(f.errno(), Some(nix::libc::ENOENT | nix::libc::ENOTDIR))
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC
+}
+
+/// Writes `at` atomically: a temporary file beside it (never following a link), its
+/// content, owner and mode, fsync, rename over the name, fsync of the directory.
+fn write_at(at: &At, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let tmp = temp_name(&at.name);
+    // A temporary file left by a run that was killed.
+    let _ = unlinkat(Some(at.raw()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(
+        Some(at.raw()),
+        tmp.as_os_str(),
+        flags,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    // SAFETY: a fresh fd from a successful openat, owned by no one else.
+    let mut f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let result = (|| -> std::io::Result<()> {
+        f.write_all(content)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        renameat(
+            Some(at.raw()),
+            tmp.as_os_str(),
+            Some(at.raw()),
+            at.name.as_os_str(),
+        )?;
+        Ok(nix::unistd::fsync(at.raw())?)
+    })();
+    if result.is_err() {
+        let _ = unlinkat(Some(at.raw()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    result
+}
+
+/// Creates a directory (already there is fine, a link there is not) with its mode and owner.
+fn make_dir_at(at: &At, mode: u32, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    match mkdirat(
+        Some(at.raw()),
+        at.name.as_os_str(),
+        Mode::from_bits_truncate(0o700),
+    ) {
+        // Repeating an interrupted run: the directory is already there.
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let flags = dir_flags() | OFlag::O_NOFOLLOW;
+    let fd = openat(Some(at.raw()), at.name.as_os_str(), flags, Mode::empty())?;
+    // SAFETY: a fresh fd from a successful openat, owned by no one else.
+    let dir = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&dir, Some(uid), Some(gid))?;
+    }
+    dir.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(nix::unistd::fsync(at.raw())?)
+}
+
+/// Removes the directory `name` in `parent` and everything in it, never following a link.
+fn remove_tree(parent: RawFd, name: &OsStr) -> nix::Result<()> {
+    let flags = dir_flags() | OFlag::O_NOFOLLOW;
+    let fd = openat(Some(parent), name, flags, Mode::empty())?;
+    let mut dir = nix::dir::Dir::from_fd(fd)?;
+    let mut entries = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry?;
+        let n = OsStr::from_bytes(entry.file_name().to_bytes());
+        if n != "." && n != ".." {
+            entries.push((n.to_os_string(), entry.file_type()));
+        }
+    }
+    let raw = dir.as_raw_fd();
+    for (n, kind) in entries {
+        let is_dir = match kind {
+            Some(t) => t == nix::dir::Type::Directory,
+            None => {
+                let st = fstatat(Some(raw), n.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+                st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits()
+            }
+        };
+        let removed = if is_dir {
+            remove_tree(raw, &n)
+        } else {
+            unlinkat(Some(raw), n.as_os_str(), UnlinkatFlags::NoRemoveDir)
+        };
+        match removed {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    drop(dir);
+    unlinkat(Some(parent), name, UnlinkatFlags::RemoveDir)
+}
+
+/// A temporary name beside a name, so that the final rename stays in one directory.
+fn temp_name(name: &OsStr) -> OsString {
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(".fleet-agent-tmp");
+    tmp
+}
+
+/// Creates the agent's own directory (the state directory, the clone) readable by root
+/// alone: missing parents as usual (0755), the directory itself 0700. One that exists
+/// with group or other bits (an older agent made it 0755) is tightened: it holds the
+/// clone of the branch, secrets included.
+pub(crate) fn private_dir(dir: &Path) -> Result<()> {
+    let made = (|| -> std::io::Result<()> {
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let meta = fs::metadata(dir)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    })();
+    made.map_err(|e| Error::io("cannot create the state directory", dir, e))
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -300,7 +590,7 @@ pub(crate) fn write_atomic(
     owner: Option<(u32, u32)>,
 ) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let tmp = temp_name(path);
+    let tmp = path.with_file_name(temp_name(path.file_name().unwrap_or(OsStr::new("file"))));
     let result = (|| -> std::io::Result<()> {
         // A temporary file left by a run that was killed.
         let _ = fs::remove_file(&tmp);
@@ -328,22 +618,28 @@ pub(crate) fn write_atomic(
 impl Host {
     /// A marker file's content (trimmed); None when missing or empty.
     pub(crate) fn read_marker(&self, device_path: &Path) -> Result<Option<String>> {
-        let marker = self.path(device_path);
-        match fs::read_to_string(&marker) {
-            Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("cannot read", &marker, e)),
-        }
+        Ok(self
+            .read_optional(device_path)?
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .filter(|s| !s.is_empty()))
     }
 
-    /// Writes a fresh random marker (atomically, replacing any) and returns it.
+    /// Writes a fresh random marker (atomically, replacing any) and returns it; missing
+    /// directories on the way are created (0755).
     pub(crate) fn new_marker(&self, device_path: &Path) -> Result<String> {
-        let marker = self.path(device_path);
-        if let Some(dir) = marker.parent() {
-            fs::create_dir_all(dir).map_err(|e| Error::io("cannot create", dir, e))?;
+        for dir in self.missing_parents(device_path)? {
+            let at = self
+                .at(&dir)
+                .map_err(|f| self.fail("cannot create", &dir, f))?;
+            make_dir_at(&at, 0o755, None)
+                .map_err(|e| self.fail("cannot create", &dir, Fail::Io(e)))?;
         }
         let id = random_id();
-        write_atomic(&marker, format!("{id}\n").as_bytes(), 0o644, None)?;
+        let at = self
+            .at(device_path)
+            .map_err(|f| self.fail("cannot write", device_path, f))?;
+        write_at(&at, format!("{id}\n").as_bytes(), 0o644, None)
+            .map_err(|e| self.fail("cannot write", device_path, Fail::Io(e)))?;
         Ok(id)
     }
 }

@@ -1,6 +1,7 @@
 //! systemd: what `systemctl` says of a unit, and the argv that changes one. Where
 //! systemd does not manage the root (an image build, a chroot, `--root`), enablement
-//! goes through `systemctl --root` and nothing is started or stopped.
+//! goes through `systemctl --root` and nothing is started or stopped. A unit always
+//! follows `--`.
 
 use crate::error::Result;
 use crate::host::Host;
@@ -11,7 +12,8 @@ pub(crate) fn systemctl(host: &Host, verb: &str, unit: &str) -> Vec<String> {
     if !host.systemd_running() {
         argv.push(format!("--root={}", host.root().display()));
     }
-    argv.extend([verb.to_string(), unit.to_string()]);
+    // `--`: whatever the unit is called, it is never read as an option.
+    argv.extend([verb.to_string(), "--".to_string(), unit.to_string()]);
     argv
 }
 
@@ -31,6 +33,6 @@ pub(crate) fn enablement(host: &Host, unit: &str) -> Result<String> {
 
 /// `systemctl is-active` (only where systemd runs).
 pub(crate) fn activity(host: &Host, unit: &str) -> Result<String> {
-    let (_, stdout, _) = host.run_status(&["systemctl", "is-active", unit], false)?;
+    let (_, stdout, _) = host.run_status(&["systemctl", "is-active", "--", unit], false)?;
     Ok(stdout.trim().to_string())
 }

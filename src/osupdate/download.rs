@@ -35,8 +35,7 @@ pub(super) fn fetch(
 /// Downloads to state_dir/os-image: a temporary file, checked, then renamed.
 fn download(host: &Host, state_dir: &Path, img: &Image, timeout: Duration) -> Result<PathBuf> {
     let dir = host.path(state_dir);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io("cannot create the state directory", &dir, e))?;
+    crate::host::private_dir(&dir)?;
     let dest = dir.join(IMAGE_FILE);
     let part = dir.join(format!(".{IMAGE_FILE}.part"));
     let shown = redact(&img.uri);

@@ -36,6 +36,7 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Absent> {
         );
         return None;
     }
+    let path = path::not_reserved(x, &s.path, path)?;
     Some(Absent { path })
 }
 

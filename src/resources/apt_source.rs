@@ -27,8 +27,25 @@ pub(crate) struct Spec {
 /// The key file and the .sources file.
 pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Result<Option<Vec<File>>> {
     let before = x.problems();
+    // One word each: whitespace or a line break would add words or fields to the
+    // .sources file (`Trusted: yes`).
     let list = |x: &mut dyn Expand, items: &[Spanned<String>]| -> Vec<String> {
-        items.iter().filter_map(|i| x.text(i)).collect()
+        items
+            .iter()
+            .filter_map(|i| {
+                let word = x.text(i)?;
+                if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    x.problem(
+                        i.span(),
+                        format!(
+                            "`{}` is not one word: an apt source's uris, suites, components and architectures have no spaces or control characters",
+                            crate::resources::checks::shown(&word)
+                        ),
+                    );
+                }
+                Some(word)
+            })
+            .collect()
     };
     let name = x.text(&s.name);
     let uris = list(x, &s.uris);

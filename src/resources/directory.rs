@@ -22,6 +22,10 @@ pub(crate) struct Spec {
     mode: Option<Spanned<String>>,
     owner: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
+    /// Allows the setuid bit in `mode`.
+    setuid: Option<Spanned<bool>>,
+    /// Allows the setgid bit in `mode`.
+    setgid: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,8 +43,11 @@ impl Directory {
 }
 
 pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Directory> {
-    let path = path::device_path(x, &s.path);
+    let path = path::managed_path(x, &s.path);
     let mode = path::mode(x, s.mode.as_ref(), 0o755);
+    if let Some(at) = &s.mode {
+        path::privileged_bits(x, at, mode, [s.setuid.as_ref(), s.setgid.as_ref()]);
+    }
     let owner = path::owner(x, s.owner.as_ref());
     let group = path::owner(x, s.group.as_ref());
     Some(Directory {
@@ -87,6 +94,8 @@ pub(super) fn plan(d: &Directory, r: &Resource, p: &mut Planner) -> Result<Optio
         Existing::Symlink { .. } => return Err(path::conflict(r, path, "a symlink")),
         Existing::Other => return Err(path::conflict(r, path, "a special file")),
     };
+    let owner = p.describe_owner(&d.owner, &d.group);
+    details.extend(path::privilege_marks(d.mode, &owner, true));
     Ok(action.map(|action| {
         let mut c = r.change(action, details, ops);
         c.creates = existing == Existing::Missing;

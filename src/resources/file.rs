@@ -29,6 +29,10 @@ pub(crate) struct Spec {
     group: Option<Spanned<String>>,
     #[serde(default)]
     secret: bool,
+    /// Allows the setuid bit in `mode`.
+    setuid: Option<Spanned<bool>>,
+    /// Allows the setgid bit in `mode`.
+    setgid: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,14 +61,24 @@ impl File {
     }
 
     pub(super) fn digest_into(&self, h: &mut sha2::Sha256) {
-        h.update(sha256_hex(&self.content));
+        // A secret's content is left out: the state and `status --json` never show a
+        // digest from which it could be guessed (the plan compares the content itself).
+        if self.secret {
+            h.update("secret");
+        } else {
+            h.update(sha256_hex(&self.content));
+        }
         h.update(format!("{:o}:{}:{}", self.mode, self.owner, self.group));
     }
 }
 
 pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Result<Option<File>> {
-    let path = path::device_path(x, &s.path);
-    let mode = path::mode(x, s.mode.as_ref(), 0o644);
+    let path = path::managed_path(x, &s.path);
+    // A secret is for root alone unless its mode says otherwise.
+    let mode = path::mode(x, s.mode.as_ref(), if s.secret { 0o600 } else { 0o644 });
+    if let Some(at) = &s.mode {
+        path::privileged_bits(x, at, mode, [s.setuid.as_ref(), s.setgid.as_ref()]);
+    }
     let owner = path::owner(x, s.owner.as_ref());
     let group = path::owner(x, s.group.as_ref());
     let given = [&s.content, &s.source, &s.template]
@@ -151,6 +165,8 @@ pub(super) fn plan(f: &File, r: &Resource, p: &mut Planner) -> Result<Option<Cha
         Existing::Directory { .. } => return Err(path::conflict(r, path, "a directory")),
         Existing::Other => return Err(path::conflict(r, path, "a special file")),
     };
+    let owner = p.describe_owner(&f.owner, &f.group);
+    details.extend(path::privilege_marks(f.mode, &owner, false));
     Ok(action.map(|action| {
         let mut c = r.change(action, details, ops);
         c.diff = diff;

@@ -52,7 +52,10 @@ pub(super) fn check_name(x: &mut dyn Expand, at: &Spanned<String>, n: &str) {
     if !ok {
         x.problem(
             at.span(),
-            format!("`{n}` is not a user or group name: lowercase letters, digits, - and _"),
+            format!(
+                "`{}` is not a user or group name: lowercase letters, digits, - and _",
+                crate::resources::checks::shown(n)
+            ),
         );
     }
 }
@@ -96,7 +99,7 @@ pub(super) fn plan(g: &Group, r: &Resource, p: &mut Planner) -> Result<Option<Ch
     if let Some(gid) = g.gid {
         argv.extend(["--gid".into(), gid.to_string()]);
     }
-    argv.push(g.name.clone());
+    argv.extend(["--".into(), g.name.clone()]);
     let details = vec![format!(
         "{}group{}",
         if g.system { "system " } else { "" },

@@ -21,6 +21,7 @@ use crate::plan::{Change, ChangeAction, ChangeKind, Op, RunPhase};
 
 mod absent;
 mod apt_source;
+mod checks;
 mod directory;
 mod file;
 mod group;
@@ -31,6 +32,7 @@ mod service;
 mod symlink;
 mod user;
 
+pub(crate) use checks::Reserved;
 #[cfg(test)]
 pub(crate) use planner::Previous;
 pub(crate) use planner::{plan, Options};
@@ -113,6 +115,8 @@ pub(crate) trait Expand {
     fn problem(&mut self, span: &Span, message: String);
     /// How many problems have been recorded so far.
     fn problems(&self) -> usize;
+    /// The agent's own files, which no resource may touch.
+    fn reserved(&self) -> &Reserved;
 }
 
 impl Spec {

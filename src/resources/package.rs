@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::host::apt::{self, Install, Installed};
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, RunPhase};
 use crate::resources::planner::Planner;
-use crate::resources::{Expand, Kind, Resource};
+use crate::resources::{checks, Expand, Kind, Resource};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,12 +57,25 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Package> {
         }
     };
     let version = s.version.as_ref().and_then(|v| x.text(v));
+    if let (Some(at), Some(why)) = (
+        &s.version,
+        version.as_deref().and_then(checks::version_problem),
+    ) {
+        let shown = checks::shown(version.as_deref().unwrap_or_default());
+        x.problem(
+            at.span(),
+            format!("`{shown}` is not a package version: {why}"),
+        );
+    }
     if let (Some(v), PackageState::Absent) = (&s.version, state) {
         x.problem(v.span(), "a version goes with state: present".into());
     }
     if let Some(n) = &name {
         if !valid_name(n) {
-            x.problem(s.name.span(), format!("`{n}` is not a Debian package name"));
+            x.problem(
+                s.name.span(),
+                format!("`{}` is not a Debian package name", checks::shown(n)),
+            );
         }
     }
     Some(Package {

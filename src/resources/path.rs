@@ -2,7 +2,7 @@
 //! validated from role.yml, modes and owners; and in planning, what is at the path now,
 //! the parents to create, metadata differences and content diffs.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use marked_yaml::Spanned;
 
@@ -11,30 +11,45 @@ use crate::error::{Error, Result};
 use crate::host::accounts::Principal;
 use crate::plan::Op;
 use crate::resources::planner::Planner;
-use crate::resources::{Expand, Resource};
+use crate::resources::{checks, Expand, Resource};
 
-/// A managed path from role.yml: absolute, normalized, not the root itself.
+/// A device path from role.yml (rendered): exactly what it looks like (src/resources/checks.rs).
 pub(super) fn device_path(x: &mut dyn Expand, at: &Spanned<String>) -> Option<PathBuf> {
     let p = x.text(at)?;
     checked_path(x, at, &p)
 }
 
-/// A rendered path, checked: absolute, normalized, not the root itself.
+/// A rendered device path, checked.
 pub(super) fn checked_path(x: &mut dyn Expand, at: &Spanned<String>, p: &str) -> Option<PathBuf> {
-    let path = Path::new(p);
-    let normal = path.is_absolute()
-        && path
-            .components()
-            .skip(1)
-            .all(|c| matches!(c, Component::Normal(_)))
-        && path.components().count() > 1
-        && !p.ends_with('/');
-    if normal {
-        Some(path.to_path_buf())
-    } else {
-        x.problem(at.span(), format!("`{p}` is not a device path: expected an absolute path without `.`, `..` or a trailing /"));
-        None
+    match checks::path_problem(p) {
+        None => Some(PathBuf::from(p)),
+        Some(why) => {
+            x.problem(
+                at.span(),
+                format!("`{}` is not a device path: {why}", checks::shown(p)),
+            );
+            None
+        }
     }
+}
+
+/// The path of a path kind: a device path that is not one of the agent's own files.
+pub(super) fn managed_path(x: &mut dyn Expand, at: &Spanned<String>) -> Option<PathBuf> {
+    let p = device_path(x, at)?;
+    not_reserved(x, at, p)
+}
+
+/// The path, unless it is one of the agent's own files (a problem at `at`).
+pub(super) fn not_reserved(
+    x: &mut dyn Expand,
+    at: &Spanned<String>,
+    p: PathBuf,
+) -> Option<PathBuf> {
+    if let Some(why) = x.reserved().problem(&p) {
+        x.problem(at.span(), why);
+        return None;
+    }
+    Some(p)
 }
 
 /// A mode in quotes ("0644"), or the default.
@@ -53,6 +68,53 @@ pub(super) fn mode(x: &mut dyn Expand, m: Option<&Spanned<String>>, default: u32
             None
         }
     }
+}
+
+/// The setuid (04000) and setgid (02000) bits need an opt-in on the resource:
+/// `setuid: true`, `setgid: true`; an opt-in without its bit is a mistake too.
+pub(super) fn privileged_bits(
+    x: &mut dyn Expand,
+    at: &Spanned<String>,
+    mode: Option<u32>,
+    opt_in: [Option<&Spanned<bool>>; 2],
+) {
+    for ((bit, key), opt) in [(0o4000, "setuid"), (0o2000, "setgid")]
+        .into_iter()
+        .zip(opt_in)
+    {
+        let allowed = opt.is_some_and(|o| **o);
+        match (mode.map(|m| m & bit != 0), allowed) {
+            (Some(true), false) => x.problem(
+                at.span(),
+                format!(
+                    "mode {} sets the {key} bit: add `{key}: true` to the resource to allow it",
+                    at.as_str()
+                ),
+            ),
+            (Some(false), true) => x.problem(
+                opt.expect("given").span(),
+                format!("`{key}: true` but the mode has no {key} bit"),
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// What the plan says of a mode with the setuid or setgid bit: who the file runs as.
+pub(super) fn privilege_marks(mode: u32, owner: &str, directory: bool) -> Vec<String> {
+    let (user, group) = owner.split_once(':').unwrap_or((owner, owner));
+    let mut marks = Vec::new();
+    if mode & 0o4000 != 0 && !directory {
+        marks.push(format!("SETUID: runs as user {user}"));
+    }
+    if mode & 0o2000 != 0 {
+        marks.push(if directory {
+            format!("SETGID: new entries get group {group}")
+        } else {
+            format!("SETGID: runs with group {group}")
+        });
+    }
+    marks
 }
 
 /// An owner or group (a template), root when not given.

@@ -14,7 +14,7 @@ use crate::host::systemd;
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, RunPhase};
 use crate::resources::path::device_path;
 use crate::resources::planner::Planner;
-use crate::resources::{Expand, Kind, Resource};
+use crate::resources::{checks, Expand, Kind, Resource};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +56,13 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Service> {
             format!("{u}.service")
         }
     });
+    if let Some(why) = unit.as_deref().and_then(checks::unit_problem) {
+        let shown = checks::shown(unit.as_deref().unwrap_or_default());
+        x.problem(
+            s.name.span(),
+            format!("`{shown}` is not a unit name: {why}"),
+        );
+    }
     let enabled = match s.enabled.as_ref().map(|e| (e, e.as_str())) {
         None => None,
         Some((_, "true" | "yes")) => Some(Enablement::Enabled),

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::host::Existing;
 use crate::plan::{Change, ChangeAction, Op};
-use crate::resources::path;
 use crate::resources::planner::Planner;
+use crate::resources::{checks, path};
 use crate::resources::{Expand, Resource};
 
 #[derive(Deserialize)]
@@ -27,13 +27,31 @@ pub(crate) struct Symlink {
 }
 
 pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Symlink> {
-    let path = path::device_path(x, &s.path);
+    let path = path::managed_path(x, &s.path);
     let target = x.text(&s.target);
-    if matches!(&target, Some(t) if t.is_empty()) {
-        x.problem(
+    match &target {
+        Some(t) if t.is_empty() => x.problem(
             s.target.span(),
             "expected the link's target, not an empty string".into(),
-        );
+        ),
+        Some(t) => {
+            let why = checks::text_problem(t).or_else(|| {
+                (t.len() > checks::PATH_MAX).then(|| {
+                    format!(
+                        "it is {} bytes long, more than {}",
+                        t.len(),
+                        checks::PATH_MAX
+                    )
+                })
+            });
+            if let Some(why) = why {
+                x.problem(
+                    s.target.span(),
+                    format!("`{}` is not a link target: {why}", checks::shown(t)),
+                );
+            }
+        }
+        None => {}
     }
     Some(Symlink {
         path: path?,

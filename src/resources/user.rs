@@ -13,7 +13,7 @@ use crate::plan::{Change, ChangeAction};
 use crate::resources::group::{account_change, check_name, yes};
 use crate::resources::path::device_path;
 use crate::resources::planner::Planner;
-use crate::resources::{Expand, Resource};
+use crate::resources::{checks, Expand, Resource};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,10 +45,31 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<User> {
     if let Some(n) = &name {
         check_name(x, &s.name, n);
     }
-    let home = s.home.as_ref().and_then(|h| device_path(x, h));
-    let shell = s.shell.as_ref().and_then(|sh| x.text(sh));
-    let groups = s.groups.iter().filter_map(|g| x.text(g)).collect();
-    let comment = s.comment.as_ref().and_then(|c| x.text(c));
+    let home = s
+        .home
+        .as_ref()
+        .and_then(|h| passwd_path(x, h))
+        .map(PathBuf::from);
+    let shell = s.shell.as_ref().and_then(|sh| passwd_path(x, sh));
+    let groups = s
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let name = x.text(g)?;
+            check_name(x, g, &name);
+            Some(name)
+        })
+        .collect();
+    let comment = s.comment.as_ref().and_then(|c| {
+        let text = x.text(c)?;
+        if let Some(why) = passwd_field_problem(&text) {
+            x.problem(
+                c.span(),
+                format!("`{}` is not a comment: {why}", checks::shown(&text)),
+            );
+        }
+        Some(text)
+    });
     Some(User {
         name: name?,
         system: s.system,
@@ -57,6 +78,26 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<User> {
         shell,
         groups,
         comment,
+    })
+}
+
+/// A home or shell: a device path that fits in a passwd field.
+fn passwd_path(x: &mut dyn Expand, at: &Spanned<String>) -> Option<String> {
+    let p = device_path(x, at)?.display().to_string();
+    if let Some(why) = passwd_field_problem(&p) {
+        x.problem(
+            at.span(),
+            format!("`{}` is not a home or shell: {why}", checks::shown(&p)),
+        );
+    }
+    Some(p)
+}
+
+/// What /etc/passwd cannot hold in a field: its separator, control characters.
+fn passwd_field_problem(text: &str) -> Option<String> {
+    checks::text_problem(text).or_else(|| {
+        text.contains(':')
+            .then(|| "`:` separates the fields of /etc/passwd".to_string())
     })
 }
 
@@ -104,7 +145,7 @@ fn create(u: &User, r: &Resource, p: &Planner) -> Change {
     if let Some(c) = &u.comment {
         argv.extend(["--comment".into(), c.clone()]);
     }
-    argv.push(u.name.clone());
+    argv.extend(["--".into(), u.name.clone()]);
     let mut details = vec![format!("{}user", if u.system { "system " } else { "" })];
     if let Some(h) = &u.home {
         details.push(format!("home {}", h.display()));
@@ -169,7 +210,7 @@ fn modify(
     if details.is_empty() {
         return Ok(None);
     }
-    argv.push(name.clone());
+    argv.extend(["--".into(), name.clone()]);
     Ok(Some(account_change(
         r,
         p,

@@ -254,10 +254,11 @@ fn fetch(
 /// is never mistaken for a good one.
 fn initial_clone(dir: &Path, config: &Config) -> Result<Synced> {
     let parent = dir.parent().expect("clone dir has a parent");
-    std::fs::create_dir_all(parent)
-        .map_err(|e| Error::io("cannot create the state directory", parent, e))?;
+    crate::host::private_dir(parent)?;
     let tmp = dir.with_extension("git.new");
     discard(&tmp)?;
+    // The clone holds the branch's secrets: root alone may read it.
+    crate::host::private_dir(&tmp)?;
     let repo = Repository::init_bare(&tmp)
         .map_err(|e| Error::git(format!("cannot create {}", tmp.display()), e))?;
     let refname = tracking_ref(&config.branch);

@@ -2,4 +2,5 @@
 //! (`fleet`) on a scratch root with a scripted command runner. Kept here, above both,
 //! so that neither module depends on the other for its tests.
 
+mod paths;
 mod planner;

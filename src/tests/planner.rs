@@ -157,7 +157,7 @@ fn stale_lists_are_refreshed_first_and_apt_resolves_after() {
     );
     assert_eq!(
         commands,
-        ["apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends hello"]
+        ["apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends -- hello"]
     );
 }
 
@@ -193,7 +193,7 @@ fn a_glob_pin_is_resolved_against_the_lists() {
     ]);
     let runner = Scripted::new()
         .on(
-            "apt-cache madison hello",
+            "apt-cache madison -- hello",
             0,
             "     hello |   2.10-3 | http://deb.debian.org/debian bookworm/main amd64 Packages\n     hello |   2.9-1 | http://old bookworm/main amd64 Packages\n",
         )
@@ -212,8 +212,8 @@ fn a_glob_pin_is_resolved_against_the_lists() {
     assert_eq!(
         commands,
         [
-            "apt-cache madison hello",
-            "apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends hello=2.10-3",
+            "apt-cache madison -- hello",
+            "apt-get -s -q -o Debug::NoLocking=1 install --no-install-recommends -- hello=2.10-3",
         ]
     );
 }
@@ -236,13 +236,16 @@ fn a_masked_unit_is_unmasked_before_it_is_enabled() {
     assert_eq!(
         argvs(&p),
         [
-            "systemctl --root=ROOT unmask web.service"
+            "systemctl --root=ROOT unmask -- web.service"
                 .replace("ROOT", &root.path().display().to_string()),
-            "systemctl --root=ROOT enable web.service"
+            "systemctl --root=ROOT enable -- web.service"
                 .replace("ROOT", &root.path().display().to_string()),
         ]
     );
-    assert_eq!(commands, ["systemctl --root=ROOT is-enabled web.service"]);
+    assert_eq!(
+        commands,
+        ["systemctl --root=ROOT is-enabled -- web.service"]
+    );
 }
 
 #[test]
@@ -295,7 +298,7 @@ fn accounts_differ_in_shell_comment_and_groups() {
     assert_eq!(
         argvs(&p),
         [format!(
-            "usermod --root={r} --shell /usr/sbin/nologin --comment App service --groups video app"
+            "usermod --root={r} --shell /usr/sbin/nologin --comment App service --groups video -- app"
         )]
     );
     assert!(commands.is_empty(), "{commands:?}");
@@ -393,14 +396,14 @@ fn where_systemd_runs_a_changed_file_restarts_its_service_once() {
         argvs(&p),
         [
             "systemctl daemon-reload",
-            "systemctl try-restart web.service"
+            "systemctl try-restart -- web.service"
         ]
     );
     assert_eq!(
         commands,
         [
-            "systemctl is-enabled web.service",
-            "systemctl is-active web.service"
+            "systemctl is-enabled -- web.service",
+            "systemctl is-active -- web.service"
         ]
     );
 }
@@ -421,5 +424,58 @@ fn a_service_started_in_this_run_is_not_restarted_too() {
     assert_eq!(
         summary(&p)[1..],
         ["Change service web.service: inactive → started"]
+    );
+}
+
+#[test]
+fn a_secret_without_a_mode_is_0600_and_its_content_is_not_in_its_digest() {
+    let root = root(&[]);
+    let resources = |content: &str| {
+        format!("  - file: {{path: /etc/web/token, content: \"{content}\", secret: true}}\n")
+    };
+    let (p, _) = planned(
+        &resources("hunter2"),
+        root.path(),
+        Scripted::new(),
+        false,
+        None,
+    );
+    assert_eq!(
+        summary(&p),
+        ["Create file /etc/web/token: creates parent /etc (0755 root:root); creates parent /etc/web (0755 root:root); mode 0600, owner root:root, 7 bytes; content is secret: not shown"]
+    );
+    let digest = |p: &Plan| p.resources["path:/etc/web/token"].digest.clone();
+    let (other, _) = planned(
+        &resources("letmein"),
+        root.path(),
+        Scripted::new(),
+        false,
+        None,
+    );
+    assert_eq!(
+        digest(&p),
+        digest(&other),
+        "the recorded digest depends on the secret's content"
+    );
+    let plain = crate::digest::sha256_hex(b"hunter2");
+    assert!(!digest(&p).contains(&plain));
+}
+
+#[test]
+fn the_plan_marks_setuid_and_setgid() {
+    let root = root(&[]);
+    let (p, _) = planned(
+        "  - file: {path: /usr/local/bin/helper, content: x, mode: \"4755\", setuid: true}\n  - directory: {path: /srv/shared, mode: \"2775\", setgid: true}\n",
+        root.path(),
+        Scripted::new(),
+        false,
+        None,
+    );
+    assert_eq!(
+        summary(&p),
+        [
+            "Create file /usr/local/bin/helper: creates parent /usr (0755 root:root); creates parent /usr/local (0755 root:root); creates parent /usr/local/bin (0755 root:root); mode 4755, owner root:root, 1 bytes; SETUID: runs as user root",
+            "Create directory /srv/shared: creates parent /srv (0755 root:root); mode 2775, owner root:root; SETGID: new entries get group root",
+        ]
     );
 }

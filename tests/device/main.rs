@@ -372,3 +372,41 @@ fn an_interrupted_dpkg_is_recovered_by_the_next_run() {
         "{again:?}"
     );
 }
+
+/// On the running system (root `/`), a link that a user planted on the way to a managed
+/// path is not followed; Debian's own `/var/run -> /run` (root's) is (docs/security.md).
+#[test]
+fn on_a_booted_device_a_link_in_a_users_home_is_never_followed() {
+    let dev = timed("boot", || Booted::start("fa-links"));
+    dev.sh("useradd --create-home kiosk && runuser -u kiosk -- ln -s /etc /home/kiosk/.config");
+    dev.write("/srv/fleet/fleet.yml", "format: 1\nroles: [app]\n");
+    dev.write(
+        "/srv/fleet/inventory.yml",
+        "groups:\n  all-devices:\n    devices: [\"*\"]\n",
+    );
+    dev.write(
+        "/srv/fleet/roles/app/role.yml",
+        "resources:\n  - file: {path: /home/kiosk/.config/evil.conf, content: \"pwned\\n\"}\n",
+    );
+    let uid = dev.sh("id -u kiosk");
+    let expected = format!(
+        "cannot inspect /home/kiosk/.config/evil.conf: the symlink /home/kiosk/.config → /etc on the way is not followed: its directory belongs to uid {uid}, and on the running system only links that root alone can change are followed"
+    );
+    for verb in ["plan", "apply"] {
+        let run = dev.agent(&[verb, "--repo", "/srv/fleet"]);
+        assert_eq!(run.code, 1, "{verb}: {run:?}");
+        assert!(run.stderr.contains(&expected), "{verb}: {run:?}");
+    }
+    assert_eq!(dev.exec(&["test", "-e", "/etc/evil.conf"]).code, 1);
+
+    dev.write(
+        "/srv/fleet/roles/app/role.yml",
+        "resources:\n  - file: {path: /var/run/fleet-agent-test, content: \"ok\\n\"}\n",
+    );
+    let run = dev.agent(&["apply", "--repo", "/srv/fleet"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        dev.sh("readlink /var/run && cat /run/fleet-agent-test"),
+        "/run\nok"
+    );
+}

@@ -33,6 +33,24 @@ fn cases() -> Vec<Case> {
             "roles/web/role.yml:5:5: /etc/x is also managed by the resource at roles/web/role.yml:2:5",
         ),
         (
+            "a template that loops 100 million times",
+            vec![("roles/web/templates/web.conf.j2", "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}\n".into())],
+            "roles/web/templates/web.conf.j2:1:1: the device's templates take more than 1000000 steps with this one",
+        ),
+        (
+            "a YAML file over max_yaml_bytes",
+            vec![
+                ("fleet.yml", "format: 1\nsettings: {max_yaml_bytes: 2000}\nvars:\n  greeting: hello\n  port: 8080\nroles:\n  - web\n".into()),
+                ("group_vars/shop.yml", format!("vars:\n  greeting: hello shop\n#{}\n", "x".repeat(3000))),
+            ],
+            "group_vars/shop.yml: 3031 bytes, more than max_yaml_bytes (2000 bytes; fleet.yml settings)",
+        ),
+        (
+            "a unit name that systemctl would read as an option",
+            vec![(WEB_ROLE, role("  - service:\n      name: \"--root=/.\"\n      enabled: true\n"))],
+            "roles/web/role.yml:3:13: `--root=/.` is not a unit name",
+        ),
+        (
             "a user the device does not have",
             vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      content: x\n      owner: kiosk\n"))],
             "roles/web/role.yml:2:5: the user `kiosk` does not exist on the device",

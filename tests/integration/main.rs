@@ -11,6 +11,7 @@ mod kiosk;
 mod mender_double;
 mod os_update;
 mod pipeline;
+mod security;
 mod self_update;
 mod sync;
 
