@@ -360,6 +360,13 @@ impl<'a> Run<'a> {
     /// Applies the plan, records the state, and for `pull` takes the OS step.
     fn apply(&self, planned: Planned) -> Result<i32> {
         let plan = &planned.plan;
+        // `apply` prints the plan, notes included; `pull` prints nothing, so its notes
+        // (held packages, directories left in place, skipped starts) go to the journal.
+        if self.mode == Mode::Pull {
+            for n in &plan.notes {
+                info!("note: {n}");
+            }
+        }
         let (done, result) = if plan.is_empty() {
             (0, Ok(()))
         } else {

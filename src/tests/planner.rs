@@ -362,6 +362,54 @@ fn what_the_agent_created_and_no_role_declares_is_pruned_deepest_first() {
     );
 }
 
+/// A directory left in place because of a foreign file stays recorded as created, so
+/// that the run after the foreign file is gone prunes it, instead of forgetting it.
+#[test]
+fn a_directory_left_in_place_is_pruned_once_its_foreign_files_are_gone() {
+    let root = root(&[("/etc/kept/mine.conf", "not the agent's\n")]);
+    let previous: Previous = [(
+        "path:/etc/kept".to_string(),
+        ResourceState {
+            kind: "directory".into(),
+            path: "/etc/kept".into(),
+            digest: String::new(),
+            created: true,
+        },
+    )]
+    .into_iter()
+    .collect();
+    let declared = "  - file: {path: /etc/new, content: x}\n";
+    let (first, _) = planned(
+        declared,
+        root.path(),
+        Scripted::new(),
+        false,
+        Some(&previous),
+    );
+    assert_eq!(
+        first.notes,
+        ["/etc/kept is no longer declared but is not empty: left in place"]
+    );
+    assert_eq!(
+        first.resources.get("path:/etc/kept"),
+        previous.get("path:/etc/kept")
+    );
+
+    std::fs::remove_file(root.path().join("etc/kept/mine.conf")).unwrap();
+    let (second, _) = planned(
+        declared,
+        root.path(),
+        Scripted::new(),
+        false,
+        Some(&first.resources),
+    );
+    assert_eq!(
+        summary(&second)[1..],
+        ["Remove directory /etc/kept: created by fleet-agent and no longer declared"]
+    );
+    assert!(second.notes.is_empty());
+}
+
 #[test]
 fn where_systemd_runs_a_changed_file_restarts_its_service_once() {
     let root = root(&[("/etc/web/web.conf", "old\n")]);
