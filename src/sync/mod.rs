@@ -69,6 +69,7 @@ pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
     setup_transports(host, config)?;
     let dir = clone_dir(host, config);
     let refname = tracking_ref(&config.branch);
+    clear_stale_locks(&dir);
     let (repo, local_tip) = match open_clone(&dir, &refname) {
         Ok(found) => found,
         Err(why) => {
@@ -153,6 +154,59 @@ fn update(repo: Repository, local_tip: Oid, config: &Config, refname: &str) -> R
         commit: new_tip,
         offline: None,
     })
+}
+
+/// Removes what a fetch killed half way leaves in the clone: git's lock files
+/// (`shallow.lock`, `FETCH_HEAD.lock`, `packed-refs.lock`, `config.lock`, `HEAD.lock`,
+/// `refs/**/*.lock`), which would make every later fetch fail, and libgit2's temporary
+/// pack files, which would only fill the disk. Called under the agent's run lock, so no
+/// other writer exists. Each removal is logged; one that fails is left to the fetch,
+/// whose error then names it.
+fn clear_stale_locks(dir: &Path) {
+    let mut stale = Vec::new();
+    let top = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    stale.extend(
+        top.map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "lock")),
+    );
+    let mut dirs = vec![dir.join("refs")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(p),
+                Ok(_) if p.extension().is_some_and(|x| x == "lock") => stale.push(p),
+                _ => {}
+            }
+        }
+    }
+    for (sub, prefix) in [
+        ("objects/pack", "pack_git2_"),
+        ("objects", "tmp_object_git2_"),
+    ] {
+        let entries = std::fs::read_dir(dir.join(sub));
+        stale.extend(
+            entries
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(prefix))
+                }),
+        );
+    }
+    for p in stale {
+        match std::fs::remove_file(&p) {
+            Ok(()) => warn!(
+                "removed a stale git lock or temporary file left by an interrupted fetch: {}",
+                p.display()
+            ),
+            Err(e) => warn!("cannot remove the stale {}: {e}", p.display()),
+        }
+    }
 }
 
 /// Opens the clone and checks that its tip commit and tree can be read.
