@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use marked_yaml::{Node, Span, Spanned};
 use minijinja::Value;
 
+use crate::content::Content;
 use crate::error::{extend_unique, Invalid, Pos, Result};
 use crate::fleet::layers::RoleRef;
 use crate::fleet::roles::{as_choice, RoleDef};
@@ -266,7 +267,7 @@ impl Expand for RoleContext<'_, '_> {
             .ok()
     }
 
-    fn source(&mut self, name: &Spanned<String>) -> Result<Option<Vec<u8>>> {
+    fn source(&mut self, name: &Spanned<String>) -> Result<Option<Content>> {
         Ok(self
             .fleet
             .role_file(self.def, "files", name)?
@@ -276,7 +277,7 @@ impl Expand for RoleContext<'_, '_> {
 
     fn template(&mut self, name: &Spanned<String>) -> Result<Option<Vec<u8>>> {
         let bytes = match self.fleet.role_file(self.def, "templates", name)? {
-            Ok(b) => b,
+            Ok(c) => c.read_all()?,
             Err(p) => {
                 self.problems.push(p);
                 return Ok(None);

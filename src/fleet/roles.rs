@@ -9,6 +9,7 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Spanned};
 use minijinja::Value;
 
+use crate::content::Content;
 use crate::error::{span_pos, Invalid, Pos, Result};
 use crate::fleet::layers::{read_role_refs, RoleRef};
 use crate::fleet::schema::{ParamDoc, RoleDoc};
@@ -114,7 +115,7 @@ impl Fleet<'_> {
         def: &RoleDef,
         sub: &str,
         name: &Spanned<String>,
-    ) -> Result<Result<Vec<u8>, Invalid>> {
+    ) -> Result<Result<Content, Invalid>> {
         let rel = Path::new(name.as_str());
         let escapes = name.is_empty()
             || rel.is_absolute()
@@ -132,8 +133,8 @@ impl Fleet<'_> {
         } else {
             self.repo
         };
-        match source.read(&path)? {
-            Some(bytes) => Ok(Ok(bytes)),
+        match source.content(&path)? {
+            Some(content) => Ok(Ok(content)),
             None => {
                 let shown = if def.builtin {
                     format!("builtin:{path}")

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::content::Content;
 use crate::error::{Error, Result};
 
 pub(crate) enum Source<'r> {
@@ -24,7 +25,7 @@ impl<'r> Source<'r> {
         let tree = repo
             .find_commit(commit)
             .and_then(|c| c.tree())
-            .map_err(|e| Error::git(format!("cannot read commit {commit}"), e))?;
+            .map_err(|e| Error::Damaged(format!("commit {commit}: {}", e.message())))?;
         Ok(Source::Commit {
             repo,
             tree,
@@ -49,14 +50,12 @@ impl<'r> Source<'r> {
                 let entry = match tree.get_path(Path::new(rel)) {
                     Ok(e) => e,
                     Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-                    Err(e) => return Err(Error::git(format!("cannot look up {rel}"), e)),
+                    Err(e) => return Err(unreadable(rel, e)),
                 };
                 if entry.kind() != Some(git2::ObjectType::Blob) {
                     return Ok(None);
                 }
-                let blob = repo.find_blob(entry.id()).map_err(|e| {
-                    Error::git(format!("cannot read {rel} from the local clone"), e)
-                })?;
+                let blob = repo.find_blob(entry.id()).map_err(|e| unreadable(rel, e))?;
                 Ok(Some(blob.content().to_vec()))
             }
             Source::Dir(dir) => {
@@ -80,6 +79,50 @@ impl<'r> Source<'r> {
         }
     }
 
+    /// A file as a content reference (read as a stream later), or None when there is
+    /// no file at that path: a blob of the clone, or a file of the directory (hashed
+    /// now, as a stream).
+    pub(crate) fn content(&self, rel: &str) -> Result<Option<Content>> {
+        match self {
+            Source::Commit { repo, tree, .. } => {
+                let entry = match tree.get_path(Path::new(rel)) {
+                    Ok(e) => e,
+                    Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+                    Err(e) => return Err(unreadable(rel, e)),
+                };
+                if entry.kind() != Some(git2::ObjectType::Blob) {
+                    return Ok(None);
+                }
+                let id = entry.id();
+                let (size, _) = repo
+                    .odb()
+                    .and_then(|odb| odb.read_header(id))
+                    .map_err(|e| Error::Damaged(format!("{rel} (blob {id}): {}", e.message())))?;
+                Ok(Some(Content::Blob {
+                    objects: repo.path().join("objects"),
+                    id,
+                    size: size as u64,
+                }))
+            }
+            Source::Dir(dir) => {
+                let p = dir.join(rel);
+                match std::fs::metadata(&p) {
+                    Ok(m) if m.is_file() => Content::file(p).map(Some),
+                    Ok(_) => Ok(None),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::NotFound
+                            || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(Error::io("cannot read", p, e)),
+                }
+            }
+            #[cfg(test)]
+            Source::Files(files) => Ok(files.get(rel).cloned().map(Content::Bytes)),
+        }
+    }
+
     /// Names of the entries of a directory, sorted; None when it does not exist.
     pub(crate) fn list(&self, rel: &str) -> Result<Option<Vec<String>>> {
         let mut names = match self {
@@ -89,13 +132,11 @@ impl<'r> Source<'r> {
                 } else {
                     match tree.get_path(Path::new(rel)) {
                         Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => {
-                            repo.find_tree(e.id()).map_err(|e| {
-                                Error::git(format!("cannot read {rel} from the local clone"), e)
-                            })?
+                            repo.find_tree(e.id()).map_err(|e| unreadable(rel, e))?
                         }
                         Ok(_) => return Ok(None),
                         Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-                        Err(e) => return Err(Error::git(format!("cannot look up {rel}"), e)),
+                        Err(e) => return Err(unreadable(rel, e)),
                     }
                 };
                 sub.iter()
@@ -136,6 +177,11 @@ impl<'r> Source<'r> {
         names.sort();
         Ok(Some(names))
     }
+}
+
+/// A failed read of the clone's objects: the clone is damaged (it is cloned again).
+fn unreadable(rel: &str, e: git2::Error) -> Error {
+    Error::Damaged(format!("{rel}: {}", e.message()))
 }
 
 pub(crate) fn short(oid: git2::Oid) -> String {

@@ -199,6 +199,25 @@ impl Host {
         write_atomic(&self.path(device_path), content, mode, Some((uid, gid)))
     }
 
+    /// Writes a file atomically from a stream (a file of the fleet repository, held
+    /// whole nowhere), as `write_file` does from memory.
+    pub(crate) fn write_file_from(
+        &self,
+        device_path: &Path,
+        content: &mut dyn std::io::Read,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
+        write_atomic_from(&self.path(device_path), content, mode, Some((uid, gid)))
+    }
+
+    /// Opens a file for reading as a stream (hashing a large file without holding it).
+    pub(crate) fn open(&self, device_path: &Path) -> Result<fs::File> {
+        let real = self.path(device_path);
+        fs::File::open(&real).map_err(|e| Error::io("cannot read", &real, e))
+    }
+
     pub(crate) fn set_metadata(
         &self,
         device_path: &Path,
@@ -310,6 +329,39 @@ pub(crate) fn write_atomic(
             .mode_0600()
             .open(&tmp)?;
         f.write_all(content)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| Error::io("cannot write", path, e))
+}
+
+/// `write_atomic` from a stream: the same temporary file, fsync, rename and fsync of
+/// the directory, with the content copied through a fixed buffer.
+fn write_atomic_from(
+    path: &Path,
+    content: &mut dyn std::io::Read,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = temp_name(path);
+    let result = (|| -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0600()
+            .open(&tmp)?;
+        std::io::copy(content, &mut f)?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
         }

@@ -36,6 +36,8 @@ pub(crate) struct Step<'a> {
     /// The state directory on the device.
     pub(crate) state_dir: &'a Path,
     pub(crate) http_timeout: Duration,
+    /// The most the image download may take (agent.toml `[http] download_deadline_secs`).
+    pub(crate) download_deadline: Duration,
 }
 
 impl Step<'_> {
@@ -235,6 +237,7 @@ impl Executor<'_, '_> {
             self.step.state_dir,
             img,
             self.step.http_timeout,
+            self.step.download_deadline,
         )
         .and_then(|file| self.client.install(&file.to_string_lossy()));
         match installed {
