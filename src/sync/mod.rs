@@ -114,13 +114,26 @@ pub(crate) fn setup_transports(host: &Host, config: &Config) -> Result<()> {
     .map_err(|e| Error::git("cannot set up the git transports", e))
 }
 
-/// libgit2 reads packs through mapped windows (1 GiB each, up to 8 GiB, by default)
+/// No git configuration but the clone's own; and libgit2 reads packs through mapped windows (1 GiB each, up to 8 GiB, by default)
 /// and caches objects up to 256 MiB; small windows and a small cache keep reading a
 /// large clone within a few MiB. (Its indexer does not keep to the window limit while
-/// it checksums a received pack: libgit2 issue #6097; see docs/sync.md.)
+/// it checksums an object it received: `git_indexer_append` takes its pack out of the
+/// windows' LRU list, so a received object of N MB is mapped whole, as N MB of page
+/// cache counted in the resident size, until the next append; see docs/sync.md.)
 fn bound_libgit2_memory() {
     // SAFETY: set before any repository is opened, from the one thread using libgit2.
     unsafe {
+        // The clone is the agent's own: no user's or system's git configuration
+        // ($HOME/.gitconfig, /etc/gitconfig) applies to it, nor may a missing or
+        // unreadable one stop a run.
+        for level in [
+            git2::ConfigLevel::System,
+            git2::ConfigLevel::XDG,
+            git2::ConfigLevel::Global,
+            git2::ConfigLevel::ProgramData,
+        ] {
+            let _ = git2::opts::set_search_path(level, "");
+        }
         let _ = git2::opts::set_mwindow_size(4 << 20);
         let _ = git2::opts::set_mwindow_mapped_limit(16 << 20);
         let _ = git2::opts::set_cache_max_size(4 << 20);

@@ -4,8 +4,10 @@
 mod support;
 
 mod bad_input;
+mod faults;
 mod golden;
 mod kiosk;
+mod memory;
 mod mender_double;
 mod os_update;
 mod pipeline;
