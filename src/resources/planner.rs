@@ -75,7 +75,8 @@ pub(crate) fn plan(
     for r in &packages {
         resources.insert(r.kind.id(), resource_state(r, false));
     }
-    package::plan_phase(&packages, &mut p, options.apt_lists_max_age)?;
+    // Pruning comes first: an apt source that is no longer declared is removed in the
+    // sources phase, and the packages phase must know it (the lists are refreshed).
     if let (Some(prev), true) = (previous, options.prune) {
         // What is left in place stays recorded, so that a later run prunes it once it
         // can (the foreign file is gone), instead of forgetting it.
@@ -83,6 +84,7 @@ pub(crate) fn plan(
             resources.insert(id, kept);
         }
     }
+    package::plan_phase(&packages, &mut p, options.apt_lists_max_age)?;
     let services: Vec<&Resource> = by_phase(RunPhase::Services).collect();
     for r in &services {
         resources.insert(r.kind.id(), resource_state(r, false));

@@ -478,3 +478,26 @@ fn the_bundled_example_fleet_validates() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("valid (10 devices checked)"), "{run:?}");
 }
+
+/// A run with no package change never runs apt: under --root on an image without apt,
+/// a changed apt source is written and the refresh it would need is a note, and the
+/// run succeeds (issue 13, item 5). Before: `apt-get update` failed the run.
+#[test]
+fn a_source_change_without_apt_in_the_root_is_a_note() {
+    let mut files = basic_fleet();
+    files.push((
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/apt/sources.list.d/x.sources, content: \"Types: deb\\nURIs: http://127.0.0.1:9/\\nSuites: x\\nComponents: main\\n\"}\n",
+    ));
+    let repo = FleetRepo::new(&files);
+    let dev = Device::new(&repo.url(), "pi-0001", "");
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "note: apt sources changed: `apt-get update` skipped: this root has no /usr/bin/apt-get"
+        ),
+        "{run:?}"
+    );
+    assert!(dev.path("/etc/apt/sources.list.d/x.sources").exists());
+}
