@@ -396,7 +396,7 @@ impl<'a> Run<'a> {
         };
         if self.mode == Mode::Pull {
             match self.os_update(&mut recorded, |step, os, save| {
-                osupdate::stopped_pull_step(step, os, save)
+                osupdate::stopped_pull_step(step, os, self.offline.is_none(), save)
             }) {
                 Ok(false) => {}
                 Ok(true) => {
@@ -473,9 +473,12 @@ impl<'a> Run<'a> {
             }
         })?;
         if self.mode == Mode::Pull {
-            let converged = result.is_ok() && self.offline.is_none();
+            let this_run = osupdate::RunFacts {
+                converged: result.is_ok(),
+                reached: self.offline.is_none(),
+            };
             let rebooting = match self.os_update(&mut recorded, |step, os, save| {
-                osupdate::pull_step(step, &planned.os_declared, os, converged, save)
+                osupdate::pull_step(step, &planned.os_declared, os, this_run, save)
             }) {
                 Ok(r) => r,
                 // The apply error is the one to return; this one is logged.

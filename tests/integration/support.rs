@@ -218,6 +218,8 @@ pub struct GitHttpServer {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    /// While set, every connection is closed at once (the link is down).
+    offline: Arc<AtomicBool>,
 }
 
 impl GitHttpServer {
@@ -228,11 +230,14 @@ impl GitHttpServer {
         listener.set_nonblocking(true).unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let offline = Arc::new(AtomicBool::new(false));
         let (root, reqs, stopping) = (project_root.to_path_buf(), requests.clone(), stop.clone());
+        let down = offline.clone();
         let auth = token.map(|t| format!("Basic {}", base64(&format!("fleet-agent:{t}"))));
         std::thread::spawn(move || {
             while !stopping.load(Ordering::SeqCst) {
                 match listener.accept() {
+                    Ok((stream, _)) if down.load(Ordering::SeqCst) => drop(stream),
                     Ok((stream, _)) => {
                         let (root, reqs, auth) = (root.clone(), reqs.clone(), auth.clone());
                         std::thread::spawn(move || serve(stream, &root, &reqs, auth.as_deref()));
@@ -245,7 +250,13 @@ impl GitHttpServer {
             port,
             requests,
             stop,
+            offline,
         }
+    }
+
+    /// Takes the link down (every connection closed at once) or up again.
+    pub fn set_offline(&self, down: bool) {
+        self.offline.store(down, Ordering::SeqCst);
     }
 
     pub fn url(&self, repo: &str) -> String {

@@ -134,8 +134,7 @@ fn an_unreachable_server_keeps_the_last_commit_and_exits_3() {
         &[("group_vars/shop.yml", "vars:\n  greeting: unseen\n")],
         "not fetched",
     );
-    drop(server);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    server.set_offline(true);
     // Drift is still corrected from the last fetched commit while offline.
     std::fs::write(dev.path("/etc/web/motd"), "drifted\n").unwrap();
     let run = dev.run(&["pull"]);
