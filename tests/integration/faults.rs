@@ -7,6 +7,18 @@ use std::time::Duration;
 
 use crate::support::*;
 
+/// Prints the exit code and the last error or warning line a case shows (run with
+/// --nocapture: the closing note of issue 13 quotes them).
+fn seen(case: &str, run: &Run) {
+    let line = run
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:") || l.starts_with("warning:"))
+        .unwrap_or("");
+    eprintln!("[seen] {case}: exit {}: {line}", run.code);
+}
+
 /// The id of a file of the fleet repository at its tip.
 fn blob_id(repo: &FleetRepo, path: &str) -> String {
     git(&repo.work, &["rev-parse", &format!("HEAD:{path}")])
@@ -43,6 +55,7 @@ fn a_corrupted_blob_the_tip_still_needs_is_healed_by_a_fresh_clone() {
             "greeting",
         );
         let run = dev.run(&["pull"]);
+        seen("corrupted blob the tip needs", &run);
         assert_eq!(run.code, 0, "{run:?}");
         assert!(
             run.stderr.contains("is damaged") && run.stderr.contains("cloning again beside it"),
@@ -86,6 +99,7 @@ fn a_fetch_that_fails_on_a_damaged_delta_base_clones_again() {
         "one line",
     );
     let run = dev.run(&["pull"]);
+    seen("damaged delta base", &run);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("cloning again beside it"), "{run:?}");
     assert_eq!(dev.read("/etc/web/big.conf"), changed);
@@ -115,6 +129,7 @@ fn a_trickling_server_is_cut_off_at_the_deadline() {
     dev.set_config("repo", &format!("\"{}\"", trickle.url("fleet.git")));
     std::fs::write(dev.path("/etc/web/motd"), "drifted\n").unwrap();
     let (run, took) = dev.run_within(&["pull"], limit).expect("pull ends");
+    seen("trickling server, clone present", &run);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(
         run.stderr
@@ -127,6 +142,7 @@ fn a_trickling_server_is_cut_off_at_the_deadline() {
     // A first clone: nothing to fall back on, and the run is recorded.
     let fresh = Device::new(&trickle.url("fleet.git"), "pi-0001", deadline);
     let (run, took) = fresh.run_within(&["pull"], limit).expect("pull ends");
+    seen("trickling server, first clone", &run);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(took < Duration::from_secs(12), "took {took:?}");
     let status = fresh.run(&["status"]);
@@ -146,6 +162,7 @@ fn a_trickling_server_is_cut_off_at_the_deadline() {
         ),
     );
     let (run, took) = ssh.run_within(&["pull"], limit).expect("pull ends");
+    seen("trickling ssh", &run);
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stderr.contains("deadline of 5 s"), "{run:?}");
     assert!(took < Duration::from_secs(12), "took {took:?}");
@@ -157,6 +174,7 @@ fn a_trickling_server_is_cut_off_at_the_deadline() {
 fn a_failed_first_clone_is_recorded() {
     let dev = Device::new("http://127.0.0.1:9/fleet.git", "pi-0001", "");
     let run = dev.run(&["pull"]);
+    seen("failed first clone", &run);
     assert_eq!(run.code, 3, "{run:?}");
     let status = dev.run(&["status"]);
     assert!(!status.stdout.contains("no run recorded yet"), "{status:?}");
@@ -179,6 +197,7 @@ fn a_damaged_clone_that_cannot_be_cloned_again_fails_with_the_cause() {
     drop(server);
     std::thread::sleep(Duration::from_millis(50));
     let run = dev.run(&["pull"]);
+    seen("damaged clone, server down", &run);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr.contains("is damaged")
@@ -204,6 +223,7 @@ fn a_missing_branch_is_not_unreachable() {
     let dev = Device::new(&repo.url(), "pi-0001", "");
     dev.set_config("branch", "\"nope\"");
     let run = dev.run(&["pull"]);
+    seen("configured branch missing", &run);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("has no branch `nope`"), "{run:?}");
 
@@ -216,6 +236,7 @@ fn a_missing_branch_is_not_unreachable() {
     for url in [repo.url(), server.url("fleet.git")] {
         let dev = Device::new(&url, "pi-0001", "");
         let run = dev.run(&["pull"]);
+        seen("followed branch missing", &run);
         assert_eq!(run.code, 0, "{url}: {run:?}");
         assert!(
             run.stderr.contains(warning)
@@ -285,6 +306,7 @@ fn no_space_left_is_a_failure_not_unreachable() {
         std::fs::write(repo.work.join("roles/web/files/big.bin"), &big).unwrap();
         repo.commit(&[], "big");
         let run = dev.run(&["pull"]);
+        seen("no space left, fetch", &run);
         assert_eq!(run.code, 1, "{url}: {run:?}");
         assert!(
             run.stderr.contains("No space left on device"),
@@ -298,6 +320,7 @@ fn no_space_left_is_a_failure_not_unreachable() {
             .unwrap();
         std::fs::remove_file(state.join("state.json")).unwrap();
         let run = dev.run(&["pull"]);
+        seen("no space left, first clone", &run);
         assert_eq!(run.code, 1, "{url}: {run:?}");
         assert!(
             run.stderr.contains("No space left on device"),
@@ -354,8 +377,11 @@ fn permission_denied_is_a_failure_not_unreachable() {
         .arg("--root")
         .arg(&dev.root)
         .arg("pull")
+        // A home that user can read: only the clone's permissions are in question.
+        .env("HOME", &dev.root)
         .env_remove("JOURNAL_STREAM");
     let run = to_run(c.output().unwrap());
+    seen("permission denied", &run);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("Permission denied"), "{run:?}");
 }
