@@ -14,7 +14,7 @@ pub(super) fn report_wait(wait: &Wait, d: &Declared) {
             "OS update: {a} failed before and is not retried (`fleet-agent os retry` allows it again)"
         ),
         Wait::Backoff { until } => info!(
-            "OS update: trying again in {}s (after a failed download or install, or a rollback of an unverified slot)",
+            "OS update: retrying after a failed download or install, or an unverified slot, in {}s",
             until.saturating_sub(crate::time::now())
         ),
         Wait::Foreign => warn!(

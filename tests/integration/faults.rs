@@ -383,5 +383,10 @@ fn permission_denied_is_a_failure_not_unreachable() {
     let run = to_run(c.output().unwrap());
     seen("permission denied", &run);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("Permission denied"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("error: cannot write the fetched objects into the local clone")
+            && run.stderr.contains("Permission denied"),
+        "{run:?}"
+    );
 }
