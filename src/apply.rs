@@ -4,6 +4,7 @@
 
 use log::info;
 
+use crate::content::Content;
 use crate::error::Result;
 use crate::host::{apt, Host};
 use crate::plan::{Op, Plan};
@@ -79,13 +80,17 @@ fn execute(host: &Host, op: &Op) -> Result<()> {
             mode,
             owner,
             group,
-        } => host.write_file(
-            path,
-            content,
-            *mode,
-            host.resolve(owner, false)?,
-            host.resolve(group, true)?,
-        ),
+        } => {
+            let (uid, gid) = (host.resolve(owner, false)?, host.resolve(group, true)?);
+            if let Content::Bytes(bytes) = content {
+                return host.write_file(path, bytes, *mode, uid, gid);
+            }
+            let mut stream = content.open()?;
+            // A damaged object or a changed working-tree file is the error to report,
+            // not the write it interrupted (nothing was written: it is atomic).
+            host.write_file_from(path, &mut stream, *mode, uid, gid)
+                .map_err(|e| stream.take_failure().unwrap_or(e))
+        }
         Op::SetMetadata {
             path,
             mode,

@@ -53,11 +53,20 @@ pub(crate) struct Credentials {
 pub(crate) struct Http {
     /// Seconds to wait for the server to answer (connect and each read).
     pub(crate) timeout_secs: u64,
+    /// The most one git network operation (a refs request, a fetch or a clone, over
+    /// HTTP(S) or ssh) may take, however the server trickles.
+    pub(crate) deadline_secs: u64,
+    /// The most the download of an OS image may take.
+    pub(crate) download_deadline_secs: u64,
 }
 
 impl Default for Http {
     fn default() -> Self {
-        Http { timeout_secs: 30 }
+        Http {
+            timeout_secs: 30,
+            deadline_secs: 600,
+            download_deadline_secs: 1800,
+        }
     }
 }
 
@@ -142,6 +151,13 @@ impl Config {
                     message: format!("{} must be an absolute path", p.display()),
                 });
             }
+        }
+        let http = &raw.http;
+        if http.timeout_secs == 0 || http.deadline_secs == 0 || http.download_deadline_secs == 0 {
+            return Err(Error::Config {
+                path: path.to_owned(),
+                message: "http: timeouts and deadlines are whole seconds above 0".into(),
+            });
         }
         if raw.os_update.reboot_command.is_empty() {
             return Err(Error::Config {

@@ -117,6 +117,8 @@ pub(crate) enum Error {
     /// The fleet repository could not be fetched. `fallback` is true when a previously
     /// fetched commit exists and is used instead.
     Unreachable { url: String, message: String },
+    /// The fleet repository has no such branch.
+    NoBranch { url: String, branch: String },
     /// The local clone or a git operation failed.
     Git {
         context: String,
@@ -136,6 +138,8 @@ pub(crate) enum Error {
     },
     /// Another run holds the lock.
     Locked { path: PathBuf, waited_secs: u64 },
+    /// An object of the local clone cannot be read (the clone is cloned again).
+    Damaged(String),
     /// Anything else, said in words.
     Other(String),
 }
@@ -194,6 +198,9 @@ impl fmt::Display for Error {
             Error::Unreachable { url, message } => {
                 write!(f, "cannot reach the fleet repository {url}: {message}")
             }
+            Error::NoBranch { url, branch } => {
+                write!(f, "the fleet repository {url} has no branch `{branch}`")
+            }
             Error::Git { context, source } => write!(f, "{context}: {}", source.message()),
             Error::Io { context, path, source } => {
                 write!(f, "{context} {}: {source}", path.display())
@@ -210,6 +217,9 @@ impl fmt::Display for Error {
                 "another fleet-agent run holds the lock {} (waited {waited_secs}s; use --wait SECONDS to wait longer)",
                 path.display()
             ),
+            Error::Damaged(message) => {
+                write!(f, "the local clone of the fleet repository is damaged: {message}")
+            }
             Error::Other(message) => f.write_str(message),
         }
     }

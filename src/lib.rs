@@ -6,6 +6,7 @@
 mod apply;
 mod cli;
 mod config;
+mod content;
 mod digest;
 mod error;
 mod fleet;

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::content::Content;
 use crate::host::accounts::Principal;
 
 /// The run order: a run applies every change of one phase before the next phase.
@@ -104,9 +105,10 @@ pub(crate) enum Op {
         owner: Principal,
         group: Principal,
     },
+    /// Content in memory, or a reference read as a stream when applied.
     WriteFile {
         path: PathBuf,
-        content: Vec<u8>,
+        content: Content,
         mode: u32,
         owner: Principal,
         group: Principal,

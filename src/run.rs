@@ -126,6 +126,10 @@ struct Run<'a> {
     branch: Option<String>,
     /// The agent's own files, which no resource may touch.
     reserved: Reserved,
+    /// The branch agent.toml names (the run may follow another one).
+    configured_branch: String,
+    /// What this run warns about, recorded in the state for `status`.
+    warnings: Vec<String>,
     _lock: Option<RunLock>,
 }
 
@@ -145,59 +149,27 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
         run.config.branch,
         run.state_path.display()
     );
-    // Sync (or the maintainer's working tree).
-    let synced: Synced;
-    let source = match &req.repo {
-        Some(dir) => {
-            let dir = dir
-                .canonicalize()
-                .map_err(|e| Error::io("cannot open the fleet repository", dir, e))?;
-            run.origin = dir.display().to_string();
-            Source::Dir(dir)
+    let planned = match run.load_and_plan(req) {
+        Ok(Loaded::Planned(p)) => p,
+        Ok(Loaded::Done(done)) => return Ok(done),
+        // A read of the clone failed: noted in the clone, so that the sync clones it
+        // again, and tried once more.
+        Err((_, e)) if matches!(e, Error::Damaged(_)) && req.repo.is_none() => {
+            warn!("{e}");
+            sync::mark_damaged(run.host, &run.config, &e.to_string());
+            match run.load_and_plan(req) {
+                Ok(Loaded::Planned(p)) => p,
+                Ok(Loaded::Done(done)) => return Ok(done),
+                Err((outcome, e)) => return run.stopped(outcome, e),
+            }
         }
-        None => {
-            synced = sync_followed(run.host, &mut run.config)?;
-            run.commit = Some(synced.commit.to_string());
-            run.branch = Some(run.config.branch.clone());
-            run.offline = synced.offline.clone();
-            run.origin = format!("{}#{}", redact(&run.config.repo), run.config.branch);
-            Source::commit(&synced.repo, synced.commit)?
-        }
-    };
-    let builtin = crate::fleet::builtin_roles(&run.config.roles_dir);
-    let fleet_file = FleetFile::read(&source)?;
-    // The branch may need a newer agent: read before the full load, which an old agent
-    // may not understand. `pull` on the device upgrades and re-executes (or fails).
-    if let Some(r) = fleet_file.requirement().filter(|r| !r.is_met()) {
-        if mode == Mode::Plan {
-            return Ok(Done::AgentUpgrade(PlanOutcome::AgentUpgrade {
-                req: r,
-                device: run.config.device_id.clone(),
-                origin: run.origin.clone(),
-                commit: run.commit.clone(),
-            }));
-        }
-        if mode == Mode::Pull && crate::selfupdate::may_upgrade(run.host) {
-            let pin = gate::pinned_version(&source)?;
-            let e = crate::selfupdate::upgrade_and_reexec(run.host, &r, pin.as_deref());
-            return run.stopped(RunOutcome::Failed, e);
-        }
-        // Elsewhere the full load rejects the branch and says why.
-    }
-    let (desired, settings, os_decl) = match load(&run, &source, Some(&builtin), &fleet_file) {
-        Ok(loaded) => loaded,
-        Err(e) => return run.stopped(RunOutcome::Invalid, e),
-    };
-    note_loaded(req, &desired);
-    let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
-        Ok(p) => p,
-        Err(e) => return run.stopped(RunOutcome::Failed, e),
+        Err((outcome, e)) => return run.stopped(outcome, e),
     };
     if mode == Mode::Plan {
-        return Ok(Done::Planned(Box::new(planned)));
+        return Ok(Done::Planned(planned));
     }
     show(&planned);
-    run.apply(planned).map(Done::Exit)
+    run.apply(*planned).map(Done::Exit)
 }
 
 /// What was loaded (-vv), and a warning for a device given by `--device` that is in no group.
@@ -215,6 +187,16 @@ fn note_loaded(req: &Request, desired: &DesiredState) {
         );
     }
 }
+
+/// How far loading got.
+enum Loaded {
+    Planned(Box<Planned>),
+    /// The run ends here (a branch that needs a newer agent, for `plan`).
+    Done(Done),
+}
+
+/// A stopped stage: what to record and why.
+type Stopped = (RunOutcome, Error);
 
 /// The device's desired state, the fleet's settings and its `os:` declaration.
 fn load(
@@ -237,8 +219,10 @@ fn load(
 }
 
 /// Syncs the configured branch, then the branch the device's host_vars there tell it
-/// to follow instead, if any (decided on the configured branch only: no flip-flop).
-fn sync_followed(host: &Host, config: &mut Config) -> Result<Synced> {
+/// to follow instead, if any (decided on the configured branch only: no flip-flop). A
+/// followed branch the server does not have leaves the device on its configured
+/// branch, with a warning (journal, state, `status`).
+fn sync_followed(host: &Host, config: &mut Config, warnings: &mut Vec<String>) -> Result<Synced> {
     let first = sync::sync(host, config)?;
     let follow = {
         let source = Source::commit(&first.repo, first.commit)?;
@@ -252,9 +236,20 @@ fn sync_followed(host: &Host, config: &mut Config) -> Result<Synced> {
                 "host_vars/{}.yml: following branch {branch} instead of {}",
                 config.device_id, config.branch
             );
-            config.branch = branch;
-            drop(first);
-            sync::sync(host, config)
+            let configured = std::mem::replace(&mut config.branch, branch);
+            match sync::sync(host, config) {
+                Err(Error::NoBranch { url, branch }) => {
+                    let w = format!(
+                        "host_vars/{}.yml names the branch `{branch}`, which the fleet repository {url} does not have: staying on the configured branch {configured}",
+                        config.device_id
+                    );
+                    warn!("{w}");
+                    warnings.push(w);
+                    config.branch = configured;
+                    Ok(first)
+                }
+                other => other,
+            }
         }
         _ => Ok(first),
     }
@@ -286,6 +281,7 @@ impl<'a> Run<'a> {
             host,
             previous: State::load(&state_path),
             state_path,
+            configured_branch: config.branch.clone(),
             config,
             mode,
             commit: None,
@@ -294,8 +290,79 @@ impl<'a> Run<'a> {
             previous_here: None,
             working_tree: req.repo.is_some(),
             branch: None,
+            warnings: Vec::new(),
             _lock: lock,
         })
+    }
+
+    /// The source (sync, or the maintainer's working tree), the agent-version gate,
+    /// the load and the plan. What stops it is recorded by the caller.
+    fn load_and_plan(&mut self, req: &Request) -> Result<Loaded, Stopped> {
+        let failed = |e: Error| (RunOutcome::Failed, e);
+        self.config.branch = self.configured_branch.clone();
+        self.warnings.clear();
+        let synced: Synced;
+        let source = match &req.repo {
+            Some(dir) => {
+                let dir = dir
+                    .canonicalize()
+                    .map_err(|e| failed(Error::io("cannot open the fleet repository", dir, e)))?;
+                self.origin = dir.display().to_string();
+                Source::Dir(dir)
+            }
+            None => {
+                self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
+                synced = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if let Error::Unreachable { message, .. } = &e {
+                            self.offline = Some(message.clone());
+                        }
+                        return Err(failed(e));
+                    }
+                };
+                self.commit = Some(synced.commit.to_string());
+                self.branch = Some(self.config.branch.clone());
+                self.offline = synced.offline.clone();
+                self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
+                Source::commit(&synced.repo, synced.commit).map_err(failed)?
+            }
+        };
+        let builtin = crate::fleet::builtin_roles(&self.config.roles_dir);
+        let fleet_file = FleetFile::read(&source).map_err(failed)?;
+        if let Some(done) = self.gate(&fleet_file, &source)? {
+            return Ok(Loaded::Done(done));
+        }
+        let (desired, settings, os_decl) = load(self, &source, Some(&builtin), &fleet_file)
+            .map_err(|e| (RunOutcome::Invalid, e))?;
+        note_loaded(req, &desired);
+        let planned = self
+            .plan(desired, &settings, os_decl.as_ref())
+            .map_err(failed)?;
+        Ok(Loaded::Planned(Box::new(planned)))
+    }
+
+    /// The branch may need a newer agent: read before the full load, which an old
+    /// agent may not understand. `plan` reports it; `pull` on the device upgrades and
+    /// re-executes (or fails); elsewhere the full load rejects the branch and says why.
+    fn gate(&self, fleet_file: &FleetFile, source: &Source) -> Result<Option<Done>, Stopped> {
+        let Some(r) = fleet_file.requirement().filter(|r| !r.is_met()) else {
+            return Ok(None);
+        };
+        if self.mode == Mode::Plan {
+            return Ok(Some(Done::AgentUpgrade(PlanOutcome::AgentUpgrade {
+                req: r,
+                device: self.config.device_id.clone(),
+                origin: self.origin.clone(),
+                commit: self.commit.clone(),
+            })));
+        }
+        if self.mode == Mode::Pull && crate::selfupdate::may_upgrade(self.host) {
+            let pin = gate::pinned_version(source).map_err(|e| (RunOutcome::Failed, e))?;
+            let e = crate::selfupdate::upgrade_and_reexec(self.host, &r, pin.as_deref());
+            return Err((RunOutcome::Failed, e));
+        }
+        Ok(None)
     }
 
     /// Plans against this root filesystem's state only.
@@ -357,17 +424,27 @@ impl<'a> Run<'a> {
         if self.mode == Mode::Plan {
             return Err(e);
         }
-        let mut recorded = record(&self.state_path, self.previous.clone(), |s| {
+        let recorded = record(&self.state_path, self.previous.clone(), |s| {
             s.last_commit = self.commit.clone();
             s.branch = self.branch.clone();
             s.outcome = Some(outcome);
             s.message = Some(e.to_string());
             s.offline = self.offline.is_some();
             s.changes = 0;
-        })?;
+            s.warnings = self.warnings.clone();
+        });
+        // A full disk may refuse the record too: the run's own error is the one to
+        // return.
+        let mut recorded = match recorded {
+            Ok(r) => r,
+            Err(record_error) => {
+                log::error!("{record_error}");
+                return Err(e);
+            }
+        };
         if self.mode == Mode::Pull {
             match self.os_update(&mut recorded, |step, os, save| {
-                osupdate::stopped_pull_step(step, os, save)
+                osupdate::stopped_pull_step(step, os, self.offline.is_none(), save)
             }) {
                 Ok(false) => {}
                 Ok(true) => {
@@ -396,6 +473,7 @@ impl<'a> Run<'a> {
             config: &self.config.os_update,
             state_dir: &self.config.state_dir,
             http_timeout: Duration::from_secs(self.config.http.timeout_secs),
+            download_deadline: Duration::from_secs(self.config.http.download_deadline_secs),
         };
         let mut os = recorded.os_update.clone();
         let mut save = |os: &OsState| -> Result<()> {
@@ -408,6 +486,13 @@ impl<'a> Run<'a> {
     /// Applies the plan, records the state, and for `pull` takes the OS step.
     fn apply(&self, planned: Planned) -> Result<i32> {
         let plan = &planned.plan;
+        // `apply` prints the plan, notes included; `pull` prints nothing, so its notes
+        // (held packages, directories left in place, skipped starts) go to the journal.
+        if self.mode == Mode::Pull {
+            for n in &plan.notes {
+                info!("note: {n}");
+            }
+        }
         let (done, result) = if plan.is_empty() {
             (0, Ok(()))
         } else {
@@ -415,6 +500,11 @@ impl<'a> Run<'a> {
             crate::selfupdate::note_installed(self.host);
             applied
         };
+        if let Err(e @ Error::Damaged(_)) = &result {
+            // A file's blob could not be read: the next sync clones again instead of
+            // failing on the same object.
+            sync::mark_damaged(self.host, &self.config, &e.to_string());
+        }
         let rootfs = state::ensure_rootfs_id(self.host)?;
         let failed = result.as_ref().err().map(|e| e.to_string());
         let mut recorded = record(&self.state_path, self.previous_here.clone(), |s| {
@@ -425,15 +515,19 @@ impl<'a> Run<'a> {
             s.source = Some(planned.origin.clone());
             s.changes = done;
             s.offline = self.offline.is_some();
+            s.warnings = self.warnings.clone();
             match &failed {
                 None => record_applied(s, plan, self.commit.clone(), self.offline.clone()),
                 Some(m) => record_failed(s, plan, done, m),
             }
         })?;
         if self.mode == Mode::Pull {
-            let converged = result.is_ok() && self.offline.is_none();
+            let this_run = osupdate::RunFacts {
+                converged: result.is_ok(),
+                reached: self.offline.is_none(),
+            };
             let rebooting = match self.os_update(&mut recorded, |step, os, save| {
-                osupdate::pull_step(step, &planned.os_declared, os, converged, save)
+                osupdate::pull_step(step, &planned.os_declared, os, this_run, save)
             }) {
                 Ok(r) => r,
                 // The apply error is the one to return; this one is logged.

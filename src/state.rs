@@ -57,6 +57,9 @@ pub(crate) struct State {
     /// True when the last run could not reach the git server.
     #[serde(default)]
     pub(crate) offline: bool,
+    /// What the last run warned about (a followed branch the server does not have).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) warnings: Vec<String>,
     pub(crate) resources: BTreeMap<String, ResourceState>,
     /// The A/B OS update (src/osupdate.rs). Not tied to a root filesystem: it is carried
     /// over when the rootfs changes, since that change is the update's own doing.

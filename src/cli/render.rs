@@ -246,6 +246,9 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
     if let Some(m) = &s.message {
         line("message:", m);
     }
+    for w in &s.warnings {
+        line("warning:", w);
+    }
     out
 }
 

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use marked_yaml::{Node, Span, Spanned};
 use minijinja::Value;
 
+use crate::content::Content;
 use crate::error::{extend_unique, Invalid, Pos, Result};
 use crate::fleet::layers::RoleRef;
 use crate::fleet::roles::{as_choice, RoleDef};
@@ -276,7 +277,7 @@ impl<'f, 'a> Expander<'f, 'a> {
 fn count_bytes(total: &mut u64, max: u64, kind: &Kind, pos: &Pos) -> Option<Invalid> {
     let Kind::File(f) = kind else { return None };
     let before = *total;
-    *total += f.content.len() as u64;
+    *total += f.content.len();
     (before <= max && *total > max).then(|| {
         Invalid::new(
             pos.clone(),
@@ -314,7 +315,7 @@ impl Expand for RoleContext<'_, '_> {
         }
     }
 
-    fn source(&mut self, name: &Spanned<String>) -> Result<Option<Vec<u8>>> {
+    fn source(&mut self, name: &Spanned<String>) -> Result<Option<Content>> {
         Ok(self
             .fleet
             .role_file(self.def, "files", name)?
@@ -324,7 +325,7 @@ impl Expand for RoleContext<'_, '_> {
 
     fn template(&mut self, name: &Spanned<String>) -> Result<Option<Vec<u8>>> {
         let bytes = match self.fleet.role_file(self.def, "templates", name)? {
-            Ok(b) => b,
+            Ok(c) => c.read_all()?,
             Err(p) => {
                 self.problems.push(p);
                 return Ok(None);

@@ -148,12 +148,7 @@ impl<'a> Fleet<'a> {
         let max = top.settings.max_yaml_bytes;
         let groups = read_inventory(repo, max, &mut problems)?;
         let group_layers = read_group_vars(repo, &groups, max, &mut problems)?;
-        let host_ids = repo
-            .list("host_vars")?
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|n| n.strip_suffix(".yml").map(str::to_string))
-            .collect();
+        let host_ids = vars_files(repo, "host_vars", &mut problems)?;
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
@@ -510,11 +505,9 @@ fn read_group_vars(
     problems: &mut Vec<Invalid>,
 ) -> Result<HashMap<String, Layer>> {
     let mut layers = HashMap::new();
-    for name in repo.list("group_vars")?.unwrap_or_default() {
-        let Some(group) = name.strip_suffix(".yml") else {
-            continue;
-        };
-        let file = format!("group_vars/{name}");
+    for group in vars_files(repo, "group_vars", problems)? {
+        let group = group.as_str();
+        let file = format!("group_vars/{group}.yml");
         if group != "all" && !groups.iter().any(|g| g.name == group) {
             problems.push(Invalid::new(
                 Pos::file(file),
@@ -555,6 +548,33 @@ pub(crate) fn fuzz_yaml(data: &[u8]) {
     let _ = read_layer("fuzz.yml", &node, &mut problems);
     let _ = os::read("fuzz.yml", &node, &mut problems);
     let _ = gate::requirement(&node);
+}
+
+/// The names of the `<name>.yml` files of group_vars/ or host_vars/. Anything else
+/// there (`canary.yaml`, `README.md`, a subdirectory) is a problem at its path, so that a
+/// misnamed override is never dropped without a word; hidden files (`.gitkeep`) are
+/// ignored.
+fn vars_files(repo: &Source, dir: &str, problems: &mut Vec<Invalid>) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for name in repo.list(dir)?.unwrap_or_default() {
+        if name.starts_with('.') {
+            continue;
+        }
+        match name.strip_suffix(".yml").filter(|s| !s.is_empty()) {
+            Some(stem) => names.push(stem.to_string()),
+            None => {
+                let hint = match name.strip_suffix(".yaml") {
+                    Some(stem) => format!(": rename it to {dir}/{stem}.yml"),
+                    None => String::new(),
+                };
+                problems.push(Invalid::new(
+                    Pos::file(format!("{dir}/{name}")),
+                    format!("not a vars file: {dir}/ holds only <name>.yml files (hidden files are ignored){hint}"),
+                ));
+            }
+        }
+    }
+    Ok(names)
 }
 
 #[cfg(test)]

@@ -78,8 +78,12 @@ impl std::fmt::Display for Reboot {
 /// Checks the new root filesystem must pass before the update is committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct Health {
-    /// Bound for all checks, counted from the first run on the new root filesystem.
+    /// Bound for all checks, counted from the first run on the new root filesystem
+    /// that reached the fleet repository.
     pub(crate) timeout_seconds: u64,
+    /// How long a new root filesystem may stay unable to reach the fleet repository
+    /// (unverified) before it is rolled back; the artifact is then retried later.
+    pub(crate) offline_timeout_seconds: u64,
     pub(crate) units: Vec<String>,
     pub(crate) commands: Vec<String>,
     pub(crate) urls: Vec<String>,
@@ -105,6 +109,7 @@ impl Retry {
 }
 
 pub(crate) const DEFAULT_HEALTH_TIMEOUT: u64 = 300;
+pub(crate) const DEFAULT_OFFLINE_TIMEOUT: u64 = 3600;
 pub(crate) const DEFAULT_RETRY_INITIAL: u64 = 600;
 pub(crate) const DEFAULT_RETRY_MAX: u64 = 86_400;
 
@@ -112,6 +117,7 @@ impl Default for Health {
     fn default() -> Self {
         Health {
             timeout_seconds: DEFAULT_HEALTH_TIMEOUT,
+            offline_timeout_seconds: DEFAULT_OFFLINE_TIMEOUT,
             units: vec![],
             commands: vec![],
             urls: vec![],
@@ -158,6 +164,7 @@ struct RawImage {
 #[serde(deny_unknown_fields)]
 struct RawHealth {
     timeout_seconds: Option<Spanned<u64>>,
+    offline_timeout_seconds: Option<Spanned<u64>>,
     #[serde(default)]
     units: Vec<Spanned<String>>,
     #[serde(default)]
@@ -279,6 +286,16 @@ fn read_health(h: RawHealth, bad: &mut Bad) -> Health {
             );
         }
         health.timeout_seconds = **t;
+    }
+    if let Some(t) = &h.offline_timeout_seconds {
+        if **t == 0 {
+            bad(
+                t.span(),
+                "os.health.offline_timeout_seconds: expected a whole number of seconds above 0"
+                    .into(),
+            );
+        }
+        health.offline_timeout_seconds = **t;
     }
     for u in &h.units {
         let name = u.as_str();
@@ -414,6 +431,7 @@ mod tests {
             }
         );
         assert_eq!(d.health.timeout_seconds, 300);
+        assert_eq!(d.health.offline_timeout_seconds, 3600);
         assert_eq!(d.health.units, ["ssh.service"]);
         assert_eq!(d.retry, Retry::default());
         assert!(d.image_for(Some("pi3")).is_none());
@@ -428,7 +446,7 @@ mod tests {
     #[test]
     fn every_problem_is_named_with_its_position() {
         let errs = load(
-            "format: 1\nos:\n  images:\n    pi4:\n      artifact: \"a b\"\n      uri: ftp://x/y\n      sha256: abc\n  reboot: later\n  health:\n    timeout_seconds: 0\n    urls: [\"localhost:80\"]\n  retry:\n    initial_seconds: 100\n    max_seconds: 10\n",
+            "format: 1\nos:\n  images:\n    pi4:\n      artifact: \"a b\"\n      uri: ftp://x/y\n      sha256: abc\n  reboot: later\n  health:\n    timeout_seconds: 0\n    urls: [\"localhost:80\"]\n    offline_timeout_seconds: 0\n  retry:\n    initial_seconds: 100\n    max_seconds: 10\n",
         )
         .unwrap_err();
         assert_eq!(
@@ -439,8 +457,9 @@ mod tests {
                 "fleet.yml:7:15: os.images.pi4.sha256: expected 64 hexadecimal digits",
                 "fleet.yml:8:11: os.reboot: expected now, never or a window \"HH:MM-HH:MM\"",
                 "fleet.yml:10:22: os.health.timeout_seconds: expected a whole number of seconds above 0",
+                "fleet.yml:12:30: os.health.offline_timeout_seconds: expected a whole number of seconds above 0",
                 "fleet.yml:11:12: os.health.urls: expected an http:// or https:// URL",
-                "fleet.yml:14:18: os.retry.max_seconds: expected at least initial_seconds (100)",
+                "fleet.yml:15:18: os.retry.max_seconds: expected at least initial_seconds (100)",
             ]
         );
     }

@@ -9,6 +9,7 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Spanned};
 use minijinja::Value;
 
+use crate::content::Content;
 use crate::error::{span_pos, Invalid, Pos, Result};
 use crate::fleet::layers::{read_role_refs, RoleRef};
 use crate::fleet::schema::{misplaced_keys, FileKind, ParamDoc, RoleDoc};
@@ -159,7 +160,7 @@ impl Fleet<'_> {
         def: &RoleDef,
         sub: &str,
         name: &Spanned<String>,
-    ) -> Result<Result<Vec<u8>, Invalid>> {
+    ) -> Result<Result<Content, Invalid>> {
         let rel = Path::new(name.as_str());
         let escapes = name.is_empty()
             || rel.is_absolute()
@@ -184,15 +185,25 @@ impl Fleet<'_> {
             path.clone()
         };
         // A problem with the file is shown where role.yml names it.
-        let problem = |message: String| Ok(Err(Invalid::at(&def.file, name.span(), message)));
-        match source.get(&path, max)? {
-            Entry::File(bytes) => Ok(Ok(bytes)),
-            Entry::Missing => problem(format!("{shown} does not exist")),
-            other => {
-                let p = other.problem(&path, "max_file_bytes", max);
-                let builtin = if def.builtin { "builtin:" } else { "" };
-                problem(format!("{builtin}{}: {}", p.pos.file, p.message))
+        let problem = |p: Invalid| {
+            let builtin = if def.builtin { "builtin:" } else { "" };
+            let message = format!("{builtin}{}: {}", p.pos.file, p.message);
+            Ok(Err(Invalid::at(&def.file, name.span(), message)))
+        };
+        match source.content(&path)? {
+            // A file of files/ is streamed (never held in memory whole), a template is
+            // rendered in memory: both are held to max_file_bytes, which also bounds
+            // what a branch can make a device download and write.
+            Ok(content) if content.len() > max => {
+                problem(Entry::TooBig(content.len()).problem(&path, "max_file_bytes", max))
             }
+            Ok(content) => Ok(Ok(content)),
+            Err(Entry::Missing) => Ok(Err(Invalid::at(
+                &def.file,
+                name.span(),
+                format!("{shown} does not exist"),
+            ))),
+            Err(other) => problem(other.problem(&path, "max_file_bytes", max)),
         }
     }
 }

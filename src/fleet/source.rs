@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use marked_yaml::Node;
 
+use crate::content::Content;
 use crate::error::{Error, Invalid, Pos, Result};
 use crate::fleet::yaml;
 
@@ -30,7 +31,7 @@ impl<'r> Source<'r> {
         let tree = repo
             .find_commit(commit)
             .and_then(|c| c.tree())
-            .map_err(|e| Error::git(format!("cannot read commit {commit}"), e))?;
+            .map_err(|e| Error::Damaged(format!("commit {commit}: {}", e.message())))?;
         Ok(Source::Commit {
             repo,
             tree,
@@ -65,6 +66,64 @@ impl<'r> Source<'r> {
         }
     }
 
+    /// A file as a content reference (read as a stream later, so no size bound here:
+    /// it is never held in memory), or the entry that is there instead (nothing, a
+    /// symlink on the way or at the path, not a regular file): a blob of the clone, or
+    /// a file of the directory (hashed now, as a stream).
+    pub(crate) fn content(&self, rel: &str) -> Result<std::result::Result<Content, Entry>> {
+        match self {
+            Source::Commit { repo, tree, .. } => {
+                let entry = match tree.get_path(Path::new(rel)) {
+                    Ok(e) => e,
+                    Err(e) if e.code() == git2::ErrorCode::NotFound => {
+                        return Ok(Err(commit_link_on_the_way(tree, rel)))
+                    }
+                    Err(e) => return Err(unreadable(rel, e)),
+                };
+                if entry.filemode() == GIT_LINK {
+                    return Ok(Err(Entry::Link(rel.to_string())));
+                }
+                if entry.kind() != Some(git2::ObjectType::Blob) {
+                    return Ok(Err(Entry::Missing));
+                }
+                let id = entry.id();
+                let (size, _) = repo
+                    .odb()
+                    .and_then(|odb| odb.read_header(id))
+                    .map_err(|e| Error::Damaged(format!("{rel} (blob {id}): {}", e.message())))?;
+                Ok(Ok(Content::Blob {
+                    objects: repo.path().join("objects"),
+                    id,
+                    size: size as u64,
+                }))
+            }
+            Source::Dir(dir) => {
+                let (p, meta) = match dir_walk(dir, rel)? {
+                    Ok(found) => found,
+                    Err(entry) => return Ok(Err(entry)),
+                };
+                if meta.is_dir() {
+                    Ok(Err(Entry::Missing))
+                } else if !meta.is_file() {
+                    Ok(Err(Entry::Special))
+                } else {
+                    Content::file(p).map(Ok)
+                }
+            }
+            Source::Embedded(files) => Ok(files
+                .iter()
+                .find(|(path, _)| *path == rel)
+                .map(|(_, b)| Content::Bytes(b.to_vec()))
+                .ok_or(Entry::Missing)),
+            #[cfg(any(test, feature = "fuzzing"))]
+            Source::Files(files) => Ok(files
+                .get(rel)
+                .cloned()
+                .map(Content::Bytes)
+                .ok_or(Entry::Missing)),
+        }
+    }
+
     /// A YAML file of the repository, parsed: None when there is none; a problem at the
     /// file when it is a link, larger than `max` bytes, or not valid YAML.
     pub(crate) fn yaml(&self, rel: &str, max: u64) -> Result<Option<Result<Node, Invalid>>> {
@@ -88,13 +147,11 @@ impl<'r> Source<'r> {
                             return Err(Error::Invalid(vec![link.problem(rel, "", 0)]));
                         }
                         Ok(e) if e.kind() == Some(git2::ObjectType::Tree) => {
-                            repo.find_tree(e.id()).map_err(|e| {
-                                Error::git(format!("cannot read {rel} from the local clone"), e)
-                            })?
+                            repo.find_tree(e.id()).map_err(|e| unreadable(rel, e))?
                         }
                         Ok(_) => return Ok(None),
                         Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
-                        Err(e) => return Err(Error::git(format!("cannot look up {rel}"), e)),
+                        Err(e) => return Err(unreadable(rel, e)),
                     }
                 };
                 sub.iter()
@@ -200,7 +257,7 @@ fn commit_get(repo: &git2::Repository, tree: &git2::Tree, rel: &str, max: u64) -
         Err(e) if e.code() == git2::ErrorCode::NotFound => {
             return Ok(commit_link_on_the_way(tree, rel))
         }
-        Err(e) => return Err(Error::git(format!("cannot look up {rel}"), e)),
+        Err(e) => return Err(unreadable(rel, e)),
     };
     if entry.filemode() == GIT_LINK {
         return Ok(Entry::Link(rel.to_string()));
@@ -208,18 +265,14 @@ fn commit_get(repo: &git2::Repository, tree: &git2::Tree, rel: &str, max: u64) -
     if entry.kind() != Some(git2::ObjectType::Blob) {
         return Ok(Entry::Missing);
     }
-    let odb = repo
-        .odb()
-        .map_err(|e| Error::git("cannot open the local clone's objects", e))?;
+    let odb = repo.odb().map_err(|e| unreadable(rel, e))?;
     let (size, _) = odb
         .read_header(entry.id())
-        .map_err(|e| Error::git(format!("cannot read {rel} from the local clone"), e))?;
+        .map_err(|e| unreadable(rel, e))?;
     if size as u64 > max {
         return Ok(Entry::TooBig(size as u64));
     }
-    let blob = repo
-        .find_blob(entry.id())
-        .map_err(|e| Error::git(format!("cannot read {rel} from the local clone"), e))?;
+    let blob = repo.find_blob(entry.id()).map_err(|e| unreadable(rel, e))?;
     Ok(Entry::File(blob.content().to_vec()))
 }
 
@@ -298,6 +351,11 @@ fn dir_walk(
             .map(|m| Ok((p.clone(), m)))
             .map_err(|e| Error::io("cannot read", &p, e)),
     }
+}
+
+/// A failed read of the clone's objects: the clone is damaged (it is cloned again).
+fn unreadable(rel: &str, e: git2::Error) -> Error {
+    Error::Damaged(format!("{rel}: {}", e.message()))
 }
 
 pub(crate) fn short(oid: git2::Oid) -> String {

@@ -782,3 +782,19 @@ fn symlinks_in_the_repository_are_never_followed_by_plan_repo_or_pull() {
         assert_eq!(commit, expected, "{what}: pull");
     }
 }
+
+invalid!(
+    a_host_vars_file_named_yaml_is_an_error_at_its_path,
+    [("host_vars/pi-1.yaml", "vars:\n  greeting: dropped\n")],
+    "host_vars/pi-1.yaml: not a vars file: host_vars/ holds only <name>.yml files (hidden files are ignored): rename it to host_vars/pi-1.yml"
+);
+
+invalid!(
+    a_readme_in_group_vars_is_an_error_at_its_path,
+    [
+        ("group_vars/README.md", "# notes\n"),
+        ("group_vars/.gitkeep", ""),
+        ("host_vars/.gitkeep", "")
+    ],
+    "group_vars/README.md: not a vars file: group_vars/ holds only <name>.yml files (hidden files are ignored)"
+);

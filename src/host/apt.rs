@@ -85,19 +85,62 @@ fn parse_status(text: &str) -> HashMap<String, Installed> {
     out
 }
 
-/// How old apt's package lists are (None: there are none).
+/// How long ago apt last refreshed its lists (None: there are none). The lists
+/// directory changes at every `apt-get update`; the list files themselves carry the
+/// server's dates (apt keeps its Last-Modified), which say nothing about the refresh.
 pub(crate) fn lists_age(host: &Host) -> Option<Duration> {
-    let dir = host.path(Path::new("/var/lib/apt/lists"));
-    let newest = std::fs::read_dir(dir)
+    let dir = host.path(Path::new(LISTS));
+    let any_list = std::fs::read_dir(&dir)
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name().to_string_lossy().ends_with("Packages")
-                || e.file_name().to_string_lossy().ends_with("Release")
-        })
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .max()?;
-    Some(SystemTime::now().duration_since(newest).unwrap_or_default())
+        .any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with("Packages") || name.ends_with("Release")
+        });
+    if !any_list {
+        return None;
+    }
+    let refreshed = std::fs::metadata(&dir).ok()?.modified().ok()?;
+    Some(
+        SystemTime::now()
+            .duration_since(refreshed)
+            .unwrap_or_default(),
+    )
+}
+
+const LISTS: &str = "/var/lib/apt/lists";
+/// Where apt's sources and keys live: a change to any of them (a file written, changed
+/// or removed changes its directory too) makes the lists stale.
+const SOURCES: [&str; 5] = [
+    "/etc/apt/sources.list",
+    "/etc/apt/sources.list.d",
+    "/etc/apt/keyrings",
+    "/etc/apt/trusted.gpg",
+    "/etc/apt/trusted.gpg.d",
+];
+
+/// Whether apt's sources or keys changed after the lists were last refreshed (by hand,
+/// or a refresh that failed part way: see `update`).
+pub(crate) fn sources_newer_than_lists(host: &Host) -> bool {
+    let modified = |p: &Path| std::fs::symlink_metadata(p).ok()?.modified().ok();
+    let Some(refreshed) = modified(&host.path(Path::new(LISTS))) else {
+        return true;
+    };
+    let mut newest = None;
+    for s in SOURCES {
+        let p = host.path(Path::new(s));
+        newest = newest.max(modified(&p));
+        for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            newest = newest.max(modified(&e.path()));
+        }
+    }
+    newest.is_some_and(|n| n > refreshed)
+}
+
+/// Whether this root has apt (an image being built may not).
+pub(crate) fn has_apt(host: &Host) -> bool {
+    host.path(Path::new("/usr/bin/apt-get")).exists()
 }
 
 /// Whether a declared version is a glob (`1.2.*`) rather than an exact version.
@@ -167,10 +210,76 @@ fn lock_timeout() -> String {
     format!("DPkg::Lock::Timeout={DPKG_LOCK_TIMEOUT_SECS}")
 }
 
-/// Refreshes apt's package lists, waiting a bounded time for a dpkg lock.
+/// Refreshes apt's package lists, waiting a bounded time for a dpkg lock. apt exits 0
+/// when it could not fetch a source (it warns, and keeps the old lists or none): that
+/// is a failure here, naming each source and why, before a transaction meets lists
+/// without the packages it needs ("Unable to locate package"). The lists it did
+/// write look fresh, so the sources are marked newer than them: the next run with a
+/// package change refreshes again.
 pub(crate) fn update(host: &Host) -> Result<()> {
-    host.run_output(&["apt-get", "update", "-q", "-o", &lock_timeout()], true)
-        .map(|_| ())
+    let argv = ["apt-get", "update", "-q", "-o", &lock_timeout()];
+    let (code, _, stderr) = host.run_status(&argv, true)?;
+    let failed = fetch_failures(&stderr);
+    if code == 0 && failed.is_empty() {
+        return Ok(());
+    }
+    let sources = host.path(Path::new("/etc/apt/sources.list.d"));
+    if let Err(e) = std::fs::File::open(&sources).and_then(|d| d.set_modified(SystemTime::now())) {
+        log::warn!(
+            "cannot mark the apt lists stale ({}): {e}",
+            sources.display()
+        );
+    }
+    if code != 0 {
+        return Err(Error::Command {
+            command: argv.join(" "),
+            status: format!("exit code {code}"),
+            stderr,
+        });
+    }
+    Err(Error::Other(format!(
+        "`apt-get update` could not fetch every source; no package was changed:\n  {}",
+        failed.join("\n  ")
+    )))
+}
+
+/// The sources `apt-get update` could not fetch, as `source: why`, from its `W:` and
+/// `E:` lines (its summary line only when it names nothing else).
+pub(crate) fn fetch_failures(stderr: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    let mut summary = None;
+    for line in stderr.lines() {
+        let Some(rest) = line
+            .strip_prefix("W: ")
+            .or_else(|| line.strip_prefix("E: "))
+        else {
+            continue;
+        };
+        if let Some(f) = rest.strip_prefix("Failed to fetch ") {
+            failed.push(match f.split_once("  ") {
+                Some((source, why)) => format!("{source}: {}", why.trim()),
+                None => f.to_string(),
+            });
+        } else if let Some(g) = rest.strip_prefix("GPG error: ") {
+            failed.push(g.to_string());
+        } else if [
+            "is not signed",
+            "does not have a Release file",
+            "Hash Sum mismatch",
+        ]
+        .iter()
+        .any(|m| rest.contains(m))
+        {
+            failed.push(rest.to_string());
+        } else if rest.starts_with("Some index files failed to download") || line.starts_with("E:")
+        {
+            summary = summary.or(Some(rest.to_string()));
+        }
+    }
+    if failed.is_empty() {
+        failed.extend(summary);
+    }
+    failed
 }
 
 /// What `apt-get -s install` says of a transaction: (exit code, stdout, stderr).
@@ -286,6 +395,28 @@ mod tests {
                 "upgrade fleet-test-hello 1.0 → 1.1",
                 "remove old-thing 2.3"
             ]
+        );
+    }
+
+    #[test]
+    fn apt_update_warnings_name_each_source_and_why() {
+        let stderr = "W: Failed to fetch http://127.0.0.1:9/dists/fleet-test/InRelease  Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\nW: GPG error: http://127.0.0.1:8 fleet-test InRelease: The following signatures couldn't be verified because the public key is not available: NO_PUBKEY FFF9B47208DDCBA8\nW: http://deb.example/ Key is stored in legacy trusted.gpg keyring\nW: Some index files failed to download. They have been ignored, or old ones used instead.\n";
+        assert_eq!(
+            fetch_failures(stderr),
+            [
+                "http://127.0.0.1:9/dists/fleet-test/InRelease: Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)",
+                "http://127.0.0.1:8 fleet-test InRelease: The following signatures couldn't be verified because the public key is not available: NO_PUBKEY FFF9B47208DDCBA8",
+            ]
+        );
+        assert!(fetch_failures(
+            "W: http://deb.example/ Key is stored in legacy trusted.gpg keyring\n"
+        )
+        .is_empty());
+        assert_eq!(
+            fetch_failures(
+                "E: The repository 'http://x bookworm Release' does not have a Release file.\n"
+            ),
+            ["The repository 'http://x bookworm Release' does not have a Release file."]
         );
     }
 

@@ -321,8 +321,38 @@ impl Host {
         let at = self
             .at(device_path)
             .map_err(|f| self.fail("cannot write", device_path, f))?;
+        write_at(&at, &mut &content[..], mode, Some((uid, gid)))
+            .map_err(|e| self.fail("cannot write", device_path, Fail::Io(e)))
+    }
+
+    /// Writes a file atomically from a stream (a file of the fleet repository, held
+    /// whole nowhere), as `write_file` does from memory.
+    pub(crate) fn write_file_from(
+        &self,
+        device_path: &Path,
+        content: &mut dyn std::io::Read,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
+        let at = self
+            .at(device_path)
+            .map_err(|f| self.fail("cannot write", device_path, f))?;
         write_at(&at, content, mode, Some((uid, gid)))
             .map_err(|e| self.fail("cannot write", device_path, Fail::Io(e)))
+    }
+
+    /// Opens a regular file for reading as a stream (hashing a large file without
+    /// holding it), resolved inside the root as `read` does.
+    pub(crate) fn open(&self, device_path: &Path) -> Result<fs::File> {
+        let fail = |f: Fail| self.fail("cannot read", device_path, f);
+        let at = self.at(device_path).map_err(fail)?;
+        let file = self.open_final(&at).map_err(|e| fail(e.into()))?;
+        let meta = file.metadata().map_err(|e| fail(Fail::Io(e)))?;
+        if !meta.is_file() {
+            return Err(fail(Fail::Io(std::io::Error::other("not a regular file"))));
+        }
+        Ok(file)
     }
 
     pub(crate) fn set_metadata(
@@ -443,7 +473,12 @@ fn dir_flags() -> OFlag {
 
 /// Writes `at` atomically: a temporary file beside it (never following a link), its
 /// content, owner and mode, fsync, rename over the name, fsync of the directory.
-fn write_at(at: &At, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+fn write_at(
+    at: &At,
+    content: &mut dyn Read,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
     let tmp = temp_name(&at.name);
     // A temporary file left by a run that was killed.
     let _ = unlinkat(Some(at.raw()), tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
@@ -458,7 +493,8 @@ fn write_at(at: &At, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> st
     // SAFETY: a fresh fd from a successful openat, owned by no one else.
     let mut f = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let result = (|| -> std::io::Result<()> {
-        f.write_all(content)?;
+        // Through a fixed buffer: a file of the fleet repository is never held whole.
+        std::io::copy(content, &mut f)?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
         }
@@ -638,7 +674,7 @@ impl Host {
         let at = self
             .at(device_path)
             .map_err(|f| self.fail("cannot write", device_path, f))?;
-        write_at(&at, format!("{id}\n").as_bytes(), 0o644, None)
+        write_at(&at, &mut format!("{id}\n").as_bytes(), 0o644, None)
             .map_err(|e| self.fail("cannot write", device_path, Fail::Io(e)))?;
         Ok(id)
     }

@@ -46,8 +46,11 @@ pub(crate) struct Facts {
     pub(crate) artifact_error: Option<String>,
     /// `fw_printenv upgrade_available`; None without fw_printenv.
     pub(crate) upgrade_available: Option<bool>,
-    /// This run reached the fleet repository and converged every role without error.
+    /// This run applied every role without error (from the last fetched commit when
+    /// the fleet repository could not be reached).
     pub(crate) converged: bool,
+    /// This run reached the fleet repository.
+    pub(crate) reached: bool,
 }
 
 /// Why nothing is done.
@@ -74,6 +77,9 @@ pub(crate) enum Wait {
         deadline: u64,
         problems: Vec<String>,
     },
+    /// Verifying; healthy as far as the device can tell, but the fleet repository is
+    /// out of reach: no verdict before the offline timeout.
+    Unverified { until: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,18 +96,32 @@ pub(crate) enum OsAction {
     /// New boot on the old root filesystem: the bootloader fell back. Mark failed,
     /// `rollback` (2 is fine), → idle.
     FellBack,
-    /// Run the health checks (deadline: seconds since the epoch).
-    Verify {
-        deadline: u64,
-    },
+    /// Run the health checks (deadlines: seconds since the epoch).
+    Verify(Deadlines),
     /// Health passed: `commit`, → committed.
     Commit,
     /// → rolling-back: `rollback`, reboot to the old slot; the run ends with exit 5.
+    /// On evidence (a failed check, a refused commit): the artifact is marked failed.
     RollBack(String),
+    /// The same, after the new root filesystem stayed unverified (offline) past the
+    /// offline timeout: no evidence against the artifact, which is retried after a
+    /// backoff.
+    RollBackUnverified(String),
     /// Back on the old slot after a rollback: → idle.
     RolledBack,
     /// committed → idle with current = target.
     Finish,
+}
+
+/// When a verification gives up: on a failed check, or on being unable to reach the
+/// fleet repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadlines {
+    /// Health checks that still fail then roll back (counted from the first run on the
+    /// new slot that reached the fleet repository).
+    pub(crate) health: u64,
+    /// Still unverified then: roll back, retry later (counted from the first run).
+    pub(crate) offline: u64,
 }
 
 /// The next action, from the declaration, the persisted state and this run's facts.
@@ -127,7 +147,7 @@ pub(crate) fn decide(d: &Declared, s: &OsState, f: &Facts) -> OsAction {
                     return OsAction::Nothing(Wait::Backoff { until: b.after });
                 }
             }
-            if !f.converged {
+            if !f.converged || !f.reached {
                 return OsAction::Nothing(Wait::NotConverged);
             }
             OsAction::Install(img.clone())
@@ -162,39 +182,68 @@ pub(crate) fn decide(d: &Declared, s: &OsState, f: &Facts) -> OsAction {
         // The reboot was asked for and this is still the same boot: ask again.
         OsPhase::Rebooting => OsAction::Reboot,
         OsPhase::Verifying if on_old_slot => OsAction::FellBack,
-        OsPhase::Verifying => OsAction::Verify {
-            deadline: s.verify_since.unwrap_or(f.now) + d.health.timeout_seconds,
-        },
+        OsPhase::Verifying => {
+            let since = s.verify_since.unwrap_or(f.now);
+            let reached = s.reached_at.or(f.reached.then_some(f.now)).unwrap_or(since);
+            OsAction::Verify(Deadlines {
+                health: reached + d.health.timeout_seconds,
+                offline: since + d.health.offline_timeout_seconds,
+            })
+        }
         OsPhase::Committed => OsAction::Finish,
         // Rebooted but still on the failed, uncommitted image (the power was cut before
         // `rollback`, or the bootloader tried the new slot again): roll back again.
-        OsPhase::RollingBack if rebooted && s.old_rootfs.is_some() && !on_old_slot => {
-            OsAction::RollBack("the new root filesystem is still running after the reboot".into())
-        }
+        OsPhase::RollingBack if rebooted && s.old_rootfs.is_some() && !on_old_slot => again(
+            s,
+            "the new root filesystem is still running after the reboot",
+        ),
         OsPhase::RollingBack if rebooted => OsAction::RolledBack,
-        OsPhase::RollingBack => OsAction::RollBack("resuming an interrupted rollback".into()),
+        OsPhase::RollingBack => again(s, "resuming an interrupted rollback"),
+    }
+}
+
+/// A rollback taken up again keeps its kind: with blame when the artifact was marked
+/// failed, else without (its backoff is already set).
+fn again(s: &OsState, why: &str) -> OsAction {
+    let blamed = s.target.as_ref().is_some_and(|t| s.failed.contains(t));
+    match blamed || s.backoff.is_none() {
+        true => OsAction::RollBack(why.into()),
+        false => OsAction::RollBackUnverified(why.into()),
     }
 }
 
 /// After the health checks of a `Verify`: commit, roll back, check again in this run
-/// (`None`), or wait for the next run.
+/// (`None`), or wait for the next run. Only evidence (a check that fails, roles that
+/// fail with the fleet repository in reach) counts against the new slot; a slot that
+/// passes its checks but cannot reach the fleet repository is unverified, and is
+/// rolled back without blame once the offline deadline passes.
 pub(crate) fn verdict(
-    deadline: u64,
+    d: Deadlines,
     now: u64,
     problems: &[String],
     converged: bool,
+    reached: bool,
 ) -> Option<OsAction> {
     if problems.is_empty() {
-        Some(OsAction::Commit)
-    } else if now >= deadline {
+        return Some(if reached {
+            OsAction::Commit
+        } else if now >= d.offline {
+            OsAction::RollBackUnverified(
+                "the fleet repository could not be reached from the new root filesystem before the offline timeout".into(),
+            )
+        } else {
+            OsAction::Nothing(Wait::Unverified { until: d.offline })
+        });
+    }
+    if now >= d.health {
         Some(OsAction::RollBack(format!(
             "health checks failed: {}",
             problems.join("; ")
         )))
-    } else if !converged {
-        // The roles will not converge before the next run: no use waiting here.
+    } else if !converged || !reached {
+        // Nothing changes before the next run: no use waiting here.
         Some(OsAction::Nothing(Wait::Unhealthy {
-            deadline,
+            deadline: d.health,
             problems: problems.to_vec(),
         }))
     } else {

@@ -1,6 +1,8 @@
 //! The artifact file for `install`: an absolute path on the device (checked against its
 //! sha256 when declared), or an http(s) URL downloaded to the state directory (on /data
 //! on a Mender device): a temporary file, hashed while streamed, checked, then renamed.
+//! The download has an overall deadline besides its per-read timeout, so a server that
+//! trickles cannot hold the run (and the run lock) forever.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,9 +20,10 @@ pub(super) fn fetch(
     state_dir: &Path,
     img: &Image,
     timeout: Duration,
+    deadline: Duration,
 ) -> Result<PathBuf> {
     if !img.uri.starts_with('/') {
-        return download(host, state_dir, img, timeout);
+        return download(host, state_dir, img, timeout, deadline);
     }
     let path = host.path(Path::new(&img.uri));
     if let Some(want) = &img.sha256 {
@@ -33,7 +36,25 @@ pub(super) fn fetch(
 }
 
 /// Downloads to state_dir/os-image: a temporary file, checked, then renamed.
-fn download(host: &Host, state_dir: &Path, img: &Image, timeout: Duration) -> Result<PathBuf> {
+fn download(
+    host: &Host,
+    state_dir: &Path,
+    img: &Image,
+    timeout: Duration,
+    deadline: Duration,
+) -> Result<PathBuf> {
+    let started = std::time::Instant::now();
+    // ureq's global timeout ends the transfer; the message says which limit it was.
+    let why = |e: String| {
+        if started.elapsed() >= deadline {
+            format!(
+                "no complete answer within the deadline of {} s (agent.toml [http] download_deadline_secs)",
+                deadline.as_secs()
+            )
+        } else {
+            e
+        }
+    };
     let dir = host.path(state_dir);
     crate::host::private_dir(&dir)?;
     let dest = dir.join(IMAGE_FILE);
@@ -44,12 +65,13 @@ fn download(host: &Host, state_dir: &Path, img: &Image, timeout: Duration) -> Re
         .timeout_connect(Some(timeout))
         .timeout_per_read(Some(timeout))
         .timeout_recv_response(Some(timeout))
+        .timeout_global(Some(deadline))
         .build()
         .into();
     let response = agent
         .get(&img.uri)
         .call()
-        .map_err(|e| Error::Other(format!("cannot download {shown}: {e}")))?;
+        .map_err(|e| Error::Other(format!("cannot download {shown}: {}", why(e.to_string()))))?;
     let status = response.status().as_u16();
     if !(200..300).contains(&status) {
         return Err(Error::Other(format!(
@@ -71,7 +93,10 @@ fn download(host: &Host, state_dir: &Path, img: &Image, timeout: Duration) -> Re
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_file(&part);
-            return Err(Error::Other(format!("cannot download {shown}: {e}")));
+            return Err(Error::Other(format!(
+                "cannot download {shown}: {}",
+                why(e.to_string())
+            )));
         }
     };
     if let Some(want) = &img.sha256 {

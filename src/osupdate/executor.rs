@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::fleet::os::Image;
 use crate::host::Host;
 use crate::osupdate::client::{on_path, Cli, Mender};
-use crate::osupdate::decide::{decide, verdict, Declared, Facts, OsAction};
+use crate::osupdate::decide::{decide, verdict, Deadlines, Declared, Facts, OsAction};
 use crate::osupdate::report::report_wait;
 use crate::osupdate::{download, health, Backoff, OsPhase, OsState, OsUpdateConfig};
 use crate::osupdate::{BOOT_ID, SLOT_MARKER};
@@ -27,6 +27,15 @@ pub(crate) enum StepOutcome {
     Rebooting,
 }
 
+/// What this run did before the OS step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunFacts {
+    /// Every role applied without error.
+    pub(crate) converged: bool,
+    /// The fleet repository was reached.
+    pub(crate) reached: bool,
+}
+
 /// Persists the OS state (into state.json).
 pub(crate) type Save<'s> = dyn FnMut(&OsState) -> Result<()> + 's;
 
@@ -36,6 +45,8 @@ pub(crate) struct Step<'a> {
     /// The state directory on the device.
     pub(crate) state_dir: &'a Path,
     pub(crate) http_timeout: Duration,
+    /// The most the image download may take (agent.toml `[http] download_deadline_secs`).
+    pub(crate) download_deadline: Duration,
 }
 
 impl Step<'_> {
@@ -45,7 +56,7 @@ impl Step<'_> {
         &self,
         declared: &Declared,
         state: &mut OsState,
-        converged: bool,
+        this_run: RunFacts,
         save: &mut Save,
     ) -> Result<StepOutcome> {
         if declared.image.is_none() && state.phase == OsPhase::Idle {
@@ -62,7 +73,7 @@ impl Step<'_> {
             return Ok(StepOutcome::Done);
         }
         let client = Cli::resolve(self.host, self.config);
-        let facts = self.facts(&client, converged, state.phase)?;
+        let facts = self.facts(&client, this_run, state.phase)?;
         if state.phase == OsPhase::Idle
             && (state.current != facts.artifact
                 || state.boot_id.as_deref() != Some(facts.boot_id.as_str()))
@@ -93,7 +104,7 @@ impl Step<'_> {
     /// Reads the facts of this run.
     /// A failing `show-artifact` is an error when idle (nothing is under way, nothing
     /// starts), and otherwise a fact: an update under way must still reach its end.
-    fn facts(&self, client: &dyn Mender, converged: bool, phase: OsPhase) -> Result<Facts> {
+    fn facts(&self, client: &dyn Mender, this_run: RunFacts, phase: OsPhase) -> Result<Facts> {
         let now = now();
         let (artifact, artifact_error) = match client.show_artifact() {
             Ok(a) => (a, None),
@@ -111,7 +122,8 @@ impl Step<'_> {
             artifact,
             artifact_error,
             upgrade_available: upgrade_available(self.host)?,
-            converged,
+            converged: this_run.converged,
+            reached: this_run.reached,
         })
     }
 }
@@ -182,9 +194,10 @@ impl Executor<'_, '_> {
             OsAction::Reboot => self.reboot(s),
             OsAction::Arrived => self.arrived(s),
             OsAction::FellBack => self.fell_back(s),
-            OsAction::Verify { deadline } => self.verify(s, deadline),
+            OsAction::Verify(deadlines) => self.verify(s, deadlines),
             OsAction::Commit => self.commit(s),
-            OsAction::RollBack(why) => self.roll_back(s, &why),
+            OsAction::RollBack(why) => self.roll_back(s, &why, true),
+            OsAction::RollBackUnverified(why) => self.roll_back(s, &why, false),
             OsAction::RolledBack => self.rolled_back(s),
             OsAction::Finish => self.finish(s),
         }
@@ -223,7 +236,9 @@ impl Executor<'_, '_> {
         // after a reboot means the old slot (the bootloader fell back).
         s.old_rootfs = Some(self.step.host.new_marker(Path::new(SLOT_MARKER))?);
         s.verify_since = None;
+        s.reached_at = None;
         s.health_timeout = Some(self.declared.health.timeout_seconds);
+        s.offline_timeout = Some(self.declared.health.offline_timeout_seconds);
         let uri = crate::config::redact(&img.uri);
         self.enter(
             s,
@@ -235,6 +250,7 @@ impl Executor<'_, '_> {
             self.step.state_dir,
             img,
             self.step.http_timeout,
+            self.step.download_deadline,
         )
         .and_then(|file| self.client.install(&file.to_string_lossy()));
         match installed {
@@ -324,6 +340,7 @@ impl Executor<'_, '_> {
     fn arrived(&mut self, s: &mut OsState) -> Result<Option<StepOutcome>> {
         s.boot_id = Some(self.facts.boot_id.clone());
         s.verify_since = Some(self.facts.now);
+        s.reached_at = None;
         let target = s.target.clone().unwrap_or_default();
         self.enter(
             s,
@@ -355,22 +372,28 @@ impl Executor<'_, '_> {
     }
 
     /// Runs the health checks until a verdict, pausing between rounds.
-    fn verify(&mut self, s: &mut OsState, deadline: u64) -> Result<Option<StepOutcome>> {
+    fn verify(&mut self, s: &mut OsState, d: Deadlines) -> Result<Option<StepOutcome>> {
+        let (converged, reached) = (self.facts.converged, self.facts.reached);
+        if reached && s.reached_at.is_none() {
+            s.reached_at = Some(self.facts.now);
+            (self.save)(s)?;
+        }
         loop {
+            let roles_failed = reached && !converged;
             let mut problems = health::check(
                 self.step.host,
                 &self.declared.health,
-                self.facts.converged,
-                deadline,
+                roles_failed,
+                d.health,
             );
             if let Some(e) = &self.facts.artifact_error {
                 problems.push(format!("the Mender client cannot say what runs: {e}"));
             }
             let now = now();
-            if let Some(next) = verdict(deadline, now, &problems, self.facts.converged) {
+            if let Some(next) = verdict(d, now, &problems, converged, reached) {
                 return self.execute(s, next);
             }
-            let pause = deadline.saturating_sub(now).clamp(1, 5);
+            let pause = d.health.saturating_sub(now).clamp(1, 5);
             std::thread::sleep(Duration::from_secs(pause));
         }
     }
@@ -383,7 +406,7 @@ impl Executor<'_, '_> {
             // 2: nothing pending. Committed already (an earlier run was cut after
             // commit) if the client now reports the target.
             Ok(false) => self.client.show_artifact()?.as_deref() == Some(&target),
-            Err(e) => return self.roll_back(s, &format!("commit failed: {e}")),
+            Err(e) => return self.roll_back(s, &format!("commit failed: {e}"), true),
         };
         if committed {
             self.enter(s, OsPhase::Committed, format!("committed {target}"))?;
@@ -401,17 +424,24 @@ impl Executor<'_, '_> {
     }
 
     /// → rolling-back: `rollback`, reboot to the old slot; the run ends with exit 5.
-    fn roll_back(&mut self, s: &mut OsState, why: &str) -> Result<Option<StepOutcome>> {
+    /// On evidence (`blame`) the artifact is marked failed; otherwise (unverified) it
+    /// waits a backoff and is tried again.
+    fn roll_back(
+        &mut self,
+        s: &mut OsState,
+        why: &str,
+        blame: bool,
+    ) -> Result<Option<StepOutcome>> {
         let target = s.target.clone().unwrap_or_default();
-        if !target.is_empty() && !s.failed.contains(&target) {
+        let mut message = format!("rolling back {target}: {why}");
+        if blame && !target.is_empty() && !s.failed.contains(&target) {
             s.failed.push(target.clone());
+        } else if !blame {
+            let delay = self.back_off(s, &target, why.to_string());
+            message.push_str(&format!("; it will be tried again in {delay}s"));
         }
         s.boot_id = Some(self.facts.boot_id.clone());
-        self.enter(
-            s,
-            OsPhase::RollingBack,
-            format!("rolling back {target}: {why}"),
-        )?;
+        self.enter(s, OsPhase::RollingBack, message)?;
         // A reboot alone makes the bootloader fall back (the new slot is not
         // committed): a failing `rollback` does not stop it.
         if let Err(e) = self.client.rollback() {
@@ -432,10 +462,17 @@ impl Executor<'_, '_> {
         let target = s.target.take().unwrap_or_default();
         s.current = self.facts.artifact.clone();
         self.remove_image();
+        let next = match &s.backoff {
+            Some(b) if b.artifact == target && !s.failed.contains(&target) => format!(
+                "it will be tried again after {}",
+                crate::time::format_time(b.after)
+            ),
+            _ => "it will not be retried".into(),
+        };
         self.enter(
             s,
             OsPhase::Idle,
-            format!("rolled back from {target}; it will not be retried"),
+            format!("rolled back from {target}; {next}"),
         )?;
         Ok(None)
     }

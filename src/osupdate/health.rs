@@ -1,17 +1,19 @@
-//! The health of a new root filesystem: the run converged (the fleet repository was
-//! reached and every role applied), the declared units are active, the commands
-//! succeed and the URLs answer 2xx, each bounded by the time left to the deadline.
+//! The health of a new root filesystem: every role applied (when the fleet repository
+//! was reached: offline, a failure may be the network's), the declared units are
+//! active, the commands succeed and the URLs answer 2xx, each bounded by the time left
+//! to the deadline.
 
 use std::time::Duration;
 
 use crate::fleet::os::Health;
 use crate::host::Host;
 
-/// Every failed check, described; empty when healthy.
-pub(super) fn check(host: &Host, h: &Health, converged: bool, deadline: u64) -> Vec<String> {
+/// Every failed check, described; empty when healthy. `roles_failed`: the fleet
+/// repository was reached and a role did not converge.
+pub(super) fn check(host: &Host, h: &Health, roles_failed: bool, deadline: u64) -> Vec<String> {
     let mut problems = Vec::new();
-    if !converged {
-        problems.push("this run did not reach the fleet repository or converge every role".into());
+    if roles_failed {
+        problems.push("this run did not converge every role".into());
     }
     for unit in &h.units {
         match host.run_status(&["systemctl", "is-active", "--quiet", unit], true) {

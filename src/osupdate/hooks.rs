@@ -5,19 +5,19 @@
 use crate::error::Result;
 use crate::fleet::os::{Health, Reboot};
 use crate::osupdate::decide::Declared;
-use crate::osupdate::executor::{boot_id, Save, Step, StepOutcome};
+use crate::osupdate::executor::{boot_id, RunFacts, Save, Step, StepOutcome};
 use crate::osupdate::{OsPhase, OsState};
 
-/// The OS step of a `pull`, after the roles: `converged` when the run reached the fleet
-/// repository and applied every role.
+/// The OS step of a `pull`, after the roles: whether it applied every role and whether
+/// it reached the fleet repository.
 pub(crate) fn pull_step(
     step: &Step,
     declared: &Declared,
     os: &mut OsState,
-    converged: bool,
+    this_run: RunFacts,
     save: &mut Save,
 ) -> Result<bool> {
-    Ok(step.run(declared, os, converged, save)? == StepOutcome::Rebooting)
+    Ok(step.run(declared, os, this_run, save)? == StepOutcome::Rebooting)
 }
 
 /// The OS step of a `pull` that stopped before applying. A new slot waiting for its
@@ -27,7 +27,12 @@ pub(crate) fn pull_step(
 /// has rebooted since (it may run the new slot, which must reach its verdict in time);
 /// in the same boot they wait, since without a declaration they would be cancelled over
 /// a typo. Idle waits for a branch that loads.
-pub(crate) fn stopped_pull_step(step: &Step, os: &mut OsState, save: &mut Save) -> Result<bool> {
+pub(crate) fn stopped_pull_step(
+    step: &Step,
+    os: &mut OsState,
+    reached: bool,
+    save: &mut Save,
+) -> Result<bool> {
     let rebooted =
         || -> Result<bool> { Ok(os.boot_id.as_deref() != Some(boot_id(step.host)?.as_str())) };
     let act = match os.phase {
@@ -42,6 +47,9 @@ pub(crate) fn stopped_pull_step(step: &Step, os: &mut OsState, save: &mut Save) 
     if let Some(t) = os.health_timeout {
         health.timeout_seconds = t;
     }
+    if let Some(t) = os.offline_timeout {
+        health.offline_timeout_seconds = t;
+    }
     let declared = Declared {
         device_type: None,
         image: None,
@@ -49,5 +57,9 @@ pub(crate) fn stopped_pull_step(step: &Step, os: &mut OsState, save: &mut Save) 
         health,
         retry: Default::default(),
     };
-    pull_step(step, &declared, os, false, save)
+    let this_run = RunFacts {
+        converged: false,
+        reached,
+    };
+    pull_step(step, &declared, os, this_run, save)
 }

@@ -31,7 +31,7 @@ mod report;
 
 pub(crate) use crate::config::OsUpdateConfig;
 pub(crate) use decide::Declared;
-pub(crate) use executor::{Save, Step};
+pub(crate) use executor::{RunFacts, Save, Step};
 pub(crate) use hooks::{pull_step, stopped_pull_step};
 pub(crate) use report::{plan_line, status_text};
 
@@ -110,6 +110,11 @@ pub(crate) struct OsState {
     /// The declared health timeout when the install began: the bound still applies
     /// when a later run cannot load the branch.
     pub(crate) health_timeout: Option<u64>,
+    /// The declared offline timeout when the install began (the same way).
+    pub(crate) offline_timeout: Option<u64>,
+    /// When a run on the new root filesystem first reached the fleet repository: the
+    /// health timeout counts from there (time unverified, offline, does not count).
+    pub(crate) reached_at: Option<u64>,
     /// What the last transition said (shown by `os status`).
     pub(crate) message: Option<String>,
     /// When the last transition happened.

@@ -14,19 +14,23 @@ pub(super) fn report_wait(wait: &Wait, d: &Declared) {
             "OS update: {a} failed before and is not retried (`fleet-agent os retry` allows it again)"
         ),
         Wait::Backoff { until } => info!(
-            "OS update: retrying after a failed download or install in {}s",
+            "OS update: retrying after a failed download or install, or an unverified slot, in {}s",
             until.saturating_sub(crate::time::now())
         ),
         Wait::Foreign => warn!(
             "OS update: the bootloader has an update pending that fleet-agent did not start (upgrade_available=1): left alone"
         ),
-        Wait::NotConverged => {
-            info!("OS update: not started, this run did not converge every role")
-        }
+        Wait::NotConverged => info!(
+            "OS update: not started, this run did not reach the fleet repository or converge every role"
+        ),
         Wait::Window(w) => info!("OS update: installed, rebooting {w}"),
         Wait::Operator => info!(
             "OS update: installed {}; reboot: never (operator)",
             d.image.as_ref().map(|i| i.artifact.as_str()).unwrap_or("")
+        ),
+        Wait::Unverified { until } => warn!(
+            "OS update: the new root filesystem passes its checks but cannot reach the fleet repository: unverified; rolled back (and tried again later) in {}s unless it reaches it",
+            until.saturating_sub(crate::time::now())
         ),
         Wait::Unhealthy { deadline, problems } => warn!(
             "OS update: not healthy yet ({}); rolling back in {}s unless it recovers",

@@ -70,7 +70,8 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Result<Option<Vec<File>>> 
             "an apt source needs at least one of `uris`".into(),
         );
     }
-    let key = x.source(&s.key)?;
+    // A signing key is small: read whole.
+    let key = x.source(&s.key)?.map(|c| c.read_all()).transpose()?;
     let (Some(name), Some(key), true) = (name, key, x.problems() == before) else {
         return Ok(None);
     };

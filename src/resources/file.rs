@@ -2,14 +2,15 @@
 //! and owner. Written atomically; replaced only where content or metadata differ; a
 //! `secret` file's content is never printed, diffed or logged.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use marked_yaml::Spanned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::content::{self, Content, DIFF_LIMIT};
 use crate::digest::sha256_hex;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::host::accounts::Principal;
 use crate::host::Existing;
 use crate::plan::{Change, ChangeAction, Op};
@@ -38,8 +39,9 @@ pub(crate) struct Spec {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct File {
     pub(crate) path: PathBuf,
+    /// In memory (inline, templates) or a reference to a file of the fleet repository.
     #[serde(skip)]
-    pub(crate) content: Vec<u8>,
+    pub(crate) content: Content,
     pub(crate) mode: u32,
     pub(crate) owner: Principal,
     pub(crate) group: Principal,
@@ -52,7 +54,7 @@ impl File {
     pub(crate) fn plain(path: PathBuf, content: Vec<u8>) -> File {
         File {
             path,
-            content,
+            content: Content::Bytes(content),
             mode: 0o644,
             owner: Principal::Id(0),
             group: Principal::Id(0),
@@ -60,13 +62,15 @@ impl File {
         }
     }
 
+    /// Content in memory by its sha256; a file of the repository by its git blob id
+    /// (known without reading it).
     pub(super) fn digest_into(&self, h: &mut sha2::Sha256) {
         // A secret's content is left out: the state and `status --json` never show a
         // digest from which it could be guessed (the plan compares the content itself).
-        if self.secret {
-            h.update("secret");
-        } else {
-            h.update(sha256_hex(&self.content));
+        match &self.content {
+            _ if self.secret => h.update("secret"),
+            Content::Bytes(b) => h.update(sha256_hex(b)),
+            other => h.update(format!("git-blob:{}", other.id())),
         }
         h.update(format!("{:o}:{}:{}", self.mode, self.owner, self.group));
     }
@@ -92,11 +96,11 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Result<Option<File>> {
         );
         None
     } else if let Some(c) = &s.content {
-        x.text(c).map(String::into_bytes)
+        x.text(c).map(|t| Content::Bytes(t.into_bytes()))
     } else if let Some(name) = &s.source {
         x.source(name)?
     } else if let Some(name) = &s.template {
-        x.template(name)?
+        x.template(name)?.map(Content::Bytes)
     } else {
         None
     };
@@ -137,15 +141,15 @@ pub(super) fn plan(f: &File, r: &Resource, p: &mut Planner) -> Result<Option<Cha
                 p.describe_owner(&f.owner, &f.group),
                 f.content.len()
             ));
-            diff = content_diff(path, b"", &f.content, f.secret, &mut details);
+            diff = new_content_diff(f, None, &mut details)?;
             ops.push(write);
             Some(ChangeAction::Create)
         }
         Existing::File { mode, uid, gid } => {
             let now = (*mode, *uid, *gid);
-            let current = p.host.read(path)?;
-            if current != f.content {
-                diff = content_diff(path, &current, &f.content, f.secret, &mut details);
+            let (size, id) = device_content(p, path)?;
+            if id != f.content.id() {
+                diff = new_content_diff(f, Some((p, size)), &mut details)?;
                 p.meta_details(now, f.mode, want, owner, &mut details);
                 ops.push(write);
                 Some(ChangeAction::Change)
@@ -158,7 +162,7 @@ pub(super) fn plan(f: &File, r: &Resource, p: &mut Planner) -> Result<Option<Cha
         }
         Existing::Symlink { target } => {
             details.push(format!("replaces a symlink to {}", target.display()));
-            diff = content_diff(path, b"", &f.content, f.secret, &mut details);
+            diff = new_content_diff(f, None, &mut details)?;
             ops.push(write);
             Some(ChangeAction::Change)
         }
@@ -174,4 +178,44 @@ pub(super) fn plan(f: &File, r: &Resource, p: &mut Planner) -> Result<Option<Cha
         c.creates = existing == Existing::Missing;
         c
     }))
+}
+
+/// The size and git blob id of the file on the device, read as a stream.
+fn device_content(p: &Planner, path: &Path) -> Result<(u64, git2::Oid)> {
+    let f = p.host.open(path)?;
+    let real = p.host.path(path);
+    let size = f
+        .metadata()
+        .map_err(|e| Error::io("cannot inspect", &real, e))?
+        .len();
+    let id = content::blob_id(f, size).map_err(|e| Error::io("cannot read", &real, e))?;
+    Ok((size, id))
+}
+
+/// The diff from the device's content (`old`: its size; None when there is none) to
+/// the declared one. Content too large to diff is described by its sizes.
+fn new_content_diff(
+    f: &File,
+    old: Option<(&Planner, u64)>,
+    details: &mut Vec<String>,
+) -> Result<Option<String>> {
+    let new_len = f.content.len();
+    let old_len = old.map_or(0, |(_, n)| n);
+    if f.secret || (new_len <= DIFF_LIMIT && old_len <= DIFF_LIMIT) {
+        let current = match old {
+            Some((p, _)) if !f.secret => p.host.read(&f.path)?,
+            Some(_) => b"-".to_vec(),
+            None => Vec::new(),
+        };
+        let new = match f.secret {
+            true => Vec::new(),
+            false => f.content.read_all()?,
+        };
+        return Ok(content_diff(&f.path, &current, &new, f.secret, details));
+    }
+    details.push(format!(
+        "content: {old_len} → {new_len} bytes (over {} KiB: not diffed)",
+        DIFF_LIMIT / 1024
+    ));
+    Ok(None)
 }

@@ -15,6 +15,7 @@ use marked_yaml::{Span, Spanned};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::content::Content;
 use crate::digest::hex;
 use crate::error::{Pos, Result};
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, RunPhase};
@@ -107,8 +108,8 @@ pub(crate) trait Expand {
     fn role(&self) -> &str;
     /// A string of role.yml rendered as a template.
     fn text(&mut self, s: &Spanned<String>) -> Option<String>;
-    /// `files/NAME` of the role, as it is.
-    fn source(&mut self, name: &Spanned<String>) -> Result<Option<Vec<u8>>>;
+    /// `files/NAME` of the role, as it is: a reference, read as a stream.
+    fn source(&mut self, name: &Spanned<String>) -> Result<Option<Content>>;
     /// `templates/NAME` of the role, rendered.
     fn template(&mut self, name: &Spanned<String>) -> Result<Option<Vec<u8>>>;
     /// Records a problem at a position of role.yml.

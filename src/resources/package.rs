@@ -113,7 +113,10 @@ impl Wanted {
 }
 
 /// All package changes as one apt transaction, resolved as apt itself would
-/// (`apt-get -s`), plus an `apt-get update` when sources change or lists are stale.
+/// (`apt-get -s`), plus an `apt-get update` when apt's sources change in this run (the
+/// lists must match them, also after a removal) or when a transaction meets stale
+/// lists. A root without apt (an image being built) gets a note instead of an update
+/// it cannot run.
 pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, max_age: Duration) -> Result<()> {
     let sources_change = p.changes.iter().any(|c| c.phase == RunPhase::Sources);
     let status = if packages.is_empty() {
@@ -129,29 +132,29 @@ pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, max_age: Durat
         wanted.install.len(),
         wanted.remove.len()
     );
-    // Only a run with a transaction looks at the lists' age.
-    let lists_age = if wanted.is_empty() {
+    // Only a run with a transaction looks at the lists.
+    let why_stale = if wanted.is_empty() {
         None
     } else {
-        apt::lists_age(p.host)
+        stale(p, max_age)
     };
-    let stale = !wanted.is_empty() && lists_age.is_none_or(|a| a > max_age);
-    if sources_change || stale {
-        let why = if sources_change {
-            "apt sources changed".to_string()
-        } else {
-            match lists_age {
-                Some(a) => format!("package lists are {} min old", a.as_secs() / 60),
-                None => "there are no package lists".to_string(),
-            }
-        };
-        p.changes.push(Change::run(
+    let stale = why_stale.is_some();
+    let why = match (sources_change, why_stale) {
+        (true, _) => Some("apt sources changed".to_string()),
+        (false, why) => why,
+    };
+    match why {
+        Some(why) if wanted.is_empty() && !apt::has_apt(p.host) => p.notes.push(format!(
+            "{why}: `apt-get update` skipped: this root has no /usr/bin/apt-get"
+        )),
+        Some(why) => p.changes.push(Change::run(
             ChangeKind::Apt,
             "update",
             RunPhase::AptUpdate,
             vec![why],
             vec![Op::AptUpdate],
-        ));
+        )),
+        None => {}
     }
     if wanted.is_empty() {
         return Ok(());
@@ -172,6 +175,20 @@ pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, max_age: Durat
     c.role = wanted.roles.join(", ");
     p.changes.push(c);
     Ok(())
+}
+
+/// Why the lists must be refreshed before a transaction, if they must: there are
+/// none, they are older than the fleet's maximum age, or apt's sources or keys changed
+/// after the last refresh.
+fn stale(p: &Planner, max_age: Duration) -> Option<String> {
+    match apt::lists_age(p.host) {
+        None => Some("there are no package lists".into()),
+        Some(a) if a > max_age => Some(format!("package lists are {} min old", a.as_secs() / 60)),
+        Some(_) if apt::sources_newer_than_lists(p.host) => {
+            Some("apt's sources changed after the lists were last refreshed".into())
+        }
+        Some(_) => None,
+    }
 }
 
 /// The packages that differ from dpkg's records; held ones get a note instead.

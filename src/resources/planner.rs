@@ -85,10 +85,16 @@ pub(crate) fn plan(
     for r in &packages {
         resources.insert(r.kind.id(), resource_state(r, false));
     }
-    package::plan_phase(&packages, &mut p, options.apt_lists_max_age)?;
+    // Pruning comes first: an apt source that is no longer declared is removed in the
+    // sources phase, and the packages phase must know it (the lists are refreshed).
     if let (Some(prev), true) = (previous, options.prune) {
-        p.prune(prev, &resources)?;
+        // What is left in place stays recorded, so that a later run prunes it once it
+        // can (the foreign file is gone), instead of forgetting it.
+        for (id, kept) in p.prune(prev, &resources)? {
+            resources.insert(id, kept);
+        }
     }
+    package::plan_phase(&packages, &mut p, options.apt_lists_max_age)?;
     let services: Vec<&Resource> = by_phase(RunPhase::Services).collect();
     for r in &services {
         resources.insert(r.kind.id(), resource_state(r, false));
@@ -178,20 +184,21 @@ impl<'h> Planner<'h> {
     }
 
     /// Things this agent created that no role declares any more, deepest path first.
-    fn prune(&mut self, prev: &Previous, declared: &Previous) -> Result<()> {
-        let mut gone: Vec<&ResourceState> = prev
+    /// Returns the records of what is left in place (a directory with foreign files).
+    fn prune(&mut self, prev: &Previous, declared: &Previous) -> Result<Previous> {
+        let mut gone: Vec<(&String, &ResourceState)> = prev
             .iter()
             .filter(|(id, s)| {
                 s.created
                     && ["file", "directory", "symlink"].contains(&s.kind.as_str())
                     && !declared.contains_key(*id)
             })
-            .map(|(_, s)| s)
             .collect();
-        gone.sort_by(|a, b| b.path.cmp(&a.path));
+        gone.sort_by(|a, b| b.1.path.cmp(&a.1.path));
         // Paths this prune removes: a directory whose entries all go is empty by then.
         let mut removed: HashSet<PathBuf> = HashSet::new();
-        for s in gone {
+        let mut kept = Previous::new();
+        for (id, s) in gone {
             let existing = self.host.inspect(&s.path)?;
             if let Existing::Directory { .. } = existing {
                 // What others put in a directory the agent made is not the agent's to delete.
@@ -201,6 +208,7 @@ impl<'h> Planner<'h> {
                         "{} is no longer declared but is not empty: left in place",
                         s.path.display()
                     ));
+                    kept.insert(id.clone(), s.clone());
                     continue;
                 }
             }
@@ -229,6 +237,6 @@ impl<'h> Planner<'h> {
                 }],
             });
         }
-        Ok(())
+        Ok(kept)
     }
 }

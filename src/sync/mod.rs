@@ -1,12 +1,21 @@
 //! Sync: bring the device's branch of the fleet repository into a bare clone in the
 //! state directory. A poll whose remote tip is unchanged asks the server for its refs
-//! only (no pack). A force-pushed branch is followed, with a warning. A clone that
-//! cannot be read is replaced by a fresh one. When the server cannot be reached, the
-//! last fetched commit stays in use and the caller is told.
+//! only (no pack). A force-pushed branch is followed, with a warning. When the server
+//! cannot be reached (or does not answer within the deadline), the last fetched commit
+//! stays in use and the caller is told.
+//!
+//! Faults never wedge the clone: lock files a killed fetch left are removed first
+//! (clone.rs); every object of a new tip is read back and checked against its id; a
+//! clone that cannot be read, or a fetch that fails on its objects ("missing delta
+//! bases"), is cloned again beside it and swapped in. A full disk or a permission
+//! problem is a failure of the run, never "unreachable". Submodules: the fetch over
+//! libgit2 and its failures (fetch.rs), file:// as a mirror of object files (local.rs),
+//! the clone's life cycle (clone.rs), the transports (transport.rs).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use git2::{AutotagOption, Direction, FetchOptions, Oid, Repository};
+use git2::{Oid, Repository};
 use log::{debug, info, warn};
 
 use crate::config::redact;
@@ -15,14 +24,52 @@ use crate::error::{Error, Result};
 use crate::fleet::source::short;
 use crate::host::Host;
 
+mod clone;
+mod fetch;
+mod local;
 mod transport;
 use transport::TransportSettings;
+
+pub(crate) use clone::mark_damaged;
 
 pub(crate) struct Synced {
     pub(crate) repo: Repository,
     pub(crate) commit: Oid,
     /// Why the server could not be reached; the commit is the last one fetched.
     pub(crate) offline: Option<String>,
+}
+
+/// Why a fetch failed, which decides what the run does next.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The server could not be reached or did not answer within the deadline: the
+    /// last fetched commit stays in use (exit 3).
+    Unreachable(String),
+    /// The server has no such branch.
+    NoBranch,
+    /// The clone's objects cannot be read (a corrupt object, a missing delta base):
+    /// it is cloned again.
+    Damaged(String),
+    /// The machine refused: no space left, permission denied, a read-only filesystem.
+    Local(String),
+}
+
+impl Failure {
+    /// The run's error, when no fetched commit can stand in.
+    fn into_error(self, config: &Config) -> Error {
+        let url = redact(&config.repo);
+        match self {
+            Failure::Unreachable(message) => Error::Unreachable { url, message },
+            Failure::NoBranch => Error::NoBranch {
+                url,
+                branch: config.branch.clone(),
+            },
+            Failure::Damaged(m) => Error::Other(format!(
+                "cannot clone the fleet repository {url}: what it sent cannot be read: {m}"
+            )),
+            Failure::Local(m) => Error::Other(m),
+        }
+    }
 }
 
 pub(crate) fn clone_dir(host: &Host, config: &Config) -> PathBuf {
@@ -33,8 +80,10 @@ fn tracking_ref(branch: &str) -> String {
     format!("refs/remotes/origin/{branch}")
 }
 
-/// Registers the transports with the credentials of the configuration.
+/// Registers the transports with the credentials of the configuration, and bounds
+/// libgit2's memory.
 pub(crate) fn setup_transports(host: &Host, config: &Config) -> Result<()> {
+    bound_libgit2_memory();
     let c = &config.credentials;
     let basic_auth = match &c.token_file {
         Some(f) => {
@@ -51,7 +100,7 @@ pub(crate) fn setup_transports(host: &Host, config: &Config) -> Result<()> {
     };
     transport::register(TransportSettings {
         basic_auth,
-        timeout: std::time::Duration::from_secs(config.http.timeout_secs),
+        timeout: Duration::from_secs(config.http.timeout_secs),
         ssh_command: c.ssh_command.clone().unwrap_or_else(|| "ssh".into()),
         ssh_key: c
             .ssh_key
@@ -65,9 +114,36 @@ pub(crate) fn setup_transports(host: &Host, config: &Config) -> Result<()> {
     .map_err(|e| Error::git("cannot set up the git transports", e))
 }
 
+/// No git configuration but the clone's own; and libgit2 reads packs through mapped windows (1 GiB each, up to 8 GiB, by default)
+/// and caches objects up to 256 MiB; small windows and a small cache keep reading a
+/// large clone within a few MiB. (Its indexer does not keep to the window limit while
+/// it checksums an object it received: `git_indexer_append` takes its pack out of the
+/// windows' LRU list, so a received object of N MB is mapped whole, as N MB of page
+/// cache counted in the resident size, until the next append; see docs/sync.md.)
+fn bound_libgit2_memory() {
+    // SAFETY: set before any repository is opened, from the one thread using libgit2.
+    unsafe {
+        // The clone is the agent's own: no user's or system's git configuration
+        // ($HOME/.gitconfig, /etc/gitconfig) applies to it, nor may a missing or
+        // unreadable one stop a run.
+        for level in [
+            git2::ConfigLevel::System,
+            git2::ConfigLevel::XDG,
+            git2::ConfigLevel::Global,
+            git2::ConfigLevel::ProgramData,
+        ] {
+            let _ = git2::opts::set_search_path(level, "");
+        }
+        let _ = git2::opts::set_mwindow_size(4 << 20);
+        let _ = git2::opts::set_mwindow_mapped_limit(16 << 20);
+        let _ = git2::opts::set_cache_max_size(4 << 20);
+    }
+}
+
 pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
     setup_transports(host, config)?;
     let dir = clone_dir(host, config);
+    clone::clear_stale(&dir);
     let refname = tracking_ref(&config.branch);
     debug!(
         "sync: branch {} of {} into the clone {}",
@@ -75,59 +151,78 @@ pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
         redact(&config.repo),
         dir.display()
     );
-    let (repo, local_tip) = match open_clone(&dir, &refname) {
+    let opened = match clone::damage_noted(&dir) {
+        Some(why) => Err(why),
+        None => clone::open(&dir, &refname),
+    };
+    let (repo, local_tip) = match opened {
         Ok(found) => found,
-        Err(why) => {
-            if dir.exists() {
-                warn!(
-                    "the local clone {} is damaged ({why}); cloning again",
-                    dir.display()
-                );
-                discard(&dir)?;
-            }
-            return initial_clone(&dir, config);
-        }
+        Err(why) if dir.exists() => return clone::replace(&dir, config, &why),
+        Err(_) => return clone::fresh(&dir, config),
     };
-    let Some(local_tip) = local_tip else {
-        // First fetch of this branch into the clone (the device follows another branch).
-        if let Err(message) = fetch(&repo, config, &refname, !is_local(&config.repo)) {
-            return Err(Error::Unreachable {
-                url: redact(&config.repo),
-                message,
-            });
-        }
-        let commit = repo
-            .refname_to_id(&refname)
-            .map_err(|e| Error::git("cannot read the fetched branch", e))?;
-        info!("fetched branch {} at {}", config.branch, short(commit));
-        return Ok(Synced {
-            repo,
-            commit,
-            offline: None,
-        });
+    let synced = match local_tip {
+        // First fetch of this branch into the clone (the device follows another one).
+        None => first_fetch(repo, config, &refname),
+        Some(tip) => update(repo, tip, config, &refname),
     };
+    match synced {
+        Ok(s) => Ok(s),
+        Err(Failure::Damaged(why)) => clone::replace(&dir, config, &why),
+        Err(f) => Err(f.into_error(config)),
+    }
+}
 
-    update(repo, local_tip, config, &refname)
+fn first_fetch(repo: Repository, config: &Config, refname: &str) -> Result<Synced, Failure> {
+    fetch::fetch(&repo, config, refname, !fetch::is_local(&config.repo))?;
+    let commit = fetched_tip(&repo, refname)?;
+    clone::verify(&repo, commit).map_err(Failure::Damaged)?;
+    info!("fetched branch {} at {}", config.branch, short(commit));
+    Ok(Synced {
+        repo,
+        commit,
+        offline: None,
+    })
+}
+
+fn fetched_tip(repo: &Repository, refname: &str) -> Result<Oid, Failure> {
+    repo.refname_to_id(refname)
+        .map_err(|e| Failure::Damaged(format!("cannot read the fetched branch: {}", e.message())))
 }
 
 /// A refs-only request first: an unchanged tip fetches nothing. A server that cannot
 /// be reached leaves the last fetched commit in use.
-fn update(repo: Repository, local_tip: Oid, config: &Config, refname: &str) -> Result<Synced> {
+fn update(
+    repo: Repository,
+    local_tip: Oid,
+    config: &Config,
+    refname: &str,
+) -> Result<Synced, Failure> {
+    let offline = |repo: Repository, message: String| {
+        warn!(
+            "{message}; staying on the last fetched commit {}",
+            short(local_tip)
+        );
+        Ok(Synced {
+            repo,
+            commit: local_tip,
+            offline: Some(message),
+        })
+    };
     debug!(
         "sync: the clone is at {}; asking the server for its refs",
         short(local_tip)
     );
-    let updated = remote_tip(&repo, config).and_then(|tip| match tip == local_tip {
+    let fetched = fetch::remote_tip(&repo, config).and_then(|tip| match tip == local_tip {
         true => {
             debug!("sync: the server's tip is {}: nothing to fetch", short(tip));
             Ok(false)
         }
         false => {
             debug!("sync: the server's tip is {}: fetching", short(tip));
-            fetch(&repo, config, refname, false).map(|()| true)
+            fetch::fetch(&repo, config, refname, false).map(|()| true)
         }
     });
-    match updated {
+    match fetched {
         Ok(true) => {}
         Ok(false) => {
             return Ok(Synced {
@@ -136,21 +231,11 @@ fn update(repo: Repository, local_tip: Oid, config: &Config, refname: &str) -> R
                 offline: None,
             })
         }
-        Err(message) => {
-            warn!(
-                "{message}; staying on the last fetched commit {}",
-                short(local_tip)
-            );
-            return Ok(Synced {
-                repo,
-                commit: local_tip,
-                offline: Some(message),
-            });
-        }
+        Err(Failure::Unreachable(message)) => return offline(repo, message),
+        Err(f) => return Err(f),
     }
-    let new_tip = repo
-        .refname_to_id(refname)
-        .map_err(|e| Error::git("cannot read the fetched branch", e))?;
+    let new_tip = fetched_tip(&repo, refname)?;
+    clone::verify(&repo, new_tip).map_err(Failure::Damaged)?;
     if !repo
         .graph_descendant_of(new_tip, local_tip)
         .unwrap_or(false)
@@ -169,141 +254,4 @@ fn update(repo: Repository, local_tip: Oid, config: &Config, refname: &str) -> R
         commit: new_tip,
         offline: None,
     })
-}
-
-/// Opens the clone and checks that its tip commit and tree can be read.
-fn open_clone(dir: &Path, refname: &str) -> std::result::Result<(Repository, Option<Oid>), String> {
-    let repo = Repository::open_bare(dir).map_err(|e| e.message().to_string())?;
-    let tip = match repo.refname_to_id(refname) {
-        Ok(oid) => oid,
-        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok((repo, None)),
-        Err(e) => return Err(e.message().to_string()),
-    };
-    repo.find_commit(tip)
-        .and_then(|c| c.tree())
-        .map_err(|e| e.message().to_string())?;
-    Ok((repo, Some(tip)))
-}
-
-/// The server's tip of the branch: a refs-only request.
-fn remote_tip(repo: &Repository, config: &Config) -> std::result::Result<Oid, String> {
-    let url = &config.repo;
-    let mut remote = repo
-        .remote_anonymous(url)
-        .map_err(|e| e.message().to_string())?;
-    remote.connect(Direction::Fetch).map_err(|e| {
-        format!(
-            "cannot reach the fleet repository {}: {}",
-            redact(url),
-            e.message()
-        )
-    })?;
-    let wanted = format!("refs/heads/{}", config.branch);
-    let heads = remote
-        .list()
-        .map_err(|e| format!("cannot list the refs of {}: {}", redact(url), e.message()))?;
-    let tip = heads.iter().find(|h| h.name() == wanted).map(|h| h.oid());
-    let _ = remote.disconnect();
-    tip.ok_or_else(|| {
-        format!(
-            "the fleet repository {} has no branch `{}`",
-            redact(url),
-            config.branch
-        )
-    })
-}
-
-fn fetch(
-    repo: &Repository,
-    config: &Config,
-    refname: &str,
-    shallow: bool,
-) -> std::result::Result<(), String> {
-    let mut remote = repo
-        .remote_anonymous(&config.repo)
-        .map_err(|e| e.message().to_string())?;
-    let mut options = FetchOptions::new();
-    options.download_tags(AutotagOption::None);
-    if shallow {
-        options.depth(1);
-    }
-    let refspec = format!("+refs/heads/{}:{refname}", config.branch);
-    debug!(
-        "sync: fetching {refspec}{}",
-        if shallow { " (depth 1)" } else { "" }
-    );
-    remote
-        .fetch(&[refspec.as_str()], Some(&mut options), None)
-        .map_err(|e| {
-            format!(
-                "cannot fetch from {}: {}",
-                redact(&config.repo),
-                e.message()
-            )
-        })?;
-    repo.refname_to_id(refname).map(|_| ()).map_err(|_| {
-        format!(
-            "the fleet repository {} has no branch `{}`",
-            redact(&config.repo),
-            config.branch
-        )
-    })
-}
-
-/// Clones into a new directory and renames it into place: a clone interrupted half way
-/// is never mistaken for a good one.
-fn initial_clone(dir: &Path, config: &Config) -> Result<Synced> {
-    let parent = dir.parent().expect("clone dir has a parent");
-    crate::host::private_dir(parent)?;
-    let tmp = dir.with_extension("git.new");
-    discard(&tmp)?;
-    // The clone holds the branch's secrets: root alone may read it.
-    crate::host::private_dir(&tmp)?;
-    let repo = Repository::init_bare(&tmp)
-        .map_err(|e| Error::git(format!("cannot create {}", tmp.display()), e))?;
-    let refname = tracking_ref(&config.branch);
-    // Shallow where the transport allows (smart HTTP, ssh); libgit2's local transport
-    // does not, so file:// and paths fetch whole.
-    let shallow = !is_local(&config.repo);
-    if let Err(message) = fetch(&repo, config, &refname, shallow) {
-        drop(repo);
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(Error::Unreachable {
-            url: redact(&config.repo),
-            message,
-        });
-    }
-    drop(repo);
-    std::fs::rename(&tmp, dir)
-        .map_err(|e| Error::io("cannot move the new clone into place at", dir, e))?;
-    let _ = crate::host::sync_dir(parent);
-    let repo =
-        Repository::open_bare(dir).map_err(|e| Error::git("cannot open the new clone", e))?;
-    let commit = repo
-        .refname_to_id(&refname)
-        .map_err(|e| Error::git("cannot read the fetched branch", e))?;
-    info!(
-        "cloned {} branch {} at {}",
-        redact(&config.repo),
-        config.branch,
-        short(commit)
-    );
-    Ok(Synced {
-        repo,
-        commit,
-        offline: None,
-    })
-}
-
-fn is_local(url: &str) -> bool {
-    url.starts_with("file://") || url.starts_with('/') || !url.contains("://")
-}
-
-/// Removes a damaged or stale clone directory.
-pub(crate) fn discard(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io("cannot remove", dir, e)),
-    }
 }

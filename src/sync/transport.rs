@@ -1,11 +1,18 @@
 //! git transports for libgit2 without OpenSSL or libssh2 (they would triple the arm
 //! binary): smart HTTP(S) over ureq (rustls), and ssh through the system's ssh client,
 //! as git itself does. Registered once per process, before the first fetch.
+//!
+//! Every network operation (a refs request, a fetch) runs under an overall deadline
+//! (`with_deadline`), not only a per-read timeout: a server that trickles a byte every
+//! few seconds never trips a read timeout, so each HTTP request gets the time left as
+//! its whole budget, and an ssh client still running at the deadline is killed.
 
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
 use git2::{Error as GitError, ErrorClass, ErrorCode};
@@ -50,6 +57,43 @@ pub(crate) fn register(settings: TransportSettings) -> Result<(), GitError> {
         })
         .clone()
         .map_err(|m| GitError::new(ErrorCode::GenericError, ErrorClass::Net, m))
+}
+
+/// The deadline of the network operation under way, and its length (for messages).
+static DEADLINE: Mutex<Option<(Instant, Duration)>> = Mutex::new(None);
+
+/// Runs one network operation under an overall deadline of `limit`.
+pub(crate) fn with_deadline<T>(limit: Duration, op: impl FnOnce() -> T) -> T {
+    *DEADLINE.lock().expect("not poisoned") = Some((Instant::now() + limit, limit));
+    let result = op();
+    *DEADLINE.lock().expect("not poisoned") = None;
+    result
+}
+
+/// The time left before the deadline (None: no deadline); an error once it passed.
+fn time_left() -> std::io::Result<Option<Duration>> {
+    let Some((at, limit)) = *DEADLINE.lock().expect("not poisoned") else {
+        return Ok(None);
+    };
+    match at.checked_duration_since(Instant::now()) {
+        Some(left) if !left.is_zero() => Ok(Some(left)),
+        _ => Err(deadline_passed(limit)),
+    }
+}
+
+fn deadline_passed(limit: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no complete answer within the deadline of {} s (agent.toml [http] deadline_secs)",
+            limit.as_secs()
+        ),
+    )
+}
+
+/// The deadline's error when it has passed (a transfer cut by it reports this).
+fn past_deadline() -> Option<std::io::Error> {
+    time_left().err()
 }
 
 fn settings() -> &'static TransportSettings {
@@ -133,6 +177,7 @@ fn agent() -> &'static ureq::Agent {
 
 impl HttpStream {
     fn send(&mut self) -> std::io::Result<()> {
+        let left = time_left()?;
         let auth = settings()
             .basic_auth
             .as_ref()
@@ -140,6 +185,9 @@ impl HttpStream {
         let result = if self.post {
             let mut req = agent()
                 .post(&self.url)
+                .config()
+                .timeout_global(left)
+                .build()
                 .header("Accept", "application/x-git-upload-pack-result")
                 .header(
                     "Content-Type",
@@ -150,14 +198,21 @@ impl HttpStream {
             }
             req.send(&self.body[..])
         } else {
-            let mut req = agent().get(&self.url).header("Accept", "*/*");
+            let mut req = agent()
+                .get(&self.url)
+                .config()
+                .timeout_global(left)
+                .build()
+                .header("Accept", "*/*");
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
             req.call()
         };
-        let response =
-            result.map_err(|e| std::io::Error::other(format!("{}: {e}", redact(&self.url))))?;
+        let response = result.map_err(|e| {
+            past_deadline()
+                .unwrap_or_else(|| std::io::Error::other(format!("{}: {e}", redact(&self.url))))
+        })?;
         let status = response.status().as_u16();
         if status != 200 {
             let why = match status {
@@ -194,7 +249,12 @@ impl Read for HttpStream {
         if self.response.is_none() {
             self.send()?;
         }
-        self.response.as_mut().expect("sent").read(buf)
+        time_left()?;
+        self.response
+            .as_mut()
+            .expect("sent")
+            .read(buf)
+            .map_err(|e| past_deadline().unwrap_or(e))
     }
 }
 
@@ -273,10 +333,16 @@ impl SmartSubtransport for Ssh {
             .map_err(|e| net_error(format!("cannot run {}: {e}", s.ssh_command)))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
+        let child = Arc::new(Mutex::new(child));
+        let expired = Arc::new(AtomicBool::new(false));
+        let left = time_left().map_err(|e| net_error(e.to_string()))?;
+        let stop = left.map(|left| watchdog(child.clone(), expired.clone(), left));
         Ok(Box::new(SshStream {
-            child: Mutex::new(child),
+            child,
             stdin,
             stdout,
+            expired,
+            _watchdog: stop,
         }))
     }
 
@@ -286,14 +352,43 @@ impl SmartSubtransport for Ssh {
 }
 
 struct SshStream {
-    child: Mutex<Child>,
+    child: Arc<Mutex<Child>>,
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
+    /// Set when the watchdog killed ssh at the deadline.
+    expired: Arc<AtomicBool>,
+    /// Dropping it tells the watchdog that the stream is done.
+    _watchdog: Option<mpsc::Sender<()>>,
+}
+
+/// Kills the ssh client when it is still running `left` from now (a stalled or
+/// trickling server keeps it reading forever); the returned sender, dropped, stops it.
+fn watchdog(
+    child: Arc<Mutex<Child>>,
+    expired: Arc<AtomicBool>,
+    left: Duration,
+) -> mpsc::Sender<()> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(left) {
+            expired.store(true, Ordering::SeqCst);
+            if let Ok(mut c) = child.lock() {
+                let _ = c.kill();
+            }
+        }
+    });
+    stop
 }
 
 impl SshStream {
-    /// When ssh ends early, its stderr says why (unknown host key, permission denied).
+    /// When ssh ends early, its stderr says why (unknown host key, permission denied),
+    /// or the deadline killed it.
     fn failure(&mut self) -> std::io::Error {
+        if self.expired.load(Ordering::SeqCst) {
+            if let Some((_, limit)) = *DEADLINE.lock().expect("not poisoned") {
+                return deadline_passed(limit);
+            }
+        }
         let mut child = self.child.lock().expect("not poisoned");
         let mut stderr = String::new();
         if let Some(mut e) = child.stderr.take() {

@@ -479,3 +479,146 @@ fn the_plan_marks_setuid_and_setgid() {
         ]
     );
 }
+
+/// A directory left in place because of a foreign file stays recorded as created, so
+/// that the run after the foreign file is gone prunes it, instead of forgetting it.
+#[test]
+fn a_directory_left_in_place_is_pruned_once_its_foreign_files_are_gone() {
+    let root = root(&[("/etc/kept/mine.conf", "not the agent's\n")]);
+    let previous: Previous = [(
+        "path:/etc/kept".to_string(),
+        ResourceState {
+            kind: "directory".into(),
+            path: "/etc/kept".into(),
+            digest: String::new(),
+            created: true,
+        },
+    )]
+    .into_iter()
+    .collect();
+    let declared = "  - file: {path: /etc/new, content: x}\n";
+    let (first, _) = planned(
+        declared,
+        root.path(),
+        Scripted::new(),
+        false,
+        Some(&previous),
+    );
+    assert_eq!(
+        first.notes,
+        ["/etc/kept is no longer declared but is not empty: left in place"]
+    );
+    assert_eq!(
+        first.resources.get("path:/etc/kept"),
+        previous.get("path:/etc/kept")
+    );
+
+    std::fs::remove_file(root.path().join("etc/kept/mine.conf")).unwrap();
+    let (second, _) = planned(
+        declared,
+        root.path(),
+        Scripted::new(),
+        false,
+        Some(&first.resources),
+    );
+    assert_eq!(
+        summary(&second)[1..],
+        ["Remove directory /etc/kept: created by fleet-agent and no longer declared"]
+    );
+    assert!(second.notes.is_empty());
+}
+
+/// An apt source that no role declares any more is removed in the sources phase, and
+/// the lists are refreshed in the same run so that they match the sources again.
+#[test]
+fn removing_an_apt_source_refreshes_the_lists() {
+    let source = "/etc/apt/sources.list.d/old.sources";
+    let root = root(&[
+        (DPKG, ""),
+        FRESH_LISTS,
+        ("/usr/bin/apt-get", ""),
+        (source, "Types: deb\n"),
+    ]);
+    let previous: Previous = [(
+        format!("path:{source}"),
+        ResourceState {
+            kind: "file".into(),
+            path: source.into(),
+            digest: String::new(),
+            created: true,
+        },
+    )]
+    .into_iter()
+    .collect();
+    let (p, _) = planned(
+        "  - file: {path: /etc/motd, content: hi}\n",
+        root.path(),
+        Scripted::new(),
+        false,
+        Some(&previous),
+    );
+    assert_eq!(
+        summary(&p)[..2],
+        [
+            "Remove file /etc/apt/sources.list.d/old.sources: created by fleet-agent and no longer declared",
+            "Run apt update: apt sources changed",
+        ]
+    );
+}
+
+/// A changed source with no package change, on a root without apt (an image being
+/// built): a note, not an `apt-get update` that cannot run there.
+#[test]
+fn a_source_change_on_a_root_without_apt_is_a_note() {
+    let root = root(&[]);
+    let (p, commands) = planned(
+        "  - file: {path: /etc/apt/sources.list.d/x.sources, content: \"Types: deb\\n\"}\n",
+        root.path(),
+        Scripted::new(),
+        false,
+        None,
+    );
+    assert_eq!(
+        summary(&p),
+        ["Create file /etc/apt/sources.list.d/x.sources: creates parent /etc (0755 root:root); creates parent /etc/apt (0755 root:root); creates parent /etc/apt/sources.list.d (0755 root:root); mode 0644, owner root:root, 11 bytes"]
+    );
+    assert_eq!(
+        p.notes,
+        ["apt sources changed: `apt-get update` skipped: this root has no /usr/bin/apt-get"]
+    );
+    assert!(commands.is_empty(), "{commands:?}");
+}
+
+/// Lists refreshed before a source was changed (by hand, or a refresh that failed part
+/// way) are stale for the next transaction, however young they are.
+#[test]
+fn sources_newer_than_the_lists_make_them_stale() {
+    let root = root(&[(DPKG, ""), FRESH_LISTS]);
+    let lists = root.path().join("var/lib/apt/lists");
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(600);
+    std::fs::File::open(&lists)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    std::fs::create_dir_all(root.path().join("etc/apt/sources.list.d")).unwrap();
+    std::fs::write(
+        root.path().join("etc/apt/sources.list.d/by-hand.sources"),
+        "x",
+    )
+    .unwrap();
+    let runner = Scripted::new().on("apt-get -s", 0, "Inst hello (2.10-3 Debian:12 [amd64])\n");
+    let (p, _) = planned(
+        "  - package: {name: hello}\n",
+        root.path(),
+        runner,
+        false,
+        None,
+    );
+    assert_eq!(
+        summary(&p),
+        [
+            "Run apt update: apt's sources changed after the lists were last refreshed",
+            "Change apt packages: install hello 2.10-3",
+        ]
+    );
+}

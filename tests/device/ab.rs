@@ -379,3 +379,8 @@ impl Drop for AbDevice {
             .status();
     }
 }
+
+/// The device's clock (seconds since the epoch), as the agent reads it.
+pub fn device_now(dev: &AbDevice) -> u64 {
+    dev.sh("date +%s").parse().unwrap()
+}

@@ -410,3 +410,57 @@ fn on_a_booted_device_a_link_in_a_users_home_is_never_followed() {
         "/run\nok"
     );
 }
+
+/// `apt-get update` exits 0 when it cannot fetch a source: the run still stops at the
+/// packages phase, naming the source and why (not with a later "Unable to locate
+/// package"), and writes no file of that commit. Removing the source refreshes the
+/// lists in the same run, so they no longer list it (issue 13, item 5).
+#[test]
+fn an_apt_source_that_cannot_be_fetched_stops_the_run_and_its_removal_refreshes_the_lists() {
+    let (dev, repo, _git, apt) = timed("setup", || setup("fa-apt-fetch"));
+    assert_eq!(timed("first pull", || dev.agent(&["pull"])).code, 0);
+
+    // The source moves to a port where nothing listens, and a package from it is added.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let packages = format!("{PACKAGES}  - package: {{name: fleet-test-dep}}\n");
+    commit(
+        &repo,
+        &device_fleet(port, "unreachable", &packages),
+        "moved source",
+    );
+    let pull = timed("pull with an unreachable source", || dev.agent(&["pull"]));
+    assert_eq!(pull.code, 1, "{pull:?}");
+    assert!(
+        pull.stderr
+            .contains("`apt-get update` could not fetch every source")
+            && pull.stderr.contains(&format!("http://127.0.0.1:{port}/"))
+            && pull.stderr.contains("Connection refused"),
+        "{pull:?}"
+    );
+    assert!(
+        !pull.stderr.contains("Unable to locate package"),
+        "{pull:?}"
+    );
+    assert_eq!(dev.sh("cat /etc/fleet-demo.conf"), "greeting=hello");
+    assert_eq!(dev.agent(&["status", "--json"]).code, 0);
+
+    // The source removed (the packages stay installed): the same run refreshes the
+    // lists, which then hold nothing of it.
+    let mut files = device_fleet(apt.port, "removed", PACKAGES);
+    let role = files
+        .iter_mut()
+        .find(|(p, _)| p == "roles/app/role.yml")
+        .unwrap();
+    let start = role.1.find("  - apt_source:").unwrap();
+    let end = role.1.find("  - group:").unwrap();
+    role.1.replace_range(start..end, "");
+    commit(&repo, &files, "remove the source");
+    let pull = timed("pull removing the source", || dev.agent(&["pull"]));
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert!(pull.stderr.contains("ran apt update"), "{pull:?}");
+    let lists = dev.sh("ls /var/lib/apt/lists");
+    assert!(!lists.contains("127.0.0.1"), "{lists}");
+    assert_eq!(dev.sh("cat /etc/fleet-demo.conf"), "greeting=removed");
+}

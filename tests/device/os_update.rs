@@ -65,7 +65,7 @@ fn fleet(os: &str) -> Vec<(String, String)> {
 struct World {
     dev: AbDevice,
     repo: FleetRepo,
-    _git: GitHttpServer,
+    git: GitHttpServer,
     arts: StaticServer,
     started: Instant,
     name: String,
@@ -101,7 +101,7 @@ impl World {
         World {
             dev,
             repo,
-            _git: git,
+            git,
             arts,
             started: Instant::now(),
             name: name.into(),
@@ -629,5 +629,111 @@ fn real_mender_3x_client_update_fall_back_then_commit() {
     excerpt(
         "real client: journal of the committing run",
         &os_lines(&journal3),
+    );
+}
+
+/// The world's `os:` with an offline timeout (os.health.offline_timeout_seconds).
+fn with_offline_timeout(os: String, seconds: u64) -> String {
+    os.replace(
+        "  health:\n",
+        &format!("  health:\n    offline_timeout_seconds: {seconds}\n"),
+    )
+}
+
+/// A poor link right after the swap: the fleet repository cannot be reached during the
+/// first two runs on the new slot, well past the health timeout (6 s). The slot passes
+/// its own checks, so it is unverified, not unhealthy: no rollback. The link comes
+/// back: the next run commits (issue 13, item 7).
+#[test]
+fn os_update_unreachable_during_the_first_runs_on_the_new_slot_then_commits() {
+    let w = World::new("fa-os-offline", |w| w.os("fleet-os-2", "now"), "");
+    let dev = &w.dev;
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, 3);
+    w.git.set_offline(true);
+    for run in 1..=2 {
+        // Offline (exit 3, which the unit counts as a success).
+        let (_, journal) = dev.pull();
+        assert!(
+            journal.contains("could not be reached") && journal.contains("unverified"),
+            "run {run} on the new slot, offline: {journal}"
+        );
+        let os = dev.os();
+        assert_eq!(os["phase"], "verifying", "{os}");
+        std::thread::sleep(std::time::Duration::from_secs(4));
+    }
+    w.git.set_offline(false);
+    let (code, journal) = dev.pull();
+    assert_eq!(code, 0, "{journal}");
+    assert!(journal.contains("committed fleet-os-2"), "{journal}");
+    assert_eq!(dev.artifact_name(), "fleet-os-2");
+    let os = dev.os();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert!(os["failed"].as_array().unwrap().is_empty(), "{os}");
+    assert_eq!(dev.parts(), [2, 3]);
+    w.done();
+    excerpt("poor link: journal of the run that committed", &journal);
+}
+
+/// The link stays down past the offline timeout: the new slot is rolled back without
+/// blame (not in `failed`), and the artifact is tried again after the backoff; with
+/// the link back, the retry commits.
+#[test]
+fn os_update_unreachable_past_the_offline_timeout_rolls_back_and_retries_later() {
+    let w = World::new(
+        "fa-os-offline-bound",
+        |w| {
+            with_offline_timeout(w.os("fleet-os-2", "now"), 12)
+                .replace("initial_seconds: 3", "initial_seconds: 20")
+                .replace("max_seconds: 8", "max_seconds: 40")
+        },
+        "",
+    );
+    let dev = &w.dev;
+    let (part, _) = dev.pull_rebooting();
+    assert_eq!(part, 3);
+    w.git.set_offline(true);
+    let (_, journal) = dev.pull();
+    assert!(
+        journal.contains("could not be reached") && journal.contains("unverified"),
+        "{journal}"
+    );
+    // Until the offline timeout has passed since the first run on the new slot.
+    let since = dev.os()["verify_since"].as_u64().unwrap();
+    while super::ab::device_now(dev) < since + 13 {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let (part, journal) = dev.pull_rebooting();
+    assert_eq!(part, 2, "rolled back to the old slot: {journal}");
+    assert!(
+        journal.contains("could not be reached") && journal.contains("tried again"),
+        "{journal}"
+    );
+    w.git.set_offline(false);
+    let (code, journal) = dev.pull();
+    assert_eq!(code, 0, "{journal}");
+    let os = dev.os();
+    assert_eq!(os["phase"], "idle", "{os}");
+    assert!(
+        os["failed"].as_array().unwrap().is_empty(),
+        "not blamed: {os}"
+    );
+    assert_eq!(os["backoff"]["artifact"], "fleet-os-2", "{os}");
+    // After the backoff, the same artifact again, and this time it commits.
+    let after = os["backoff"]["after"].as_u64().unwrap();
+    while super::ab::device_now(dev) <= after {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let (part, journal) = dev.pull_rebooting();
+    assert_eq!(part, 3, "{journal}");
+    let (code, journal) = dev.pull();
+    assert_eq!(code, 0, "{journal}");
+    assert!(journal.contains("committed fleet-os-2"), "{journal}");
+    assert_eq!(dev.artifact_name(), "fleet-os-2");
+    assert_eq!(dev.parts(), [2, 3, 2, 3]);
+    w.done();
+    excerpt(
+        "offline past the bound: state.json os_update at the end",
+        &serde_json::to_string_pretty(&dev.os()).unwrap(),
     );
 }

@@ -55,6 +55,11 @@ fn cases() -> Vec<Case> {
             vec![(WEB_ROLE, role("  - file:\n      path: /etc/x\n      content: x\n      owner: kiosk\n"))],
             "roles/web/role.yml:2:5: the user `kiosk` does not exist on the device",
         ),
+        (
+            "a host_vars file named .yaml",
+            vec![("host_vars/pi-0001.yaml", "vars:\n  greeting: never applied\n".into())],
+            "host_vars/pi-0001.yaml: not a vars file: host_vars/ holds only <name>.yml files (hidden files are ignored): rename it to host_vars/pi-0001.yml",
+        ),
     ]
 }
 

@@ -982,3 +982,78 @@ fn a_failing_os_step_after_a_branch_error_shows_both_errors() {
     assert_eq!(run.code, 5, "{run:?}");
     assert_eq!(sim.reboots(), 2);
 }
+
+/// The fleet repository out of reach during the first runs on the new slot (issue 13,
+/// item 7): the slot passes its checks, so it is unverified, not unhealthy, also past
+/// the health timeout; once the repository is back, the update commits.
+#[test]
+fn an_unreachable_fleet_repository_leaves_the_new_slot_unverified_until_it_is_back() {
+    let mut sim = Sim::new(NOW_2);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    let off = sim.repo.server.with_extension("off");
+    std::fs::rename(&sim.repo.server, &off).unwrap();
+    for _ in 0..2 {
+        let run = sim.run(&["pull"]);
+        assert_eq!(run.code, 3, "{run:?}");
+        assert!(run.stderr.contains("unverified"), "{run:?}");
+        assert_eq!(sim.os_state()["phase"], "verifying");
+        // Past the health timeout (2 s).
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    std::fs::rename(&off, &sim.repo.server).unwrap();
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("OS update: committed fleet-os-2"),
+        "{run:?}"
+    );
+    assert_eq!(sim.os_state()["failed"], serde_json::json!([]));
+    assert_eq!(sim.reboots(), 1);
+}
+
+/// Out of reach past the offline timeout: rolled back without blame, and the same
+/// artifact is installed again after the backoff.
+#[test]
+fn unreachable_past_the_offline_timeout_rolls_back_and_retries_after_the_backoff() {
+    let os = NOW_2.replace(
+        "  health:\n",
+        "  retry: {initial_seconds: 5, max_seconds: 10}\n  health:\n    offline_timeout_seconds: 3\n",
+    );
+    let mut sim = Sim::new(&os);
+    assert_eq!(sim.run(&["pull"]).code, 5);
+    assert_eq!(sim.boot(), 3);
+    let off = sim.repo.server.with_extension("off");
+    std::fs::rename(&sim.repo.server, &off).unwrap();
+    assert_eq!(sim.run(&["pull"]).code, 3);
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("could not be reached from the new root filesystem")
+            && run.stderr.contains("it will be tried again in 5s"),
+        "{run:?}"
+    );
+    let state = sim.os_state();
+    assert_eq!(state["failed"], serde_json::json!([]), "{state}");
+    assert_eq!(sim.boot(), 2);
+    std::fs::rename(&off, &sim.repo.server).unwrap();
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("it will be tried again after"),
+        "{run:?}"
+    );
+    assert_eq!(sim.reboots(), 2, "not yet: the backoff holds it");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 5, "installed again: {run:?}");
+    assert_eq!(sim.boot(), 3);
+    let run = sim.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("OS update: committed fleet-os-2"),
+        "{run:?}"
+    );
+}

@@ -170,6 +170,46 @@ fn removed_declarations_are_pruned_but_foreign_files_stay() {
     assert!(dev.path("/etc/existing.conf").exists());
 }
 
+/// A directory the agent created and that holds a file someone else put there is left
+/// in place when no role declares it any more, with a note in `pull`'s log; it stays
+/// recorded, so the pull after the foreign file is gone removes it.
+#[test]
+fn a_directory_left_in_place_is_noted_by_pull_and_pruned_later() {
+    let mut files = basic_fleet();
+    files[0] = (
+        "fleet.yml",
+        "format: 1\nvars:\n  greeting: hi\n  port: 1\nroles: [web, extra]\n",
+    );
+    files.push(("roles/extra/role.yml", "resources:\n  - directory: {path: /etc/extra}\n  - file: {path: /etc/extra/a.conf, content: x}\n"));
+    let repo = FleetRepo::new(&files);
+    let dev = Device::new(&repo.url(), "pi-0001", "");
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    std::fs::write(dev.path("/etc/extra/local.conf"), "someone else's\n").unwrap();
+    repo.commit(
+        &[(
+            "fleet.yml",
+            "format: 1\nvars:\n  greeting: hi\n  port: 1\nroles: [web]\n",
+        )],
+        "drop extra",
+    );
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("note: /etc/extra is no longer declared but is not empty: left in place"),
+        "{run:?}"
+    );
+    assert!(!dev.path("/etc/extra/a.conf").exists());
+    assert!(dev.path("/etc/extra/local.conf").exists());
+    assert_eq!(dev.state()["resources"]["path:/etc/extra"]["created"], true);
+
+    std::fs::remove_file(dev.path("/etc/extra/local.conf")).unwrap();
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!dev.path("/etc/extra").exists(), "{run:?}");
+    assert!(dev.state()["resources"].get("path:/etc/extra").is_none());
+}
+
 #[test]
 fn secret_content_is_never_printed() {
     let mut files = basic_fleet();
@@ -437,4 +477,27 @@ fn the_bundled_example_fleet_validates() {
     let run = to_run(out);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("valid (11 devices checked)"), "{run:?}");
+}
+
+/// A run with no package change never runs apt: under --root on an image without apt,
+/// a changed apt source is written and the refresh it would need is a note, and the
+/// run succeeds (issue 13, item 5). Before: `apt-get update` failed the run.
+#[test]
+fn a_source_change_without_apt_in_the_root_is_a_note() {
+    let mut files = basic_fleet();
+    files.push((
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/apt/sources.list.d/x.sources, content: \"Types: deb\\nURIs: http://127.0.0.1:9/\\nSuites: x\\nComponents: main\\n\"}\n",
+    ));
+    let repo = FleetRepo::new(&files);
+    let dev = Device::new(&repo.url(), "pi-0001", "");
+    let run = dev.run(&["pull"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "note: apt sources changed: `apt-get update` skipped: this root has no /usr/bin/apt-get"
+        ),
+        "{run:?}"
+    );
+    assert!(dev.path("/etc/apt/sources.list.d/x.sources").exists());
 }

@@ -218,6 +218,8 @@ pub struct GitHttpServer {
     pub port: u16,
     pub requests: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    /// While set, every connection is closed at once (the link is down).
+    offline: Arc<AtomicBool>,
 }
 
 impl GitHttpServer {
@@ -228,11 +230,14 @@ impl GitHttpServer {
         listener.set_nonblocking(true).unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let offline = Arc::new(AtomicBool::new(false));
         let (root, reqs, stopping) = (project_root.to_path_buf(), requests.clone(), stop.clone());
+        let down = offline.clone();
         let auth = token.map(|t| format!("Basic {}", base64(&format!("fleet-agent:{t}"))));
         std::thread::spawn(move || {
             while !stopping.load(Ordering::SeqCst) {
                 match listener.accept() {
+                    Ok((stream, _)) if down.load(Ordering::SeqCst) => drop(stream),
                     Ok((stream, _)) => {
                         let (root, reqs, auth) = (root.clone(), reqs.clone(), auth.clone());
                         std::thread::spawn(move || serve(stream, &root, &reqs, auth.as_deref()));
@@ -245,7 +250,13 @@ impl GitHttpServer {
             port,
             requests,
             stop,
+            offline,
         }
+    }
+
+    /// Takes the link down (every connection closed at once) or up again.
+    pub fn set_offline(&self, down: bool) {
+        self.offline.store(down, Ordering::SeqCst);
     }
 
     pub fn url(&self, repo: &str) -> String {
@@ -384,4 +395,180 @@ pub fn basic_fleet() -> Vec<(&'static str, &'static str)> {
         ),
         ("roles/web/templates/web.conf.j2", "listen = {{ listen }}\ngreeting = {{ greeting }}\n"),
     ]
+}
+
+impl Device {
+    /// Runs the agent and returns, with its outcome, its peak resident memory in KiB,
+    /// as GNU time reports it (ru_maxrss). Through `/usr/bin/time`, a small process,
+    /// because a child forked from this big test process would inherit its resident
+    /// size into ru_maxrss.
+    pub fn run_measured(&self, args: &[&str]) -> (Run, u64) {
+        let out = tempfile::tempdir().unwrap();
+        let report = out.path().join("rss");
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(&report)
+            .arg(BIN)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .env_remove("JOURNAL_STREAM");
+        let run = to_run(
+            c.output()
+                .expect("/usr/bin/time runs (apt-get install time)"),
+        );
+        let kib = std::fs::read_to_string(&report)
+            .unwrap()
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("time -f %M prints the peak");
+        (run, kib)
+    }
+
+    /// Runs the agent, killing it after `limit`: None when it had to be killed.
+    pub fn run_within(&self, args: &[&str], limit: Duration) -> Option<(Run, Duration)> {
+        let start = std::time::Instant::now();
+        let mut child = self.command(args).spawn().expect("fleet-agent runs");
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return Some((to_run(child.wait_with_output().unwrap()), start.elapsed()));
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Replaces a key's line in agent.toml (or adds it at the top).
+    pub fn set_config(&self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .map(str::to_string)
+            .collect();
+        lines.insert(0, format!("{key} = {value}"));
+        std::fs::write(&self.config, lines.join("\n") + "\n").unwrap();
+    }
+}
+
+/// A server on 127.0.0.1 that answers every request with an HTTP response sent one
+/// byte every `every` (a flaky link, or a server that trickles): it never stops
+/// sending, so no per-read timeout ever fires.
+pub struct TrickleServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TrickleServer {
+    pub fn start(every: Duration, content_type: &'static str) -> TrickleServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::SeqCst) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let stopping = stopping.clone();
+                std::thread::spawn(move || {
+                    stream.set_nonblocking(false).unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: 100000000\r\n\r\n"
+                    );
+                    let mut out = stream;
+                    let bytes = head.into_bytes().into_iter().chain(std::iter::repeat(b'0'));
+                    for b in bytes {
+                        if stopping.load(Ordering::SeqCst) || out.write_all(&[b]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(every);
+                    }
+                });
+            }
+        });
+        TrickleServer { port, stop }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for TrickleServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Flips bytes inside the compressed data of `object` in a bare repository (a loose
+/// object or a pack), as a failing SD card would.
+pub fn corrupt_packed_object(repo: &Path, object: &str) {
+    let loose = repo.join("objects").join(&object[..2]).join(&object[2..]);
+    if loose.exists() {
+        let mut bytes = std::fs::read(&loose).unwrap();
+        let (mid, len) = (bytes.len() / 2, bytes.len());
+        for b in &mut bytes[mid.saturating_sub(4)..(mid + 4).min(len)] {
+            *b ^= 0xa5;
+        }
+        std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        std::fs::write(&loose, bytes).unwrap();
+        return;
+    }
+    let pack_dir = repo.join("objects/pack");
+    for idx in std::fs::read_dir(&pack_dir).unwrap() {
+        let idx = idx.unwrap().path();
+        if idx.extension().is_none_or(|x| x != "idx") {
+            continue;
+        }
+        let listing = Command::new("git")
+            .arg("show-index")
+            .stdin(std::fs::File::open(&idx).unwrap())
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout).to_string();
+        let mut offsets: Vec<(u64, String)> = listing
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((f.next()?.parse().ok()?, f.next()?.to_string()))
+            })
+            .collect();
+        offsets.sort();
+        let Some(i) = offsets.iter().position(|(_, id)| id == object) else {
+            continue;
+        };
+        let pack = idx.with_extension("pack");
+        let start = offsets[i].0;
+        let end = offsets
+            .get(i + 1)
+            .map(|o| o.0)
+            .unwrap_or(std::fs::metadata(&pack).unwrap().len() - 20);
+        let mut bytes = std::fs::read(&pack).unwrap();
+        // Past the entry's header (a few bytes), inside its zlib stream.
+        let from = (start + 4).min(end - 1) as usize;
+        for b in &mut bytes[from..(from + 16).min(end as usize)] {
+            *b ^= 0xa5;
+        }
+        std::fs::set_permissions(&pack, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        std::fs::write(&pack, bytes).unwrap();
+        return;
+    }
+    panic!("object {object} is not in a pack of {}", repo.display());
 }

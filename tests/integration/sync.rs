@@ -134,8 +134,7 @@ fn an_unreachable_server_keeps_the_last_commit_and_exits_3() {
         &[("group_vars/shop.yml", "vars:\n  greeting: unseen\n")],
         "not fetched",
     );
-    drop(server);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    server.set_offline(true);
     // Drift is still corrected from the last fetched commit while offline.
     std::fs::write(dev.path("/etc/web/motd"), "drifted\n").unwrap();
     let run = dev.run(&["pull"]);
@@ -282,4 +281,43 @@ fn a_broken_configured_branch_does_not_stop_a_device_following_another() {
         "{run:?}"
     );
     assert_eq!(dev.read("/etc/web/motd"), "from main from pi-0009\n");
+}
+
+/// Lock files a fetch killed half way leaves in the clone: under the agent's own run
+/// lock no other writer exists, so the next pull removes them (and says so) instead of
+/// failing on them, over smart HTTP (shallow) and file://.
+#[test]
+fn stale_git_lock_files_left_by_a_killed_fetch_are_removed() {
+    let locks = [
+        "shallow.lock",
+        "FETCH_HEAD.lock",
+        "packed-refs.lock",
+        "config.lock",
+        "refs/remotes/origin/main.lock",
+    ];
+    let (repo, _server, http) = served(None);
+    let file_repo = FleetRepo::new(&basic_fleet());
+    let file = Device::new(&file_repo.url(), "pi-0001", "");
+    for (repo, dev) in [(&repo, &http), (&file_repo, &file)] {
+        assert_eq!(dev.run(&["pull"]).code, 0);
+        let clone = dev.path("/var/lib/fleet-agent/repo.git");
+        for lock in locks {
+            std::fs::write(clone.join(lock), "").unwrap();
+        }
+        repo.commit(
+            &[("group_vars/shop.yml", "vars:\n  greeting: after the kill\n")],
+            "new",
+        );
+        let run = dev.run(&["pull"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(dev.read("/etc/web/motd"), "after the kill from pi-0001\n");
+        assert!(
+            run.stderr.contains("removed a stale git lock")
+                && run.stderr.contains("refs/remotes/origin/main.lock"),
+            "{run:?}"
+        );
+        for lock in locks {
+            assert!(!clone.join(lock).exists(), "{lock}");
+        }
+    }
 }

@@ -36,6 +36,7 @@ fn facts() -> Facts {
         artifact_error: None,
         upgrade_available: Some(false),
         converged: true,
+        reached: true,
     }
 }
 
@@ -300,41 +301,142 @@ fn verifying_checks_health_until_the_deadline() {
     let mut s = in_phase(OsPhase::Verifying);
     s.boot_id = Some("boot-2".into());
     s.verify_since = Some(NOW - 100);
-    assert_eq!(
-        decide(&d, &s, &new_slot()),
-        OsAction::Verify {
-            deadline: NOW + 200
-        }
-    );
+    let expected = OsAction::Verify(Deadlines {
+        health: NOW + 300,
+        offline: NOW - 100 + 3600,
+    });
+    // The health timeout counts from the first run that reaches the fleet repository
+    // (this one, which is the first).
+    assert_eq!(decide(&d, &s, &new_slot()), expected);
     // Verifying goes on even if the branch stops declaring the image.
     assert_eq!(
         decide(&declared(None, Reboot::Now), &s, &new_slot()),
-        OsAction::Verify {
-            deadline: NOW + 200
-        }
+        expected
     );
+    // Once reached, the health deadline stays where it was.
+    s.reached_at = Some(NOW - 100);
+    assert_eq!(
+        decide(&d, &s, &new_slot()),
+        OsAction::Verify(Deadlines {
+            health: NOW + 200,
+            offline: NOW + 3500,
+        })
+    );
+    // Never reached yet: counted from the arrival.
+    s.reached_at = None;
+    let offline = Facts {
+        reached: false,
+        ..new_slot()
+    };
+    assert_eq!(
+        decide(&d, &s, &offline),
+        OsAction::Verify(Deadlines {
+            health: NOW + 200,
+            offline: NOW + 3500,
+        })
+    );
+}
+
+fn deadlines() -> Deadlines {
+    Deadlines {
+        health: NOW + 10,
+        offline: NOW + 100,
+    }
 }
 
 #[test]
 fn the_verdict_commits_retries_waits_or_rolls_back() {
     let bad = vec!["ssh.service is not active".to_string()];
-    assert_eq!(verdict(NOW + 10, NOW, &[], true), Some(OsAction::Commit));
-    assert_eq!(verdict(NOW + 10, NOW, &bad, true), None);
+    let d = deadlines();
+    assert_eq!(verdict(d, NOW, &[], true, true), Some(OsAction::Commit));
+    assert_eq!(verdict(d, NOW, &bad, true, true), None);
     assert_eq!(
-        verdict(NOW + 10, NOW, &bad, false),
+        verdict(d, NOW, &bad, false, true),
         Some(OsAction::Nothing(Wait::Unhealthy {
             deadline: NOW + 10,
             problems: bad.clone()
         }))
     );
     assert!(matches!(
-        verdict(NOW, NOW, &bad, true),
+        verdict(d, NOW + 10, &bad, true, true),
         Some(OsAction::RollBack(m)) if m.contains("ssh.service is not active")
     ));
     assert!(matches!(
-        verdict(NOW, NOW + 1, &bad, false),
+        verdict(d, NOW + 11, &bad, false, true),
         Some(OsAction::RollBack(_))
     ));
+}
+
+/// Out of reach of the fleet repository, a slot that passes its checks is unverified:
+/// no verdict until the offline deadline, then a rollback without blame. A failing
+/// check while offline is evidence, and counts as it always does.
+#[test]
+fn an_unreachable_fleet_repository_leaves_the_new_slot_unverified_not_unhealthy() {
+    let bad = vec!["fleet-demo.service is not active".to_string()];
+    let d = deadlines();
+    // Past the health deadline, passing checks, offline: wait, do not blame.
+    assert_eq!(
+        verdict(d, NOW + 50, &[], true, false),
+        Some(OsAction::Nothing(Wait::Unverified { until: NOW + 100 }))
+    );
+    assert_eq!(
+        verdict(d, NOW + 50, &[], false, false),
+        Some(OsAction::Nothing(Wait::Unverified { until: NOW + 100 })),
+        "offline, a role that fails (apt cannot download) is no evidence"
+    );
+    assert!(matches!(
+        verdict(d, NOW + 100, &[], true, false),
+        Some(OsAction::RollBackUnverified(m)) if m.contains("could not be reached")
+    ));
+    assert_eq!(
+        verdict(d, NOW + 5, &bad, true, false),
+        Some(OsAction::Nothing(Wait::Unhealthy {
+            deadline: NOW + 10,
+            problems: bad.clone()
+        }))
+    );
+    assert!(matches!(
+        verdict(d, NOW + 10, &bad, true, false),
+        Some(OsAction::RollBack(_))
+    ));
+    // Reached again: the checks decide at once.
+    assert_eq!(
+        verdict(d, NOW + 50, &[], true, true),
+        Some(OsAction::Commit)
+    );
+}
+
+/// An unverified rollback taken up again stays without blame; a blamed one with.
+#[test]
+fn a_resumed_rollback_keeps_its_kind() {
+    let d = declared(Some("fleet-os-2"), Reboot::Now);
+    let mut s = in_phase(OsPhase::RollingBack);
+    s.backoff = Some(Backoff {
+        artifact: "fleet-os-2".into(),
+        attempts: 1,
+        after: NOW + 600,
+        error: "unverified".into(),
+    });
+    assert!(matches!(
+        decide(&d, &s, &facts()),
+        OsAction::RollBackUnverified(_)
+    ));
+    s.failed = vec!["fleet-os-2".into()];
+    assert!(matches!(decide(&d, &s, &facts()), OsAction::RollBack(_)));
+}
+
+/// No install starts from a run that could not reach the fleet repository.
+#[test]
+fn no_install_starts_offline() {
+    let d = declared(Some("fleet-os-2"), Reboot::Now);
+    let offline = Facts {
+        reached: false,
+        ..facts()
+    };
+    assert_eq!(
+        decide(&d, &idle(), &offline),
+        OsAction::Nothing(Wait::NotConverged)
+    );
 }
 
 #[test]
