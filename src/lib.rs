@@ -14,6 +14,7 @@ mod lock;
 mod logging;
 mod osupdate;
 mod plan;
+mod report;
 mod resources;
 mod run;
 mod selfupdate;

@@ -124,25 +124,29 @@ struct Run<'a> {
     working_tree: bool,
     /// The branch followed (None for a working tree).
     branch: Option<String>,
+    /// What applying knew, for the report.
+    applied: Option<crate::report::Applied>,
     _lock: Option<RunLock>,
 }
 
 fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<Done> {
+    let started = std::time::SystemTime::now();
     let mut run = Run::prepare(req, mode)?;
-    log::debug!(
-        "{mode:?}: device {} (type {}), repository {} branch {}, state {}",
-        run.config.device_id,
-        run.config
-            .device_type
-            .as_deref()
-            .unwrap_or("from host_vars"),
-        req.repo
-            .as_ref()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|| redact(&run.config.repo)),
-        run.config.branch,
-        run.state_path.display()
-    );
+    let done = stages(&mut run, req, mode, show);
+    if mode != Mode::Plan {
+        run.report(started, &done);
+    }
+    done
+}
+
+/// Sync, load, plan, then stop at the plan or apply it.
+fn stages(
+    run: &mut Run,
+    req: &Request,
+    mode: Mode,
+    show: &mut dyn FnMut(&Planned),
+) -> Result<Done> {
+    run.log_start(req);
     // Sync (or the maintainer's working tree).
     let synced: Synced;
     let source = match &req.repo {
@@ -208,6 +212,27 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
     }
     show(&planned);
     run.apply(planned).map(Done::Exit)
+}
+
+impl Run<'_> {
+    fn log_start(&self, req: &Request) {
+        let run = self;
+        let mode = self.mode;
+        log::debug!(
+            "{mode:?}: device {} (type {}), repository {} branch {}, state {}",
+            run.config.device_id,
+            run.config
+                .device_type
+                .as_deref()
+                .unwrap_or("from host_vars"),
+            req.repo
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| redact(&run.config.repo)),
+            run.config.branch,
+            run.state_path.display()
+        );
+    }
 }
 
 /// The device's desired state, the fleet's settings and its `os:` declaration.
@@ -285,6 +310,7 @@ impl<'a> Run<'a> {
             previous_here: None,
             working_tree: req.repo.is_some(),
             branch: None,
+            applied: None,
             _lock: lock,
         })
     }
@@ -334,6 +360,34 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// The run's report and metrics, after everything it recorded.
+    fn report(&self, started: std::time::SystemTime, done: &Result<Done>) {
+        let (exit_code, error) = match done {
+            Ok(Done::Exit(code)) => (*code, None),
+            Ok(_) => (exit::OK, None),
+            Err(e) => (e.exit_code(), Some(e.to_string())),
+        };
+        crate::report::after_run(&crate::report::Finished {
+            host: self.host,
+            config: &self.config,
+            command: if self.mode == Mode::Pull {
+                "pull"
+            } else {
+                "apply"
+            },
+            state_path: &self.state_path,
+            started,
+            before: self
+                .previous
+                .as_ref()
+                .map(|p| p.counters.clone())
+                .unwrap_or_default(),
+            applied: self.applied.as_ref(),
+            exit_code,
+            error,
+        });
+    }
+
     fn commit_label(&self) -> String {
         self.commit
             .as_deref()
@@ -348,14 +402,19 @@ impl<'a> Run<'a> {
         if self.mode == Mode::Plan {
             return Err(e);
         }
-        let mut recorded = record(&self.state_path, self.previous.clone(), |s| {
-            s.last_commit = self.commit.clone();
-            s.branch = self.branch.clone();
-            s.outcome = Some(outcome);
-            s.message = Some(e.to_string());
-            s.offline = self.offline.is_some();
-            s.changes = 0;
-        })?;
+        let mut recorded = record(
+            &self.state_path,
+            self.previous.clone(),
+            self.previous.as_ref(),
+            |s| {
+                s.last_commit = self.commit.clone();
+                s.branch = self.branch.clone();
+                s.outcome = Some(outcome);
+                s.message = Some(e.to_string());
+                s.offline = self.offline.is_some();
+                s.changes = 0;
+            },
+        )?;
         if self.mode == Mode::Pull {
             match self.os_update(&mut recorded, |step, os, save| {
                 osupdate::stopped_pull_step(step, os, save)
@@ -397,7 +456,7 @@ impl<'a> Run<'a> {
     }
 
     /// Applies the plan, records the state, and for `pull` takes the OS step.
-    fn apply(&self, planned: Planned) -> Result<i32> {
+    fn apply(&mut self, planned: Planned) -> Result<i32> {
         let plan = &planned.plan;
         let (done, result) = if plan.is_empty() {
             (0, Ok(()))
@@ -408,7 +467,14 @@ impl<'a> Run<'a> {
         };
         let rootfs = state::ensure_rootfs_id(self.host)?;
         let failed = result.as_ref().err().map(|e| e.to_string());
-        let mut recorded = record(&self.state_path, self.previous_here.clone(), |s| {
+        self.applied = Some(crate::report::Applied::new(
+            plan,
+            done,
+            &planned.desired,
+            result.is_ok(),
+        ));
+        let carried = self.previous.as_ref();
+        let mut recorded = record(&self.state_path, self.previous_here.clone(), carried, |s| {
             s.os_update = planned.os_state.clone();
             s.rootfs = Some(rootfs);
             s.last_commit = self.commit.clone();
@@ -486,11 +552,18 @@ fn record_failed(s: &mut State, plan: &Plan, done: usize, message: &str) {
     }
 }
 
-/// Updates the state file from the previous state (or a fresh one).
-fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State)) -> Result<State> {
+/// Updates the state file from the previous state (or a fresh one); the counters carry
+/// on from the last recorded state (`carried`), whichever root filesystem it describes.
+fn record(
+    path: &Path,
+    previous: Option<State>,
+    carried: Option<&State>,
+    update: impl FnOnce(&mut State),
+) -> Result<State> {
     let mut s = previous.unwrap_or_default();
     update(&mut s);
     s.time = Some(crate::time::now());
+    crate::report::count(&mut s, carried);
     s.save(path)?;
     Ok(s)
 }

@@ -349,7 +349,7 @@ impl Host {
 }
 
 /// 128 random bits in hex, for markers.
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     use std::io::Read;
     let mut random = [0u8; 16];
     if fs::File::open("/dev/urandom")

@@ -330,6 +330,7 @@ fn what_the_agent_created_and_no_role_declares_is_pruned_deepest_first() {
                 path: path.into(),
                 digest: String::new(),
                 created: true,
+                secret: false,
             },
         )
     };
