@@ -9,6 +9,7 @@ mod config;
 mod digest;
 mod error;
 mod fleet;
+mod fleetwide;
 mod host;
 mod lock;
 mod logging;

@@ -385,7 +385,7 @@ impl<'a> Fleet<'a> {
     }
 
     /// The literal device ids of the inventory, then those of host_vars files.
-    fn named_devices(&self) -> Vec<String> {
+    pub(crate) fn named_devices(&self) -> Vec<String> {
         let mut devices: Vec<String> = Vec::new();
         let literal = self
             .groups

@@ -15,6 +15,7 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -26,6 +27,10 @@ pub(crate) struct Host {
     runner: Arc<dyn Runner>,
     /// Tests only: whether systemd manages the system, instead of looking.
     systemd: Option<bool>,
+    /// Planning from a device's report (`plan --all`): what the report says is at these
+    /// paths, in place of the scratch root's own metadata (whose owners cannot be set
+    /// without root). The content is the scratch root's.
+    recorded: Option<Arc<HashMap<PathBuf, Existing>>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -51,6 +56,24 @@ impl Host {
             root: root.into(),
             runner: Arc::new(command::System),
             systemd: None,
+            recorded: None,
+        }
+    }
+
+    /// A device as its report describes it (`plan --all`): a scratch root holding the
+    /// content, the recorded metadata of managed paths, and a runner that answers
+    /// from the report.
+    pub(crate) fn from_report(
+        root: impl Into<PathBuf>,
+        runner: Arc<dyn Runner>,
+        systemd: bool,
+        recorded: HashMap<PathBuf, Existing>,
+    ) -> Host {
+        Host {
+            root: root.into(),
+            runner,
+            systemd: Some(systemd),
+            recorded: Some(Arc::new(recorded)),
         }
     }
 
@@ -61,6 +84,7 @@ impl Host {
             root: root.into(),
             runner,
             systemd: None,
+            recorded: None,
         }
     }
 
@@ -119,6 +143,9 @@ impl Host {
     }
 
     pub(crate) fn inspect(&self, device_path: &Path) -> Result<Existing> {
+        if let Some(e) = self.recorded.as_ref().and_then(|r| r.get(device_path)) {
+            return Ok(e.clone());
+        }
         let real = self.path(device_path);
         match fs::symlink_metadata(&real) {
             Ok(m) => {

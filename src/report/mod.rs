@@ -25,7 +25,7 @@ pub(crate) mod facts;
 mod journal;
 mod metrics;
 
-pub(crate) use facts::{Facts, ServiceFact};
+pub(crate) use facts::{Facts, PathFact, ServiceFact};
 
 /// The version of the report's JSON schema (docs/reporting.md). A reader ignores
 /// fields it does not know; a change that removes or retypes one is a new version.
@@ -34,6 +34,11 @@ pub(crate) const SCHEMA: u32 = 1;
 pub(crate) const MESSAGE_ID: &str = "12d25437cee5491ead203d61bd2aea51";
 /// What `signature` says until commits are verified (issue 15): the only value today.
 pub(crate) const SIGNATURE_UNSIGNED: &str = "unsigned";
+/// A run that changed nothing (outcome `unchanged`) carries no facts: the device is
+/// what the previous report said. Every this many runs (about a day at the timer's
+/// 15 minutes) a report carries them anyway, so that what changed beside the agent
+/// (an unattended upgrade of an unpinned package, an account) shows within a day.
+pub(crate) const FACTS_EVERY: u64 = 96;
 
 /// One run, as the device reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,8 +94,9 @@ pub(crate) struct Report {
     /// Whether the commit's signature was verified (today: `unsigned`).
     #[serde(default)]
     pub(crate) signature: String,
+    /// None on a run that changed nothing (see FACTS_EVERY).
     #[serde(default)]
-    pub(crate) facts: Facts,
+    pub(crate) facts: Option<Facts>,
 }
 
 /// One change of the run's plan.
@@ -306,8 +312,15 @@ fn build(f: &Finished, state: &State) -> Report {
         os_update: OsReport::of(&state.os_update),
         reboot_required: reboot_required(f.host, &state.os_update),
         signature: SIGNATURE_UNSIGNED.into(),
-        facts: facts::gather(f.host, &state.resources, services),
+        facts: carries_facts(state).then(|| facts::gather(f.host, &state.resources, services)),
     }
+}
+
+/// Whether a run's report carries the device's facts: not when it changed nothing,
+/// except on the first run and every FACTS_EVERY runs.
+fn carries_facts(state: &State) -> bool {
+    let seq = state.counters.seq();
+    state.outcome != Some(crate::state::RunOutcome::Unchanged) || seq % FACTS_EVERY == 1
 }
 
 /// Why the device wants a reboot: an installed OS update waiting for it, packages
