@@ -8,6 +8,8 @@ mod support;
 
 mod harness;
 mod kiosk;
+// Run reports, their transport and metrics.
+mod reporting;
 
 // A/B OS updates on a simulated Mender device.
 mod ab;
