@@ -305,9 +305,10 @@ pub(super) fn fleet_status(s: &FleetStatus, devices: bool, only: &[String]) -> S
         0 => String::new(),
         n => format!(", {n} unreadable"),
     };
+    let devices_seen: usize = s.branches.iter().map(|b| b.devices.len()).sum();
     let _ = writeln!(
         out,
-        "{} report entries in {}{dup}{bad}; not seen: no report for {}",
+        "{devices_seen} devices, {} report entries in {}{dup}{bad}; not seen: no report for {}",
         s.entries,
         s.reports,
         age(s.not_seen_after_secs)
@@ -420,9 +421,19 @@ fn device_line(d: &DeviceStatus, width: usize) -> String {
         line.push_str(&format!("  ({} reports missing)", d.missing_reports));
     }
     if let Some(e) = &d.error {
-        line.push_str(&format!(": {}", e.lines().next().unwrap_or("")));
+        line.push_str(&format!(": {}", one_line(e)));
     }
     line
+}
+
+/// An error on one line: its lines joined, without the closing "nothing was changed".
+fn one_line(error: &str) -> String {
+    error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "nothing was changed" && *l != "---")
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `fleet status --json` (`only`: those devices only, when given).

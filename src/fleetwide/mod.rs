@@ -17,6 +17,8 @@ mod facts_host;
 mod plan_all;
 mod status;
 pub(crate) mod store;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use plan_all::{DevicePlan, Outcome};
 pub(crate) use status::{BranchStatus, DeviceStatus, FleetStatus, Standing};

@@ -408,3 +408,104 @@ fn summary(r: &Report) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::RunOutcome;
+
+    fn run(before: Option<&State>, outcome: RunOutcome, commit: &str, changes: usize) -> State {
+        let mut s = before.cloned().unwrap_or_default();
+        s.outcome = Some(outcome);
+        s.last_commit = Some(commit.into());
+        s.applied_commit = Some(commit.into());
+        s.changes = changes;
+        s.offline = false;
+        count(&mut s, before);
+        s
+    }
+
+    #[test]
+    fn counters_count_runs_changes_drift_and_fetch_failures() {
+        let first = run(None, RunOutcome::Applied, "c1", 5);
+        let noop = run(Some(&first), RunOutcome::Unchanged, "c1", 0);
+        let drift = run(Some(&noop), RunOutcome::Applied, "c1", 2);
+        let update = run(Some(&drift), RunOutcome::Applied, "c2", 3);
+        let mut offline = update.clone();
+        offline.outcome = Some(RunOutcome::Unchanged);
+        offline.changes = 0;
+        offline.offline = true;
+        count(&mut offline, Some(&update));
+        let c = &offline.counters;
+        assert_eq!(c.seq(), 5);
+        assert_eq!((c.runs["applied"], c.runs["unchanged"]), (3, 2));
+        assert_eq!(c.changes, 5 + 2 + 3);
+        assert_eq!(
+            c.drift_corrected, 2,
+            "changes at the commit already applied"
+        );
+        assert_eq!(c.fetch_failures, 1);
+    }
+
+    #[test]
+    fn a_fresh_slot_is_converged_not_corrected() {
+        let mut before = run(None, RunOutcome::Applied, "c1", 5);
+        before.rootfs = Some("a@801".into());
+        let mut s = before.clone();
+        s.rootfs = Some("b@802".into());
+        s.changes = 5;
+        count(&mut s, Some(&before));
+        assert_eq!(s.counters.drift_corrected, 0);
+        assert_eq!(s.counters.changes, 10);
+    }
+
+    #[test]
+    fn runs_that_change_nothing_carry_facts_once_a_day() {
+        let mut s = run(None, RunOutcome::Applied, "c1", 1);
+        assert!(carries_facts(&s), "the first run");
+        s.outcome = Some(RunOutcome::Unchanged);
+        *s.counters.runs.get_mut("applied").unwrap() = 2;
+        assert!(!carries_facts(&s));
+        *s.counters.runs.get_mut("applied").unwrap() = FACTS_EVERY + 1;
+        assert!(carries_facts(&s));
+        s.outcome = Some(RunOutcome::Failed);
+        *s.counters.runs.get_mut("applied").unwrap() = 2;
+        assert!(carries_facts(&s), "a failed run");
+    }
+
+    #[test]
+    fn the_metrics_file_names_every_metric_with_help_and_type() {
+        let s = run(None, RunOutcome::Applied, "c1", 3);
+        let r: Report = serde_json::from_value(serde_json::json!({
+            "schema": 1, "id": "x", "seq": 1, "device": "pi \"1\"", "agent_version": "0.1.0",
+            "command": "pull", "exit_code": 0, "outcome": "applied", "branch": "main",
+            "commit": "c1", "applied_commit": "c1", "started": "", "finished": "",
+            "duration_ms": 1234, "changes_applied": 3, "signature": "unsigned",
+        }))
+        .unwrap();
+        let text = metrics::render(&r, &s);
+        for l in [
+            "fleet_agent_info{version=\"0.1.0\",device=\"pi \\\"1\\\"\",device_type=\"\"} 1",
+            "fleet_agent_last_run_duration_seconds 1.234",
+            "fleet_agent_last_run_outcome{outcome=\"applied\"} 1",
+            "fleet_agent_runs_total{outcome=\"applied\"} 1",
+            "fleet_agent_changes_total 3",
+            "fleet_agent_os_update_phase{phase=\"idle\"} 1",
+            "fleet_agent_signature_status{status=\"unsigned\"} 1",
+        ] {
+            assert!(text.lines().any(|x| x == l), "{l} in\n{text}");
+        }
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        for n in &names {
+            assert!(n.starts_with("fleet_agent_"), "{n}");
+            assert!(text.contains(&format!("# HELP {n} ")), "{n} has help");
+            let counter = text.contains(&format!("# TYPE {n} counter"));
+            assert_eq!(counter, n.ends_with("_total"), "{n}: _total for counters");
+        }
+        assert_eq!(names.len(), 20);
+    }
+}
