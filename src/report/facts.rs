@@ -43,7 +43,9 @@ pub(crate) enum PathFact {
         mode: String,
         uid: u32,
         gid: u32,
-        size: u64,
+        /// None for a `secret` file (nothing of its content leaves the device).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
         /// None for a `secret` file.
         sha256: Option<String>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -178,7 +180,7 @@ fn path_fact(host: &Host, path: &Path, secret: bool) -> PathFact {
                 mode: format!("{mode:04o}"),
                 uid,
                 gid,
-                size: content.len() as u64,
+                size: (!secret).then_some(content.len() as u64),
                 sha256: (!secret).then(|| crate::digest::sha256_hex(&content)),
                 secret,
             },
