@@ -17,16 +17,9 @@ use crate::state::{RunOutcome, State};
 /// The file's name in the collector's directory.
 pub(crate) const FILE: &str = "fleet_agent.prom";
 
-/// Writes the metrics into `dir` (a device path), when that directory exists.
+/// Writes the metrics into `dir` (a device path; the caller saw that it exists).
 pub(crate) fn write(host: &Host, dir: &Path, report: &Report, state: &State) {
     let real = host.path(dir);
-    if !real.is_dir() {
-        log::debug!(
-            "no metrics: {} does not exist (prometheus-node-exporter creates it)",
-            real.display()
-        );
-        return;
-    }
     let text = render(report, state);
     if let Err(e) = write_atomic(&real.join(FILE), text.as_bytes(), 0o644, None) {
         log::warn!("cannot write the metrics: {e}");

@@ -246,21 +246,35 @@ pub(crate) struct Finished<'a> {
 /// After a run: the report to the journal and the metrics file, from the state this
 /// run recorded (none: the run stopped before recording anything, e.g. no lock).
 pub(crate) fn after_run(f: &Finished) {
+    let journal = f.config.report.journal.unwrap_or(f.host.is_live());
+    let dir = f.host.path(&f.config.metrics.textfile_dir);
+    let metrics = f.config.metrics.enabled && dir.is_dir();
+    if f.config.metrics.enabled && !metrics {
+        log::debug!(
+            "no metrics: {} does not exist (prometheus-node-exporter creates it)",
+            dir.display()
+        );
+    }
+    if !journal && !metrics {
+        return;
+    }
     let Some(state) = State::load(f.state_path).filter(|s| s.counters.seq() > f.before.seq())
     else {
         log::debug!("this run recorded no state: no report, no metrics");
         return;
     };
-    let report = build(f, &state);
-    if f.config.report.journal.unwrap_or(f.host.is_live()) {
+    let report = build(f, &state, journal);
+    if journal {
         send(f, &report);
     }
-    if f.config.metrics.enabled {
+    if metrics {
         metrics::write(f.host, &f.config.metrics.textfile_dir, &report, &state);
     }
 }
 
-fn build(f: &Finished, state: &State) -> Report {
+/// The report; with the device's facts only when it goes to the journal (the metrics
+/// need none) and the run calls for them.
+fn build(f: &Finished, state: &State, with_facts: bool) -> Report {
     let finished = SystemTime::now();
     let secs = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
@@ -312,7 +326,8 @@ fn build(f: &Finished, state: &State) -> Report {
         os_update: OsReport::of(&state.os_update),
         reboot_required: reboot_required(f.host, &state.os_update),
         signature: SIGNATURE_UNSIGNED.into(),
-        facts: carries_facts(state).then(|| facts::gather(f.host, &state.resources, services)),
+        facts: (with_facts && carries_facts(state))
+            .then(|| facts::gather(f.host, &state.resources, services)),
     }
 }
 

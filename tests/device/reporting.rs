@@ -638,7 +638,8 @@ fn a_full_spool_loses_the_oldest_reports_and_fleet_status_counts_them() {
         Duration::from_secs(30),
     );
     receiver.kill();
-    let runs = 1000;
+    // About 1.3M of reports (2254 bytes each, measured) for a 1M bound.
+    let runs = 600;
     let biggest = timed("runs with the receiver down", || {
         pulls(&dev, &root, runs, 50)
     });
@@ -656,7 +657,7 @@ fn a_full_spool_loses_the_oldest_reports_and_fleet_status_counts_them() {
         d.distinct.len(),
         runs + 1
     );
-    assert!(lost > 0, "1000 reports do not fit in 1M");
+    assert!(lost > 0, "{runs} reports do not fit in 1M");
     assert!(
         d.distinct.windows(2).all(|w| w[0] < w[1]),
         "what arrived arrived in order"
