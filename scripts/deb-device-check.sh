@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the amd64 .deb on a booted Debian test device (scripts/device.sh: bookworm
 # under systemd-nspawn, systemd as PID 1) and checks the package's life cycle:
-#   install        timer enabled and active, state dir 0700, dpkg --verify clean
+#   install        timer enabled and active, state dir 0700, dpkg --verify clean, the
+#                  report uploader installed and not enabled
 #   timer fires    (a drop-in with OnActiveSec=3s, RandomizedDelaySec=0) and the journal
 #                  shows the pull from a smart-HTTP server on 127.0.0.1
 #   exit 3         server gone: the run exits 3 and the unit is not failed
@@ -54,6 +55,8 @@ expect "state dir" "drwx------ root:root" dev stat -c '%A %U:%G' /var/lib/fleet-
 expect "dpkg --verify" "" dev dpkg --verify fleet-agent
 conf=$(dev dpkg-query -W -f='${Conffiles}\n' fleet-agent | awk 'NF {print $1}')
 [ "$conf" = /etc/fleet-agent/agent.toml ] && ok "conffile: $conf" || bad "conffile: '$conf'"
+# Run reports are shipped off (docs/reporting.md): the uploader is installed, not enabled.
+expect "report uploader off" disabled dev systemctl is-enabled fleet-agent-upload.service
 
 echo "timer fires:"
 cat >"$root/etc/fleet-agent/agent.toml" <<EOF

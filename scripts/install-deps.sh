@@ -3,7 +3,8 @@
 # git (test repositories and its smart-HTTP backend), python3 (the test HTTP servers),
 # a C compiler (libgit2 is built from source), the Rust toolchain if missing, and for
 # the device suite: debootstrap, systemd-nspawn, and the tools that build the signed
-# test apt repository (dpkg-deb, apt-ftparchive, gpg).
+# test apt repository (dpkg-deb, apt-ftparchive, gpg), and systemd-journal-remote (the
+# receiver of the run-report tests).
 set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
@@ -24,6 +25,8 @@ command -v gpg >/dev/null || need+=(gnupg)
 command -v mender-artifact >/dev/null || need+=(mender-artifact)
 command -v fw_setenv >/dev/null || need+=(libubootenv-tool)
 command -v mender >/dev/null || need+=(mender-client)
+# Run reports: the receiver the device tests ship to (systemd-journal-remote).
+[ -x /lib/systemd/systemd-journal-remote ] || need+=(systemd-journal-remote)
 sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
 if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
@@ -42,6 +45,15 @@ if [ -e /lib/systemd/system/mender-client.service ] && [ "$(readlink /etc/system
   $sudo ln -sf /dev/null /etc/systemd/system/mender-client.service
   echo "install-deps: mender-client.service disabled and masked (only the mender binary is used)" >&2
 fi
+# Only the systemd-journal-remote binary is used (tests start it on 127.0.0.1 with
+# their own directory): the package's own receiver and uploader never run here.
+for unit in systemd-journal-remote.socket systemd-journal-remote.service systemd-journal-upload.service; do
+  if [ -e "/lib/systemd/system/$unit" ] && [ "$(readlink "/etc/systemd/system/$unit" 2>/dev/null)" != /dev/null ]; then
+    $sudo systemctl --root=/ disable "$unit" >/dev/null 2>&1 || true
+    $sudo ln -sf /dev/null "/etc/systemd/system/$unit"
+    echo "install-deps: $unit disabled and masked (only the binary is used)" >&2
+  fi
+done
 if ! command -v cargo >/dev/null; then
   echo "installing Rust with rustup" >&2
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal

@@ -30,6 +30,10 @@ struct RawConfig {
     http: Http,
     #[serde(default)]
     os_update: OsUpdateConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default)]
+    report: ReportConfig,
 }
 
 /// How the agent authenticates to the git server. Paths are on the device (under `--root`).
@@ -90,6 +94,50 @@ impl Default for OsUpdateConfig {
     }
 }
 
+/// Where node_exporter's textfile collector reads (Debian's prometheus-node-exporter).
+pub(crate) const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+/// The journal namespace of the report spool (docs/reporting.md).
+pub(crate) const DEFAULT_REPORT_NAMESPACE: &str = "fleet-agent";
+
+/// `[metrics]`: the Prometheus text file written after every run (docs/metrics.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MetricsConfig {
+    pub(crate) enabled: bool,
+    /// A device path (under `--root`); written only when the directory exists.
+    pub(crate) textfile_dir: PathBuf,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            textfile_dir: DEFAULT_TEXTFILE_DIR.into(),
+        }
+    }
+}
+
+/// `[report]`: one structured journal entry per run (docs/reporting.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ReportConfig {
+    /// None: on for the running system (root `/`), off under `--root` (an image build
+    /// does not report into the build machine's journal).
+    pub(crate) journal: Option<bool>,
+    /// The journal namespace whose socket receives the report when it listens; ""
+    /// for the system journal only.
+    pub(crate) namespace: String,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            journal: None,
+            namespace: DEFAULT_REPORT_NAMESPACE.into(),
+        }
+    }
+}
+
 /// The resolved configuration: defaults filled in, device facts read.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -104,6 +152,10 @@ pub(crate) struct Config {
     pub(crate) http: Http,
     /// `[os_update]`: the Mender client and the reboot command.
     pub(crate) os_update: OsUpdateConfig,
+    /// `[metrics]`: the node_exporter text file.
+    pub(crate) metrics: MetricsConfig,
+    /// `[report]`: the run report in the journal.
+    pub(crate) report: ReportConfig,
 }
 
 impl Config {
@@ -124,6 +176,10 @@ impl Config {
             }
             Err(e) => return Err(Error::io("cannot read the agent configuration", path, e)),
         };
+        check(&raw).map_err(|message| Error::Config {
+            path: path.to_owned(),
+            message,
+        })?;
         let missing = |key: &str| Error::Config {
             path: path.to_owned(),
             message: format!("`{key}` is required"),
@@ -144,27 +200,6 @@ impl Config {
             Some(t) => Some(t),
             None => read_mender_device_type(host),
         };
-        for p in [&raw.state_dir, &raw.roles_dir].into_iter().flatten() {
-            if !p.is_absolute() {
-                return Err(Error::Config {
-                    path: path.to_owned(),
-                    message: format!("{} must be an absolute path", p.display()),
-                });
-            }
-        }
-        let http = &raw.http;
-        if http.timeout_secs == 0 || http.deadline_secs == 0 || http.download_deadline_secs == 0 {
-            return Err(Error::Config {
-                path: path.to_owned(),
-                message: "http: timeouts and deadlines are whole seconds above 0".into(),
-            });
-        }
-        if raw.os_update.reboot_command.is_empty() {
-            return Err(Error::Config {
-                path: path.to_owned(),
-                message: "os_update.reboot_command must name a command".into(),
-            });
-        }
         Ok(Config {
             repo,
             branch: raw.branch.unwrap_or_else(|| "main".into()),
@@ -175,8 +210,42 @@ impl Config {
             credentials: raw.credentials,
             http: raw.http,
             os_update: raw.os_update,
+            metrics: raw.metrics,
+            report: raw.report,
         })
     }
+}
+
+/// What the types do not say: absolute paths, a journal namespace's name, a reboot
+/// command.
+fn check(raw: &RawConfig) -> std::result::Result<(), String> {
+    let dirs = [
+        &raw.state_dir,
+        &raw.roles_dir,
+        &Some(raw.metrics.textfile_dir.clone()),
+    ];
+    for p in dirs.into_iter().flatten() {
+        if !p.is_absolute() {
+            return Err(format!("{} must be an absolute path", p.display()));
+        }
+    }
+    let ns = &raw.report.namespace;
+    let name_chars = ns
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if !name_chars || ns.starts_with('.') {
+        return Err(format!(
+            "report.namespace `{ns}` is not a journal namespace: letters, digits, `_`, `-` and `.`"
+        ));
+    }
+    let http = &raw.http;
+    if http.timeout_secs == 0 || http.deadline_secs == 0 || http.download_deadline_secs == 0 {
+        return Err("http: timeouts and deadlines are whole seconds above 0".into());
+    }
+    if raw.os_update.reboot_command.is_empty() {
+        return Err("os_update.reboot_command must name a command".into());
+    }
+    Ok(())
 }
 
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {

@@ -10,6 +10,7 @@ mod content;
 mod digest;
 mod error;
 mod fleet;
+mod fleetwide;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
@@ -18,6 +19,7 @@ mod lock;
 mod logging;
 mod osupdate;
 mod plan;
+mod report;
 mod resources;
 mod run;
 mod selfupdate;

@@ -232,4 +232,7 @@ pub(crate) struct ResourceState {
     pub(crate) digest: String,
     /// The path did not exist before the agent made it: it may be pruned later.
     pub(crate) created: bool,
+    /// A `secret` file: its content digest never leaves the device (src/report/).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) secret: bool,
 }

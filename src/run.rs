@@ -130,25 +130,29 @@ struct Run<'a> {
     configured_branch: String,
     /// What this run warns about, recorded in the state for `status`.
     warnings: Vec<String>,
+    /// What applying knew, for the report.
+    applied: Option<crate::report::Applied>,
     _lock: Option<RunLock>,
 }
 
 fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<Done> {
+    let started = std::time::SystemTime::now();
     let mut run = Run::prepare(req, mode)?;
-    log::debug!(
-        "{mode:?}: device {} (type {}), repository {} branch {}, state {}",
-        run.config.device_id,
-        run.config
-            .device_type
-            .as_deref()
-            .unwrap_or("from host_vars"),
-        req.repo
-            .as_ref()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|| redact(&run.config.repo)),
-        run.config.branch,
-        run.state_path.display()
-    );
+    let done = stages(&mut run, req, mode, show);
+    if mode != Mode::Plan {
+        run.report(started, &done);
+    }
+    done
+}
+
+/// Sync, load, plan, then stop at the plan or apply it.
+fn stages(
+    run: &mut Run,
+    req: &Request,
+    mode: Mode,
+    show: &mut dyn FnMut(&Planned),
+) -> Result<Done> {
+    run.log_start(req);
     let planned = match run.load_and_plan(req) {
         Ok(Loaded::Planned(p)) => p,
         Ok(Loaded::Done(done)) => return Ok(done),
@@ -197,6 +201,27 @@ enum Loaded {
 
 /// A stopped stage: what to record and why.
 type Stopped = (RunOutcome, Error);
+
+impl Run<'_> {
+    fn log_start(&self, req: &Request) {
+        let run = self;
+        let mode = self.mode;
+        log::debug!(
+            "{mode:?}: device {} (type {}), repository {} branch {}, state {}",
+            run.config.device_id,
+            run.config
+                .device_type
+                .as_deref()
+                .unwrap_or("from host_vars"),
+            req.repo
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| redact(&run.config.repo)),
+            run.config.branch,
+            run.state_path.display()
+        );
+    }
+}
 
 /// The device's desired state, the fleet's settings and its `os:` declaration.
 fn load(
@@ -291,6 +316,7 @@ impl<'a> Run<'a> {
             working_tree: req.repo.is_some(),
             branch: None,
             warnings: Vec::new(),
+            applied: None,
             _lock: lock,
         })
     }
@@ -410,6 +436,34 @@ impl<'a> Run<'a> {
         })
     }
 
+    /// The run's report and metrics, after everything it recorded.
+    fn report(&self, started: std::time::SystemTime, done: &Result<Done>) {
+        let (exit_code, error) = match done {
+            Ok(Done::Exit(code)) => (*code, None),
+            Ok(_) => (exit::OK, None),
+            Err(e) => (e.exit_code(), Some(e.to_string())),
+        };
+        crate::report::after_run(&crate::report::Finished {
+            host: self.host,
+            config: &self.config,
+            command: if self.mode == Mode::Pull {
+                "pull"
+            } else {
+                "apply"
+            },
+            state_path: &self.state_path,
+            started,
+            before: self
+                .previous
+                .as_ref()
+                .map(|p| p.counters.clone())
+                .unwrap_or_default(),
+            applied: self.applied.as_ref(),
+            exit_code,
+            error,
+        });
+    }
+
     fn commit_label(&self) -> String {
         self.commit
             .as_deref()
@@ -424,15 +478,20 @@ impl<'a> Run<'a> {
         if self.mode == Mode::Plan {
             return Err(e);
         }
-        let recorded = record(&self.state_path, self.previous.clone(), |s| {
-            s.last_commit = self.commit.clone();
-            s.branch = self.branch.clone();
-            s.outcome = Some(outcome);
-            s.message = Some(e.to_string());
-            s.offline = self.offline.is_some();
-            s.changes = 0;
-            s.warnings = self.warnings.clone();
-        });
+        let recorded = record(
+            &self.state_path,
+            self.previous.clone(),
+            self.previous.as_ref(),
+            |s| {
+                s.last_commit = self.commit.clone();
+                s.branch = self.branch.clone();
+                s.outcome = Some(outcome);
+                s.message = Some(e.to_string());
+                s.offline = self.offline.is_some();
+                s.changes = 0;
+                s.warnings = self.warnings.clone();
+            },
+        );
         // A full disk may refuse the record too: the run's own error is the one to
         // return.
         let mut recorded = match recorded {
@@ -484,7 +543,7 @@ impl<'a> Run<'a> {
     }
 
     /// Applies the plan, records the state, and for `pull` takes the OS step.
-    fn apply(&self, planned: Planned) -> Result<i32> {
+    fn apply(&mut self, planned: Planned) -> Result<i32> {
         let plan = &planned.plan;
         // `apply` prints the plan, notes included; `pull` prints nothing, so its notes
         // (held packages, directories left in place, skipped starts) go to the journal.
@@ -507,7 +566,14 @@ impl<'a> Run<'a> {
         }
         let rootfs = state::ensure_rootfs_id(self.host)?;
         let failed = result.as_ref().err().map(|e| e.to_string());
-        let mut recorded = record(&self.state_path, self.previous_here.clone(), |s| {
+        self.applied = Some(crate::report::Applied::new(
+            plan,
+            done,
+            &planned.desired,
+            result.is_ok(),
+        ));
+        let carried = self.previous.as_ref();
+        let mut recorded = record(&self.state_path, self.previous_here.clone(), carried, |s| {
             s.os_update = planned.os_state.clone();
             s.rootfs = Some(rootfs);
             s.last_commit = self.commit.clone();
@@ -589,11 +655,18 @@ fn record_failed(s: &mut State, plan: &Plan, done: usize, message: &str) {
     }
 }
 
-/// Updates the state file from the previous state (or a fresh one).
-fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State)) -> Result<State> {
+/// Updates the state file from the previous state (or a fresh one); the counters carry
+/// on from the last recorded state (`carried`), whichever root filesystem it describes.
+fn record(
+    path: &Path,
+    previous: Option<State>,
+    carried: Option<&State>,
+    update: impl FnOnce(&mut State),
+) -> Result<State> {
     let mut s = previous.unwrap_or_default();
     update(&mut s);
     s.time = Some(crate::time::now());
+    crate::report::count(&mut s, carried);
     s.save(path)?;
     Ok(s)
 }
@@ -603,12 +676,26 @@ fn record(path: &Path, previous: Option<State>, update: impl FnOnce(&mut State))
 /// the built-in roles, and the kernel's /proc, /sys and /dev. `config_file` is the
 /// agent.toml in use, as a device path, when it is on the device.
 pub(crate) fn reserved(config: &Config, config_file: Option<&Path>) -> Reserved {
-    let mut paths = vec![
-        (config.state_dir.clone(), "the agent's state directory"),
+    reserved_at(&config.state_dir, &config.roles_dir, config_file)
+}
+
+/// The agent's own files on a device with the default agent.toml (`plan --all`, which
+/// plans devices from their reports).
+pub(crate) fn reserved_by_default() -> Reserved {
+    reserved_at(
+        Path::new(crate::config::DEFAULT_STATE_DIR),
+        Path::new(crate::config::DEFAULT_ROLES_DIR),
+        None,
+    )
+}
+
+fn reserved_at(state_dir: &Path, roles_dir: &Path, config_file: Option<&Path>) -> Reserved {
+    let mut paths: Vec<(PathBuf, &str)> = vec![
+        (state_dir.to_path_buf(), "the agent's state directory"),
         (DEFAULT_CONFIG.into(), "the agent's configuration"),
         (state::ROOTFS_MARKER.into(), "the root filesystem's marker"),
         (osupdate::SLOT_MARKER.into(), "the OS update's slot marker"),
-        (config.roles_dir.clone(), "the built-in roles"),
+        (roles_dir.to_path_buf(), "the built-in roles"),
         ("/proc".into(), "the kernel's process filesystem"),
         ("/sys".into(), "the kernel's sysfs"),
         ("/dev".into(), "the device filesystem"),

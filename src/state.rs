@@ -34,6 +34,24 @@ pub(crate) enum RunOutcome {
     Failed,
 }
 
+impl RunOutcome {
+    pub(crate) const ALL: [RunOutcome; 4] = [
+        RunOutcome::Applied,
+        RunOutcome::Unchanged,
+        RunOutcome::Invalid,
+        RunOutcome::Failed,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Applied => "applied",
+            RunOutcome::Unchanged => "unchanged",
+            RunOutcome::Invalid => "invalid",
+            RunOutcome::Failed => "failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub(crate) struct State {
     pub(crate) version: u32,
@@ -65,6 +83,35 @@ pub(crate) struct State {
     /// over when the rootfs changes, since that change is the update's own doing.
     #[serde(default)]
     pub(crate) os_update: OsState,
+    /// What every recorded run adds up to (metrics and reports, src/report/).
+    #[serde(default)]
+    pub(crate) counters: Counters,
+}
+
+/// Counters over all the runs this state has recorded: they only grow (Prometheus
+/// counters), and they live here so that they survive restarts, and A/B updates when
+/// the state directory is on the data partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub(crate) struct Counters {
+    /// Runs recorded, by outcome. Their sum numbers the reports (`seq`).
+    pub(crate) runs: BTreeMap<String, u64>,
+    /// Changes applied.
+    pub(crate) changes: u64,
+    /// Changes applied by runs whose commit was the one already applied (drift).
+    pub(crate) drift_corrected: u64,
+    /// Runs that could not reach the fleet repository.
+    pub(crate) fetch_failures: u64,
+    /// Runs that found the lock held and waited for it, and how long in all.
+    pub(crate) lock_waits: u64,
+    pub(crate) lock_wait_ms: u64,
+}
+
+impl Counters {
+    /// How many runs were recorded: the sequence number of the last report.
+    pub(crate) fn seq(&self) -> u64 {
+        self.runs.values().sum()
+    }
 }
 
 impl State {

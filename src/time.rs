@@ -31,6 +31,30 @@ pub(crate) fn format_time(secs: u64) -> String {
     )
 }
 
+/// An ISO 8601 UTC time as `format_time` writes it (`2026-11-18T11:06:40Z`) in seconds
+/// since the epoch; None for anything else.
+pub(crate) fn parse_time(iso: &str) -> Option<u64> {
+    let b = iso.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| iso.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days from civil (proleptic Gregorian), Howard Hinnant's algorithm.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// Minutes after local midnight (TZ, /etc/localtime), UTC if the C library cannot say.
 pub(crate) fn local_minutes(now: u64) -> u16 {
     let t = now as nix::libc::time_t;
@@ -51,5 +75,14 @@ mod tests {
     fn times_are_utc_iso8601() {
         assert_eq!(super::format_time(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::format_time(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn iso8601_times_parse_back() {
+        for t in [0, 951_782_400, 1_795_000_000, 4_107_542_399] {
+            assert_eq!(super::parse_time(&super::format_time(t)), Some(t));
+        }
+        assert_eq!(super::parse_time("2026-13-01T00:00:00Z"), None);
+        assert_eq!(super::parse_time("yesterday"), None);
     }
 }

@@ -59,6 +59,8 @@ pub(crate) enum Command {
         lock: Lock,
     },
     /// Show what applying would change. Exit 0: nothing to do, 2: changes pending.
+    /// With --all: every device with a report, against its last report (exit 1 when
+    /// one fails to load or plan).
     #[command(after_help = EXIT_CODES)]
     Plan {
         #[command(flatten)]
@@ -69,6 +71,16 @@ pub(crate) enum Command {
         json: bool,
         #[command(flatten)]
         lock: Lock,
+        /// Plan every device that has a report against its last report's facts (no
+        /// device is reached) with the working tree --repo (default: .), and print a
+        /// summary: what a merge would do fleet-wide.
+        #[arg(long, requires = "reports", conflicts_with_all = ["device", "device_type"])]
+        all: bool,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// With --all: every device's plan after the summary.
+        #[arg(long, requires = "all")]
+        detail: bool,
     },
     /// Fetch (or use --repo), plan and apply, printing the plan.
     #[command(after_help = EXIT_CODES)]
@@ -102,6 +114,79 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: OsCommand,
     },
+    /// The fleet from its stored run reports (docs/reporting.md): `status`.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+}
+
+/// Where the stored reports are, and which devices.
+#[derive(clap::Args, Debug)]
+pub(crate) struct FleetArgs {
+    /// The stored reports: systemd-journal-remote's directory of journal files, or a
+    /// `journalctl -o json` export of them.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) reports: Option<PathBuf>,
+    /// Only the devices that follow this branch (their last report says so).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) branch: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum FleetCommand {
+    /// Per branch and commit: devices converged (on the branch's tip), failed (with the
+    /// error), pending (seen, not yet on the tip), not seen for a while; and inventory
+    /// devices never seen. Exit 1 when a device's last run failed.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        /// The stored reports: systemd-journal-remote's directory of journal files, or a
+        /// `journalctl -o json` export of them.
+        #[arg(long, value_name = "PATH")]
+        reports: PathBuf,
+        /// Only the devices that follow this branch (their last report says so).
+        #[arg(long, value_name = "NAME")]
+        branch: Option<String>,
+        /// The fleet repository (a clone's working tree, or a bare repository): branch
+        /// tips (origin/BRANCH in a clone) and the inventory.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        repo: PathBuf,
+        /// A device whose last report is older than this is not seen: 90s, 30m, 12h, 7d.
+        #[arg(long, value_name = "AGE", default_value = "7d", value_parser = parse_age)]
+        not_seen_for: u64,
+        /// One line per device after the summary.
+        #[arg(long)]
+        devices: bool,
+        /// Only this device (repeatable), one line each.
+        #[arg(long, value_name = "ID")]
+        device: Vec<String>,
+        /// Print the status as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An age: seconds, or a number with s, m, h or d.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{text}` is not an age such as 90s, 30m, 12h or 7d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}` is not an age such as 90s, 30m, 12h or 7d"
+            ))
+        }
+    };
+    Ok(n * unit)
 }
 
 /// Which fleet repository and device to plan for.

@@ -16,7 +16,7 @@ use crate::state::RunOutcome;
 pub(crate) mod args;
 mod render;
 
-use args::{Cli, Command, OsCommand, Target};
+use args::{Cli, Command, FleetArgs, FleetCommand, OsCommand, Target};
 
 /// Entry point: returns the process exit code.
 pub fn main() -> i32 {
@@ -63,7 +63,17 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             Mode::Apply,
             &mut |planned| render::print(&render::plan_text(planned)),
         ),
-        Command::Plan { target, json, lock } => plan(&request(Some(target), lock.wait), *json),
+        Command::Plan {
+            target,
+            json,
+            all: true,
+            fleet,
+            detail,
+            ..
+        } => plan_all(target, fleet, *json, *detail),
+        Command::Plan {
+            target, json, lock, ..
+        } => plan(&request(Some(target), lock.wait), *json),
         Command::Validate { dir, json } => validate(&host, &config_path, dir, *json),
         Command::Status { json } => {
             let (path, state) = run::status(&host, &config_path)?;
@@ -73,6 +83,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 _ => exit::OK,
             })
         }
+        Command::Fleet { command } => fleet(command),
         Command::Os { command } => match command {
             OsCommand::Status { json } => {
                 let (_, state) = run::status(&host, &config_path)?;
@@ -109,6 +120,59 @@ fn plan(request: &Request, json: bool) -> Result<i32> {
             render::print(&render::agent_upgrade(&upgrade, json));
             exit::CHANGES_PENDING
         }
+    })
+}
+
+/// `fleet status`: exit 1 when a device's last run failed.
+fn fleet(command: &FleetCommand) -> Result<i32> {
+    let FleetCommand::Status {
+        reports,
+        branch,
+        repo,
+        not_seen_for,
+        devices,
+        device,
+        json,
+    } = command;
+    let src = crate::fleetwide::Sources {
+        reports: reports.clone(),
+        repo: repo.clone(),
+        branch: branch.clone(),
+    };
+    let status = crate::fleetwide::status(&src, *not_seen_for)?;
+    render::print(&if *json {
+        render::fleet_status_json(&status, device)
+    } else {
+        render::fleet_status(&status, *devices, device)
+    });
+    Ok(if status.any_failed() {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
+}
+
+/// `plan --all`: exit 1 when a device fails to load or plan, else 2 when a device
+/// would change, else 0.
+fn plan_all(target: &Target, fleet: &FleetArgs, json: bool, detail: bool) -> Result<i32> {
+    let src = crate::fleetwide::Sources {
+        // clap requires --reports with --all.
+        reports: fleet.reports.clone().unwrap_or_default(),
+        repo: target.repo.clone().unwrap_or_else(|| PathBuf::from(".")),
+        branch: fleet.branch.clone(),
+    };
+    let planned = crate::fleetwide::plan_all(&src)?;
+    render::print(&if json {
+        render::fleet_plan_json(&planned)
+    } else {
+        render::fleet_plan(&planned, detail)
+    });
+    Ok(if planned.devices.iter().any(|d| d.fails()) {
+        exit::ERROR
+    } else if planned.devices.iter().any(|d| d.changes()) {
+        exit::CHANGES_PENDING
+    } else {
+        exit::OK
     })
 }
 

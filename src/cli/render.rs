@@ -1,10 +1,13 @@
 //! All rendering of the command line: plans as text and JSON, `status`, `validate`,
-//! `os status`. Text is built as strings and printed once.
+//! `os status`, `fleet status` and `plan --all`. Text is built as strings and printed once.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::config::redact;
+use crate::fleetwide::{
+    BranchStatus, DevicePlan, DeviceStatus, FleetPlan, FleetStatus, Outcome, Standing,
+};
 use crate::osupdate::{status_text, OsState};
 use crate::plan::{ChangeAction, Plan};
 use crate::run::{PlanOutcome, Planned};
@@ -277,4 +280,382 @@ pub(super) fn os_status(os: &OsState, as_json: bool) -> String {
     } else {
         status_text(os, format_time)
     }
+}
+
+/// A commit, short.
+fn short(commit: Option<&str>) -> String {
+    commit.map_or("none".into(), |c| c[..c.len().min(12)].to_string())
+}
+
+/// Seconds as the largest whole unit: 7d, 12h, 30m, 90s.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// `fleet status`: per branch, per commit, the devices that need a look.
+pub(super) fn fleet_status(s: &FleetStatus, devices: bool, only: &[String]) -> String {
+    let mut out = String::new();
+    let dup = match s.duplicates {
+        0 => String::new(),
+        n => format!(", {n} stored twice and counted once"),
+    };
+    let bad = match s.unreadable {
+        0 => String::new(),
+        n => format!(", {n} unreadable"),
+    };
+    let devices_seen: usize = s.branches.iter().map(|b| b.devices.len()).sum();
+    let _ = writeln!(
+        out,
+        "{devices_seen} devices, {} report entries in {}{dup}{bad}; not seen: no report for {}",
+        s.entries,
+        s.reports,
+        age(s.not_seen_after_secs)
+    );
+    let width = s
+        .branches
+        .iter()
+        .flat_map(|b| &b.devices)
+        .map(|d| d.device.len())
+        .max()
+        .unwrap_or(6);
+    for b in &s.branches {
+        branch_status(&mut out, b, width, s.not_seen_after_secs);
+    }
+    if !s.never_seen.is_empty() {
+        let _ = writeln!(
+            out,
+            "never seen (named by the inventory, no report): {}",
+            s.never_seen.join(", ")
+        );
+    }
+    if devices || !only.is_empty() {
+        let _ = writeln!(out, "devices:");
+        for b in &s.branches {
+            for d in b
+                .devices
+                .iter()
+                .filter(|d| only.is_empty() || only.contains(&d.device))
+            {
+                let _ = writeln!(out, "  {}", device_line(d, width));
+            }
+        }
+    }
+    out
+}
+
+fn branch_status(out: &mut String, b: &BranchStatus, width: usize, limit: u64) {
+    let count = |st: Standing| b.counts.get(&st).copied().unwrap_or(0);
+    let counts: Vec<String> = Standing::ALL
+        .iter()
+        .filter(|st| count(**st) > 0)
+        .map(|st| format!("{} {}", count(*st), st.as_str()))
+        .collect();
+    let tip = b
+        .tip
+        .as_deref()
+        .map_or("not in the repository".into(), |t| short(Some(t)));
+    let _ = writeln!(
+        out,
+        "branch {} (tip {tip}): {} devices: {}",
+        b.branch,
+        b.devices.len(),
+        counts.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  {:<14}{:>10}{:>8}{:>9}{:>10}",
+        "commit", "converged", "failed", "pending", "not seen"
+    );
+    for (commit, n) in &b.commits {
+        let c = |st: Standing| n.get(&st).copied().unwrap_or(0);
+        let tip_mark = if Some(commit.as_str()) == b.tip.as_deref() {
+            "  (tip)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {:<14}{:>10}{:>8}{:>9}{:>10}{tip_mark}",
+            short(Some(commit)),
+            c(Standing::Converged),
+            c(Standing::Failed),
+            c(Standing::Pending),
+            c(Standing::NotSeen)
+        );
+    }
+    for (st, title) in [
+        (Standing::Failed, "failed:".to_string()),
+        (Standing::Pending, "pending:".to_string()),
+        (Standing::NotSeen, format!("not seen for {}:", age(limit))),
+    ] {
+        let list: Vec<&DeviceStatus> = b.devices.iter().filter(|d| d.standing == st).collect();
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  {title}");
+        for d in list {
+            let _ = writeln!(out, "    {}", device_line(d, width));
+        }
+    }
+}
+
+/// One device: standing, commit, when, and why.
+fn device_line(d: &DeviceStatus, width: usize) -> String {
+    let when = d.last_seen.map_or("never".into(), format_time);
+    let mut line = format!(
+        "{:<width$}  {:<9}  {} at {}  {when}",
+        d.device,
+        d.standing.as_str(),
+        d.outcome,
+        short(d.commit.as_deref())
+    );
+    if d.offline {
+        line.push_str("  (fleet repository unreachable)");
+    }
+    if d.os_phase != "idle" && !d.os_phase.is_empty() {
+        line.push_str(&format!("  (OS update {})", d.os_phase));
+    }
+    if d.missing_reports > 0 {
+        line.push_str(&format!("  ({} reports missing)", d.missing_reports));
+    }
+    if let Some(e) = &d.error {
+        line.push_str(&format!(": {}", one_line(e)));
+    }
+    line
+}
+
+/// An error on one line: its lines joined, without the closing "nothing was changed".
+fn one_line(error: &str) -> String {
+    error
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "nothing was changed" && *l != "---")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `fleet status --json` (`only`: those devices only, when given).
+pub(super) fn fleet_status_json(s: &FleetStatus, only: &[String]) -> String {
+    let mut v = serde_json::to_value(s).expect("status serializes");
+    if let Some(branches) = v["branches"].as_array_mut() {
+        for b in branches {
+            if let Some(devices) = b["devices"].as_array_mut() {
+                devices.retain(|d| {
+                    only.is_empty() || only.iter().any(|o| d["device"].as_str() == Some(o))
+                });
+                for d in devices {
+                    if let Some(t) = d["last_seen"].as_u64() {
+                        d["last_seen"] = serde_json::Value::String(format_time(t));
+                    }
+                }
+            }
+            let commits: Vec<serde_json::Value> = b["commits"]
+                .as_array()
+                .map(|list| {
+                    list.iter()
+                        .map(|pair| serde_json::json!({"commit": pair[0], "devices": pair[1]}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            b["commits"] = serde_json::Value::Array(commits);
+        }
+    }
+    v["now"] = serde_json::Value::String(format_time(s.now));
+    json(&v)
+}
+
+/// `plan --all`: how many devices change, which resources, which services restart,
+/// which reboot, which fail; each device's plan with `detail`.
+pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
+    let mut out = String::new();
+    let on = p
+        .branch
+        .as_deref()
+        .map_or(String::new(), |b| format!(" on branch {b}"));
+    let n = p.devices.len();
+    let changing: Vec<&DevicePlan> = p.devices.iter().filter(|d| d.changes()).collect();
+    let failing: Vec<&DevicePlan> = p.devices.iter().filter(|d| d.fails()).collect();
+    let _ = writeln!(
+        out,
+        "Fleet repository {} planned for {n} devices{on}, each against its last report ({})",
+        p.repository, p.reports
+    );
+    let _ = writeln!(
+        out,
+        "{} of {n} devices change, {} unchanged, {} fail",
+        changing.len(),
+        n - changing.len() - failing.len(),
+        failing.len()
+    );
+    fleet_plan_resources(&mut out, p);
+    let reboots: Vec<&str> = p
+        .devices
+        .iter()
+        .filter(|d| {
+            matches!(
+                &d.outcome,
+                Outcome::Planned {
+                    os_line: Some((_, true)),
+                    ..
+                }
+            )
+        })
+        .map(|d| d.device.as_str())
+        .collect();
+    let _ = writeln!(out, "reboot for an OS update: {}", list_or_none(&reboots));
+    let _ = writeln!(
+        out,
+        "devices that change: {}",
+        list_or_none(&names(&changing))
+    );
+    for d in &failing {
+        let _ = writeln!(
+            out,
+            "fails: {}: {}",
+            d.device,
+            failure(d).replace('\n', "\n  ")
+        );
+    }
+    if !p.unreported.is_empty() {
+        let _ = writeln!(out, "not planned (no report): {}", p.unreported.join(", "));
+    }
+    if detail {
+        for d in &p.devices {
+            let _ = writeln!(out, "\n== {} ({})", d.device, facts_of(d));
+            match &d.outcome {
+                Outcome::Planned { plan, os_line } => {
+                    out.push_str(&changes(plan));
+                    if let Some((line, _)) = os_line {
+                        let _ = writeln!(out, "{line}");
+                    }
+                }
+                _ => {
+                    let _ = writeln!(out, "{}", failure(d));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Each resource that changes, with how many devices, and the restarts.
+fn fleet_plan_resources(out: &mut String, p: &FleetPlan) {
+    let mut by: Vec<((char, String, String), usize)> = Vec::new();
+    for d in &p.devices {
+        let Outcome::Planned { plan, .. } = &d.outcome else {
+            continue;
+        };
+        for c in &plan.changes {
+            let key = (sign(c.action), c.kind.to_string(), c.subject.clone());
+            match by.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n += 1,
+                None => by.push((key, 1)),
+            }
+        }
+    }
+    let (restarts, resources): (Vec<_>, Vec<_>) = by
+        .into_iter()
+        .partition(|((_, kind, _), _)| kind == "restart" || kind == "reload");
+    let plural = |n: usize| if n == 1 { "device" } else { "devices" };
+    if !resources.is_empty() {
+        let _ = writeln!(out, "changes:");
+    }
+    for ((sign, kind, subject), n) in &resources {
+        let _ = writeln!(out, "  {sign} {kind} {subject}: {n} {}", plural(*n));
+    }
+    let services: Vec<String> = restarts
+        .iter()
+        .map(|((_, kind, unit), n)| format!("{unit} ({kind}, {n} {})", plural(*n)))
+        .collect();
+    let _ = writeln!(out, "services restarted: {}", list_or_none(&services));
+}
+
+fn sign(a: ChangeAction) -> char {
+    match a {
+        ChangeAction::Create => '+',
+        ChangeAction::Change => '~',
+        ChangeAction::Remove => '-',
+        ChangeAction::Run => '!',
+    }
+}
+
+fn names<'a>(list: &[&'a DevicePlan]) -> Vec<&'a str> {
+    list.iter().map(|d| d.device.as_str()).collect()
+}
+
+fn list_or_none(items: &[impl AsRef<str>]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items
+            .iter()
+            .map(|s| s.as_ref())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Which report a device was planned against.
+fn facts_of(d: &DevicePlan) -> String {
+    match (d.facts_seq, &d.facts_time) {
+        (Some(seq), Some(t)) => format!("report {seq}, {t}"),
+        _ => "no report with facts".into(),
+    }
+}
+
+/// Why a device could not be planned.
+fn failure(d: &DevicePlan) -> String {
+    match &d.outcome {
+        Outcome::LoadFails(problems) => format!("does not load:\n{}", problems.join("\n")),
+        Outcome::PlanFails(e) => format!("cannot be planned: {e}"),
+        Outcome::NeedsAgent(why) => why.clone(),
+        Outcome::NoFacts => "no report of this device carries its facts".into(),
+        Outcome::Planned { .. } => String::new(),
+    }
+}
+
+/// `plan --all --json`.
+pub(super) fn fleet_plan_json(p: &FleetPlan) -> String {
+    let devices: Vec<serde_json::Value> = p
+        .devices
+        .iter()
+        .map(|d| {
+            let (changes, notes, os) = match &d.outcome {
+                Outcome::Planned { plan, os_line } => (
+                    serde_json::to_value(&plan.changes).expect("changes serialize"),
+                    serde_json::to_value(&plan.notes).expect("notes serialize"),
+                    os_line.as_ref().map(
+                        |(text, pending)| serde_json::json!({"summary": text, "pending": pending}),
+                    ),
+                ),
+                _ => (serde_json::json!([]), serde_json::json!([]), None),
+            };
+            serde_json::json!({
+                "device": d.device,
+                "branch": d.branch,
+                "facts_report": d.facts_seq,
+                "facts_time": d.facts_time,
+                "changes_pending": d.changes(),
+                "fails": d.fails().then(|| failure(d)),
+                "changes": changes,
+                "notes": notes,
+                "os": os,
+            })
+        })
+        .collect();
+    json(&serde_json::json!({
+        "repository": p.repository,
+        "reports": p.reports,
+        "branch": p.branch,
+        "devices_planned": p.devices.len(),
+        "devices_changing": p.devices.iter().filter(|d| d.changes()).map(|d| &d.device).collect::<Vec<_>>(),
+        "devices_failing": p.devices.iter().filter(|d| d.fails()).map(|d| &d.device).collect::<Vec<_>>(),
+        "not_planned": p.unreported,
+        "devices": devices,
+    }))
 }

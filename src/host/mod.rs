@@ -19,6 +19,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use std::collections::HashMap;
+
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
@@ -38,6 +40,10 @@ pub(crate) struct Host {
     runner: Arc<dyn Runner>,
     /// Tests only: whether systemd manages the system, instead of looking.
     systemd: Option<bool>,
+    /// Planning from a device's report (`plan --all`): what the report says is at these
+    /// paths, in place of the scratch root's own metadata (whose owners cannot be set
+    /// without root). The content is the scratch root's.
+    recorded: Option<Arc<HashMap<PathBuf, Existing>>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -75,6 +81,23 @@ impl Host {
             },
             runner,
             systemd: None,
+            recorded: None,
+        }
+    }
+
+    /// A device as its report describes it (`plan --all`): a scratch root holding the
+    /// content, the recorded metadata of managed paths, and a runner that answers
+    /// from the report.
+    pub(crate) fn from_report(
+        root: impl Into<PathBuf>,
+        runner: Arc<dyn Runner>,
+        systemd: bool,
+        recorded: HashMap<PathBuf, Existing>,
+    ) -> Host {
+        Host {
+            systemd: Some(systemd),
+            recorded: Some(Arc::new(recorded)),
+            ..Host::with(root.into(), runner)
         }
     }
 
@@ -195,6 +218,9 @@ impl Host {
     }
 
     pub(crate) fn inspect(&self, device_path: &Path) -> Result<Existing> {
+        if let Some(e) = self.recorded.as_ref().and_then(|r| r.get(device_path)) {
+            return Ok(e.clone());
+        }
         let at = match self.at(device_path) {
             Ok(at) => at,
             Err(f) if missing(&f) => return Ok(Existing::Missing),
@@ -681,7 +707,7 @@ impl Host {
 }
 
 /// 128 random bits in hex, for markers.
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     use std::io::Read;
     let mut random = [0u8; 16];
     if fs::File::open("/dev/urandom")

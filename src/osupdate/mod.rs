@@ -65,6 +65,16 @@ pub(crate) enum OsPhase {
 }
 
 impl OsPhase {
+    pub(crate) const ALL: [OsPhase; 7] = [
+        OsPhase::Idle,
+        OsPhase::Installing,
+        OsPhase::Installed,
+        OsPhase::Rebooting,
+        OsPhase::Verifying,
+        OsPhase::Committed,
+        OsPhase::RollingBack,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             OsPhase::Idle => "idle",

@@ -141,6 +141,7 @@ fn resource_state(r: &Resource, created: bool) -> ResourceState {
         path: PathBuf::from(r.kind.subject()),
         digest: r.kind.digest(),
         created,
+        secret: matches!(&r.kind, Kind::File(f) if f.secret),
     }
 }
 

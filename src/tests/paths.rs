@@ -152,6 +152,7 @@ fn what_was_pruned_is_never_looked_for_outside() {
                 path: "/etc/app/victim.conf".into(),
                 digest: String::new(),
                 created: true,
+                secret: false,
             },
         )]
         .into_iter()

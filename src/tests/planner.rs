@@ -333,6 +333,7 @@ fn what_the_agent_created_and_no_role_declares_is_pruned_deepest_first() {
                 path: path.into(),
                 digest: String::new(),
                 created: true,
+                secret: false,
             },
         )
     };
@@ -492,6 +493,7 @@ fn a_directory_left_in_place_is_pruned_once_its_foreign_files_are_gone() {
             path: "/etc/kept".into(),
             digest: String::new(),
             created: true,
+            secret: false,
         },
     )]
     .into_iter()
@@ -546,6 +548,7 @@ fn removing_an_apt_source_refreshes_the_lists() {
             path: source.into(),
             digest: String::new(),
             created: true,
+            secret: false,
         },
     )]
     .into_iter()

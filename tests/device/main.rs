@@ -8,6 +8,9 @@ mod support;
 
 mod harness;
 mod kiosk;
+// Run reports, their transport and metrics; fleet status and plan --all.
+mod fleet;
+mod reporting;
 
 // A/B OS updates on a simulated Mender device.
 mod ab;
