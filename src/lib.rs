@@ -6,6 +6,7 @@
 mod apply;
 mod cli;
 mod config;
+mod device;
 mod digest;
 mod error;
 mod fleet;

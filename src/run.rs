@@ -11,15 +11,16 @@ use std::time::Duration;
 use log::{info, warn};
 
 use crate::config::{redact, Config};
+use crate::device::HostReads;
 use crate::error::{exit, Error, Result};
 use crate::fleet::gate::{self, Requirement};
-use crate::fleet::os::OsDecl;
+use crate::fleet::os::{Image, OsDecl};
 use crate::fleet::source::Source;
 use crate::fleet::{Device, Fleet, FleetFile, Settings};
 use crate::host::Host;
 use crate::lock::RunLock;
 use crate::osupdate::{self, Declared, OsState};
-use crate::plan::Plan;
+use crate::plan::{ChangeKind, Plan, ResourceState};
 use crate::resources::{self, DesiredState};
 use crate::state::{self, RunOutcome, State};
 use crate::sync::{self, Synced};
@@ -182,10 +183,16 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
         }
         // Elsewhere the full load rejects the branch and says why.
     }
-    let (desired, settings, os_decl) = match load(&run.config, &source, Some(&builtin), &fleet_file)
-    {
+    let loaded = load(run.host, &run.config, &source, Some(&builtin), &fleet_file);
+    let Loaded {
+        desired,
+        settings,
+        os_decl,
+        os_image,
+    } = match loaded {
         Ok(loaded) => loaded,
-        Err(e) => return run.stopped(RunOutcome::Invalid, e),
+        Err(e @ Error::Invalid(_)) => return run.stopped(RunOutcome::Invalid, e),
+        Err(e) => return run.stopped(RunOutcome::Failed, e),
     };
     log::debug!(
         "loaded: groups [{}], roles [{}], {} resources",
@@ -199,7 +206,11 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
             desired.device_id
         );
     }
-    let planned = match run.plan(desired, &settings, os_decl.as_ref()) {
+    let mut os_declared = Declared::new(os_decl.as_ref(), desired.device_type.as_deref());
+    if let Some((image, from)) = os_image {
+        os_declared = os_declared.overridden(image, from);
+    }
+    let planned = match run.plan(desired, &settings, os_declared) {
         Ok(p) => p,
         Err(e) => return run.stopped(RunOutcome::Failed, e),
     };
@@ -210,23 +221,50 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
     run.apply(planned).map(Done::Exit)
 }
 
-/// The device's desired state, the fleet's settings and its `os:` declaration.
+/// What loading the branch gives a device.
+struct Loaded {
+    desired: DesiredState,
+    settings: Settings,
+    os_decl: Option<OsDecl>,
+    /// A group_vars or host_vars `os_image:`, and where it is written.
+    os_image: Option<(Image, String)>,
+}
+
+/// The device's desired state, the fleet's settings, its `os:` declaration and the
+/// device's own OS image choice. Facts and secrets are read from the machine through
+/// the host, only those the templates use; a read that failed fails the load.
 fn load(
+    host: &Host,
     config: &Config,
     source: &Source,
     builtin: Option<&Source>,
     fleet_file: &FleetFile,
-) -> Result<(DesiredState, Settings, Option<OsDecl>)> {
+) -> Result<Loaded> {
     let fleet = Fleet::load(source, builtin, fleet_file)?;
+    let reads = std::sync::Arc::new(HostReads::new(host));
     let mut device = Device {
         id: config.device_id.clone(),
         device_type: config.device_type.clone(),
+        reads: reads.clone(),
     };
     if device.device_type.is_none() {
         device.device_type = fleet.host_facts(&device.id)?.device_type;
     }
-    let desired = fleet.desired_state(&device)?;
-    Ok((desired, fleet.settings.clone(), fleet.os.clone()))
+    let for_device = fleet.for_device(&device);
+    if let Some(e) = reads.failure() {
+        return Err(e);
+    }
+    let for_device = for_device?;
+    let read = reads.read();
+    if !read.is_empty() {
+        log::debug!("facts read: {}", read.join(", "));
+    }
+    Ok(Loaded {
+        desired: for_device.desired,
+        settings: fleet.settings.clone(),
+        os_decl: fleet.os.clone(),
+        os_image: for_device.os_image.map(|(i, at)| (i, at.to_string())),
+    })
 }
 
 /// Syncs the configured branch, then the branch the device's host_vars there tell it
@@ -294,7 +332,7 @@ impl<'a> Run<'a> {
         &mut self,
         desired: DesiredState,
         settings: &Settings,
-        os_decl: Option<&OsDecl>,
+        os_declared: Declared,
     ) -> Result<Planned> {
         let rootfs = state::rootfs_id(self.host)?;
         self.previous_here = self
@@ -308,13 +346,15 @@ impl<'a> Run<'a> {
             self.host,
             &desired,
             self.previous_here.as_ref().map(|s| &s.resources),
-            resources::Options {
+            &resources::Options {
                 prune: settings.prune,
                 apt_lists_max_age: Duration::from_secs(settings.apt_lists_max_age_minutes * 60),
+                state_dir: self.config.state_dir.clone(),
+                http_timeout: Duration::from_secs(self.config.http.timeout_secs),
+                ab_managed: os_declared.image.is_some(),
             },
             self.commit.clone(),
         )?;
-        let os_declared = Declared::new(os_decl, desired.device_type.as_deref());
         let os_state = self
             .previous
             .as_ref()
@@ -397,7 +437,8 @@ impl<'a> Run<'a> {
     }
 
     /// Applies the plan, records the state, and for `pull` takes the OS step.
-    fn apply(&self, planned: Planned) -> Result<i32> {
+    fn apply(&self, mut planned: Planned) -> Result<i32> {
+        self.note_triggered(&planned.plan)?;
         let plan = &planned.plan;
         let (done, result) = if plan.is_empty() {
             (0, Ok(()))
@@ -406,6 +447,8 @@ impl<'a> Run<'a> {
             crate::selfupdate::note_installed(self.host);
             applied
         };
+        restamp(self.host, &mut planned.plan, done);
+        let plan = &planned.plan;
         let rootfs = state::ensure_rootfs_id(self.host)?;
         let failed = result.as_ref().err().map(|e| e.to_string());
         let mut recorded = record(&self.state_path, self.previous_here.clone(), |s| {
@@ -458,6 +501,51 @@ impl<'a> Run<'a> {
     }
 }
 
+impl Run<'_> {
+    /// Before applying: the commands that `on_change` makes due are recorded as pending,
+    /// so that a run killed before they finish runs them next time (their trigger will
+    /// not change again).
+    fn note_triggered(&self, plan: &Plan) -> Result<()> {
+        let triggered: Vec<&String> = triggered(plan).collect();
+        if triggered.is_empty() {
+            return Ok(());
+        }
+        let mut s = self.previous.clone().unwrap_or_default();
+        for id in triggered {
+            if let Some(r) = plan.resources.get(id) {
+                s.resources.insert(id.clone(), ResourceState { pending: true, ..r.clone() });
+            }
+        }
+        s.save(&self.state_path)
+    }
+}
+
+/// The ids of the commands in a plan that `on_change` makes due.
+fn triggered(plan: &Plan) -> impl Iterator<Item = &String> {
+    plan.changes.iter().filter_map(|c| {
+        let id = c.resource_id.as_ref()?;
+        let on_change = c.details.first().is_some_and(|d| d.contains("(on_change)"));
+        (c.kind == ChangeKind::Command && on_change).then_some(id)
+    })
+}
+
+/// After applying: what each download placed in this run looks like now (its stamp),
+/// so that the next run knows it without hashing it.
+fn restamp(host: &Host, plan: &mut Plan, done: usize) {
+    let placed: Vec<String> = plan
+        .changes
+        .iter()
+        .take(done)
+        .filter(|c| c.kind == ChangeKind::Download)
+        .filter_map(|c| c.resource_id.clone())
+        .collect();
+    for id in placed {
+        if let Some(r) = plan.resources.get_mut(&id) {
+            r.stamp = resources::stamp(host, &r.path);
+        }
+    }
+}
+
 fn record_applied(s: &mut State, plan: &Plan, commit: Option<String>, offline: Option<String>) {
     s.applied_commit = commit;
     s.outcome = Some(if plan.is_empty() {
@@ -469,10 +557,23 @@ fn record_applied(s: &mut State, plan: &Plan, commit: Option<String>, offline: O
     s.resources = plan.resources.clone();
 }
 
-/// Keeps what is known: the resources applied before the failure count.
+/// Keeps what is known: the resources applied before the failure count; the commands
+/// `on_change` made due that did not run stay pending.
 fn record_failed(s: &mut State, plan: &Plan, done: usize, message: &str) {
     s.outcome = Some(RunOutcome::Failed);
     s.message = Some(message.to_string());
+    let ran: Vec<&String> = plan
+        .changes
+        .iter()
+        .take(done)
+        .filter_map(|c| c.resource_id.as_ref())
+        .collect();
+    for id in triggered(plan).filter(|id| !ran.contains(id)) {
+        if let Some(r) = plan.resources.get(id) {
+            s.resources
+                .insert(id.clone(), ResourceState { pending: true, ..r.clone() });
+        }
+    }
     for c in plan.changes.iter().take(done) {
         let Some(id) = &c.resource_id else { continue };
         match plan.resources.get(id) {

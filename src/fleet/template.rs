@@ -1,19 +1,26 @@
 //! Templates: minijinja (Jinja2) with strict undefined variables, for strings of
-//! role.yml and for the files under a role's templates/. Every error names the position
-//! of the template; undefined variables are all reported, each by name (the template is
-//! rendered again with the ones found so far standing in, up to a bound).
+//! role.yml and for the files under a role's templates/, and the `when:` conditions
+//! (expressions). Every error names the position of the template; undefined variables
+//! are all reported, each by name (the template is rendered again with the ones found
+//! so far standing in, up to a bound). `secret(NAME)` reads a device-held secret.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use marked_yaml::Span;
 use minijinja::value::ValueKind;
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 
 use crate::error::{line_column, Invalid, Pos};
+use crate::fleet::facts::{secret_function, DeviceReads};
 
 /// How many undefined variables one template reports at most.
 const MAX_UNDEFINED: usize = 20;
 
 pub(super) struct Templates {
     env: Environment<'static>,
+    /// How many secrets templates have read so far.
+    secrets: Arc<AtomicUsize>,
 }
 
 /// A problem of a template, and the variable it lacks when that is the problem.
@@ -24,11 +31,41 @@ pub(super) struct TemplateError {
 }
 
 impl Templates {
-    pub(super) fn new() -> Templates {
+    pub(super) fn new(reads: Arc<dyn DeviceReads>) -> Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
-        Templates { env }
+        let secrets = Arc::new(AtomicUsize::new(0));
+        env.add_function("secret", secret_function(reads, secrets.clone()));
+        Templates { env, secrets }
+    }
+
+    /// How many secrets have been read so far: a value whose rendering changed it
+    /// carries a secret.
+    pub(super) fn secrets_read(&self) -> usize {
+        self.secrets.load(Ordering::Relaxed)
+    }
+
+    /// Evaluates a `when:` expression (`device.facts.architecture == "arm64"`, `kiosk_url
+    /// is defined`) to true or false; errors point at the expression.
+    pub(super) fn condition(
+        &self,
+        file: &str,
+        span: &Span,
+        expr: &str,
+        ctx: &Value,
+    ) -> Result<bool, Vec<TemplateError>> {
+        let evaluated = self
+            .env
+            .compile_expression_owned(expr.to_string())
+            .and_then(|e| e.eval(ctx));
+        evaluated.map(|v| v.is_true()).map_err(|e| {
+            let undefined = undefined_path(&e, expr).and_then(|p| p.into_iter().next());
+            vec![TemplateError {
+                problem: Invalid::at(file, span, format!("when: {}", message(&e, expr))),
+                undefined,
+            }]
+        })
     }
 
     /// Renders a string from role.yml; errors point at the string.

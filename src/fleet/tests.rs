@@ -46,6 +46,7 @@ pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String
     let device = Device {
         id: "pi-1".into(),
         device_type: None,
+        reads: std::sync::Arc::new(crate::fleet::facts::Fixed::default()),
     };
     fleet.desired_state(&device).map_err(as_strings)
 }
@@ -95,7 +96,7 @@ invalid!(
     [
         ("roles/web/role.yml", "resources:\n  - filee:\n      path: /etc/x\n")
     ],
-    "roles/web/role.yml:2:5: unknown variant `filee`, expected one of `file`, `directory`, `symlink`, `absent`, `apt_source`, `package`, `service`, `user`, `group`"
+    "roles/web/role.yml:2:5: unknown variant `filee`, expected one of `file`, `directory`, `symlink`, `absent`, `apt_source`, `package`, `service`, `user`, `group`, `command`, `download`"
 );
 
 invalid!(
@@ -218,7 +219,7 @@ invalid!(
         "roles/web/role.yml",
         "resources:\n  - package:\n      name: curl\n      state: installed\n"
     )],
-    "roles/web/role.yml:4:14: `installed` is not a package state: expected present or absent"
+    "roles/web/role.yml:4:14: `installed` is not a package state: expected present, absent or latest"
 );
 
 invalid!(
@@ -377,7 +378,7 @@ invalid!(
         "fleet.yml",
         "format: 1\nroles:\n  - role: web\n    param: {}\n"
     )],
-    "fleet.yml:4:5: unknown key `param`, expected one of: role, params"
+    "fleet.yml:4:5: unknown key `param`, expected one of: role, params, when"
 );
 
 invalid!(
@@ -452,7 +453,7 @@ invalid!(
 invalid!(
     group_vars_take_vars_and_roles_only,
     [("group_vars/shop.yml", "vars: {}\ncolour: red\n")],
-    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles"
+    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles, os_image"
 );
 invalid!(
     os_belongs_in_fleet_yml,

@@ -7,6 +7,8 @@
 pub(crate) mod accounts;
 pub(crate) mod apt;
 pub(crate) mod command;
+mod facts;
+pub(crate) mod fetch;
 pub(crate) mod systemd;
 
 use std::ffi::OsStr;
@@ -18,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use command::{Cmd, Runner};
+use command::{Cmd, Exec, Output, Runner};
 
 #[derive(Clone)]
 pub(crate) struct Host {
@@ -90,8 +92,23 @@ impl Host {
     /// the root is not `/`. Returns the exit code, stdout and stderr.
     pub(crate) fn run_status(&self, argv: &[&str], in_root: bool) -> Result<(i32, String, String)> {
         let chroot = (in_root && !self.is_live()).then_some(self.root.as_path());
-        let out = self.runner.run(Cmd { argv, chroot })?;
+        let out = self.runner.run(Cmd {
+            argv,
+            chroot,
+            exec: None,
+        })?;
         Ok((out.code, out.stdout, out.stderr))
+    }
+
+    /// Runs a fleet's own command (a `command` resource or one of its checks) on the
+    /// managed system, chrooted under `--root`, with exactly the settings of `exec`.
+    pub(crate) fn run_exec(&self, argv: &[&str], exec: &Exec) -> Result<Output> {
+        let chroot = (!self.is_live()).then_some(self.root.as_path());
+        self.runner.run(Cmd {
+            argv,
+            chroot,
+            exec: Some(exec),
+        })
     }
 
     /// Runs a command that must succeed; its stderr is kept in the error.
@@ -147,6 +164,16 @@ impl Host {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Existing::Missing),
             // A parent that is a file: the target cannot exist.
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => Ok(Existing::Missing),
+            Err(e) => Err(Error::io("cannot inspect", &real, e)),
+        }
+    }
+
+    /// The size of a file, None when there is nothing there.
+    pub(crate) fn file_size(&self, device_path: &Path) -> Result<Option<u64>> {
+        let real = self.path(device_path);
+        match fs::metadata(&real) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("cannot inspect", &real, e)),
         }
     }

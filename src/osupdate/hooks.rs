@@ -43,6 +43,7 @@ pub(crate) fn stopped_pull_step(step: &Step, os: &mut OsState, save: &mut Save) 
         health.timeout_seconds = t;
     }
     let declared = Declared {
+        image_from: None,
         device_type: None,
         image: None,
         reboot: Reboot::Now,

@@ -13,10 +13,15 @@ use crate::host::Host;
 use crate::plan::{ChangeKind, Op, Plan, ResourceState};
 use crate::resources::{plan, Options, Previous};
 
-const OPTIONS: Options = Options {
-    prune: true,
-    apt_lists_max_age: Duration::from_secs(3600),
-};
+fn options() -> Options {
+    Options {
+        prune: true,
+        apt_lists_max_age: Duration::from_secs(3600),
+        state_dir: "/var/lib/fleet-agent".into(),
+        http_timeout: Duration::from_secs(5),
+        ab_managed: false,
+    }
+}
 
 /// A scratch root: `files` written under it (device path → content).
 fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
@@ -51,7 +56,7 @@ fn planned(
     let desired = desired(&files).unwrap();
     let runner = Arc::new(runner);
     let host = Host::with_runner(root, runner.clone()).with_systemd(live);
-    let p = plan(&host, &desired, previous, OPTIONS, None).unwrap();
+    let p = plan(&host, &desired, previous, &options(), None).unwrap();
     let shown = root.display().to_string();
     let commands = runner
         .commands()
@@ -171,7 +176,7 @@ fn with_fresh_lists_a_package_apt_cannot_find_is_a_plan_error() {
     )])
     .unwrap();
     let host = Host::with_runner(root.path(), Arc::new(runner));
-    let err = plan(&host, &desired, None, OPTIONS, None)
+    let err = plan(&host, &desired, None, &options(), None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -259,7 +264,7 @@ fn a_unit_that_is_nowhere_is_a_plan_error() {
     )])
     .unwrap();
     let host = Host::with_runner(root.path(), Arc::new(runner));
-    let err = plan(&host, &desired, None, OPTIONS, None)
+    let err = plan(&host, &desired, None, &options(), None)
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -310,7 +315,7 @@ fn a_user_in_a_group_that_nobody_declares_is_a_plan_error() {
     )])
     .unwrap();
     let host = Host::with_runner(root.path(), Arc::new(Scripted::new()));
-    let err = plan(&host, &desired, None, OPTIONS, None)
+    let err = plan(&host, &desired, None, &options(), None)
         .unwrap_err()
         .to_string();
     assert_eq!(err, "roles/web/role.yml:2:5: user `app`: the group `gpio` does not exist on the device; declare it with a `group` resource");
@@ -330,6 +335,8 @@ fn what_the_agent_created_and_no_role_declares_is_pruned_deepest_first() {
                 path: path.into(),
                 digest: String::new(),
                 created: true,
+                stamp: None,
+                pending: false,
             },
         )
     };
