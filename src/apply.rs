@@ -55,7 +55,11 @@ fn describe(op: &Op) -> String {
         Op::Remove { path } => format!("remove {}", path.display()),
         Op::Command { argv, .. } => argv.join(" "),
         Op::AptUpdate => "apt-get update".into(),
-        Op::Exec(run) => format!("command {}: {}", run.name, command::shown(&run.argv, run.secret)),
+        Op::Exec(run) => format!(
+            "command {}: {}",
+            run.name,
+            command::shown(&run.argv, run.secret)
+        ),
         Op::Download(f) => format!("download into {}", f.path.display()),
         Op::Apt {
             install, remove, ..
@@ -138,7 +142,11 @@ fn run_command(host: &Host, run: &RunCommand) -> Result<()> {
     let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
     let named = |e: Error| match e {
         Error::Command { status, stderr, .. } => Error::Command {
-            command: format!("command {}: {}", run.name, command::shown(&run.argv, run.secret)),
+            command: format!(
+                "command {}: {}",
+                run.name,
+                command::shown(&run.argv, run.secret)
+            ),
             status,
             stderr,
         },

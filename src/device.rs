@@ -54,7 +54,9 @@ impl HostReads {
     fn read_fact(&self, name: &str) -> Result<Value> {
         Ok(match self.host.fact(name)? {
             None => Value::from(()),
-            Some(v) if name == "memory_mb" => v.parse::<u64>().map(Value::from).unwrap_or(Value::from(v)),
+            Some(v) if name == "memory_mb" => {
+                v.parse::<u64>().map(Value::from).unwrap_or(Value::from(v))
+            }
             Some(v) => Value::from(v),
         })
     }

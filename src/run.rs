@@ -513,7 +513,13 @@ impl Run<'_> {
         let mut s = self.previous.clone().unwrap_or_default();
         for id in triggered {
             if let Some(r) = plan.resources.get(id) {
-                s.resources.insert(id.clone(), ResourceState { pending: true, ..r.clone() });
+                s.resources.insert(
+                    id.clone(),
+                    ResourceState {
+                        pending: true,
+                        ..r.clone()
+                    },
+                );
             }
         }
         s.save(&self.state_path)
@@ -570,8 +576,13 @@ fn record_failed(s: &mut State, plan: &Plan, done: usize, message: &str) {
         .collect();
     for id in triggered(plan).filter(|id| !ran.contains(id)) {
         if let Some(r) = plan.resources.get(id) {
-            s.resources
-                .insert(id.clone(), ResourceState { pending: true, ..r.clone() });
+            s.resources.insert(
+                id.clone(),
+                ResourceState {
+                    pending: true,
+                    ..r.clone()
+                },
+            );
         }
     }
     for c in plan.changes.iter().take(done) {

@@ -259,7 +259,10 @@ impl<'f, 'a> Expander<'f, 'a> {
         for (i, r) in self.resources.iter().enumerate() {
             let Kind::Command(c) = &r.kind else { continue };
             for reference in &c.on_change {
-                let at = self.resources.iter().position(|o| o.kind.id() == reference.id);
+                let at = self
+                    .resources
+                    .iter()
+                    .position(|o| o.kind.id() == reference.id);
                 let message = match at {
                     None => format!(
                         "on_change: `{}` is not declared for this device (a resource that a `when:` leaves out is not declared)",

@@ -27,7 +27,7 @@ impl When {
         match node {
             Node::Scalar(s) if !s.as_str().trim().is_empty() => Some(When {
                 file: file.to_string(),
-                expr: Spanned::new(s.span().clone(), s.as_str().to_string()),
+                expr: Spanned::new(*s.span(), s.as_str().to_string()),
             }),
             _ => {
                 problems.push(Invalid::at(
@@ -145,9 +145,12 @@ pub(super) fn read_vars_file(
     };
     let mut layer = read_layer(file, &node, problems);
     layer.facts = facts;
-    if let Some(n) = node.as_mapping().and_then(|m| m.get_node("os_image")) {
-        layer.os_image = os::read_image_override(file, n, problems)
-            .map(|img| (img, span_pos(file, n.span())));
+    let os_image = node
+        .as_mapping()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == "os_image"));
+    if let Some((key, n)) = os_image {
+        layer.os_image =
+            os::read_image_override(file, n, problems).map(|img| (img, span_pos(file, key.span())));
     }
     Ok(Some(layer))
 }

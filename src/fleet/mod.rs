@@ -200,12 +200,6 @@ impl<'a> Fleet<'a> {
             .collect()
     }
 
-    /// The device's desired state, or every problem found on the way.
-    #[cfg(test)]
-    pub(crate) fn desired_state(&self, device: &Device) -> Result<DesiredState> {
-        self.for_device(device).map(|d| d.desired)
-    }
-
     /// The device's desired state and OS image choice, or every problem found.
     pub(crate) fn for_device(&self, device: &Device) -> Result<ForDevice> {
         let groups = self.groups_of(device);

@@ -252,7 +252,9 @@ fn check_image(key: &str, img: RawImage, bad: &mut Bad) -> Image {
     if !(uri.starts_with('/') || http_url(uri)) {
         bad(
             img.uri.span(),
-            format!("{key}.uri: expected an http:// or https:// URL or an absolute path on the device"),
+            format!(
+                "{key}.uri: expected an http:// or https:// URL or an absolute path on the device"
+            ),
         );
     }
     let sha256 = img.sha256.as_ref().map(|s| s.as_str().to_ascii_lowercase());

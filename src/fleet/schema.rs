@@ -38,7 +38,9 @@ fn home(key: &str) -> Option<&'static str> {
         "groups" | "devices" | "device_types" => "inventory.yml",
         "branch" | "device_type" => "a host_vars file",
         "vars" | "roles" => "fleet.yml, group_vars or host_vars",
-        "os_image" => "group_vars or host_vars (fleet.yml declares images per device type under `os.images`)",
+        "os_image" => {
+            "group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
+        }
         "params" | "include" | "resources" => "a role's role.yml",
         _ => return None,
     })

@@ -55,17 +55,25 @@ impl Templates {
         expr: &str,
         ctx: &Value,
     ) -> Result<bool, Vec<TemplateError>> {
-        let evaluated = self
-            .env
-            .compile_expression_owned(expr.to_string())
-            .and_then(|e| e.eval(ctx));
-        evaluated.map(|v| v.is_true()).map_err(|e| {
-            let undefined = undefined_path(&e, expr).and_then(|p| p.into_iter().next());
-            vec![TemplateError {
-                problem: Invalid::at(file, span, format!("when: {}", message(&e, expr))),
-                undefined,
-            }]
-        })
+        // As a template, so that errors have a range (expressions report none).
+        let src = format!("{{% if {expr} %}}1{{% endif %}}");
+        match self.env.render_str(&src, ctx) {
+            Ok(out) => Ok(out == "1"),
+            Err(e) => {
+                let mut said = message(&e, &src);
+                let mut undefined = undefined_path(&e, &src).and_then(|p| p.into_iter().next());
+                if e.kind() == ErrorKind::UndefinedError && undefined.is_none() {
+                    if let Some(name) = first_undefined(expr, ctx) {
+                        said = format!("undefined variable `{name}`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params");
+                        undefined = name.split('.').next().map(str::to_string);
+                    }
+                }
+                Err(vec![TemplateError {
+                    problem: Invalid::at(file, span, format!("when: {said}")),
+                    undefined,
+                }])
+            }
+        }
     }
 
     /// Renders a string from role.yml; errors point at the string.
@@ -162,12 +170,29 @@ impl Templates {
     }
 }
 
+/// The expression an error points at, with the names before a `.attribute` it starts
+/// with (an undefined attribute of an object is reported from its dot).
+fn expression_at<'s>(e: &minijinja::Error, src: &'s str) -> Option<&'s str> {
+    let range = e.range()?;
+    let mut start = range.start;
+    if src.get(range.clone())?.starts_with('.') {
+        while start > 0 {
+            let c = src.as_bytes()[start - 1];
+            if !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.') {
+                break;
+            }
+            start -= 1;
+        }
+    }
+    src.get(start..range.end).map(str::trim)
+}
+
 /// The dotted name of an undefined variable (`device.nmae` → [device, nmae]).
 fn undefined_path(e: &minijinja::Error, src: &str) -> Option<Vec<String>> {
     if e.kind() != ErrorKind::UndefinedError {
         return None;
     }
-    let expr = src.get(e.range()?)?.trim();
+    let expr = expression_at(e, src)?;
     let parts: Vec<String> = expr.split('.').map(str::to_string).collect();
     let ident = |p: &String| {
         p.chars()
@@ -176,6 +201,50 @@ fn undefined_path(e: &minijinja::Error, src: &str) -> Option<Vec<String>> {
             && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     parts.iter().all(ident).then_some(parts)
+}
+
+/// The first name of an expression that the context does not define (with its dotted
+/// attributes), for a message when the engine points at the whole condition. Names in
+/// quotes, after `.`, `|` or `is`, and the language's words are not variables.
+fn first_undefined(expr: &str, ctx: &Value) -> Option<String> {
+    const WORDS: [&str; 12] = [
+        "and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False",
+    ];
+    let b = expr.as_bytes();
+    let (mut i, mut quote, mut after_is) = (0, None, false);
+    while i < b.len() {
+        let c = b[i];
+        if let Some(q) = quote {
+            quote = (c != q).then_some(q);
+            i += 1;
+            continue;
+        }
+        if c == b'"' || c == b'\'' {
+            quote = Some(c);
+            i += 1;
+            continue;
+        }
+        if !(c.is_ascii_alphabetic() || c == b'_') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+            i += 1;
+        }
+        let path = expr[start..i].trim_end_matches('.');
+        let before = expr[..start].trim_end();
+        let word = path.split('.').next().unwrap_or(path);
+        let skip = before.ends_with('.') || before.ends_with('|') || after_is;
+        after_is = word == "is" || (after_is && word == "not");
+        if skip || WORDS.contains(&word) {
+            continue;
+        }
+        if ctx.get_attr(word).map_or(true, |v| v.is_undefined()) {
+            return Some(path.to_string());
+        }
+    }
+    None
 }
 
 /// The context with an empty mapping at `path` (created where missing); None when a
@@ -212,11 +281,7 @@ fn nested_stand_in(rest: &[String]) -> Value {
 fn message(e: &minijinja::Error, src: &str) -> String {
     match e.kind() {
         ErrorKind::UndefinedError => {
-            let expr = e
-                .range()
-                .and_then(|r| src.get(r))
-                .map(str::trim)
-                .unwrap_or("");
+            let expr = expression_at(e, src).unwrap_or("");
             if expr.is_empty() {
                 "undefined variable in template: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params".into()
             } else {

@@ -79,7 +79,8 @@ impl Runner for System {
         c.args(&argv[1..]).stdin(std::process::Stdio::null());
         match cmd.exec {
             None => {
-                c.env("DEBIAN_FRONTEND", "noninteractive").env("LC_ALL", "C");
+                c.env("DEBIAN_FRONTEND", "noninteractive")
+                    .env("LC_ALL", "C");
             }
             Some(_) => {
                 c.env_clear().envs(exec.env.iter().map(|(k, v)| (k, v)));

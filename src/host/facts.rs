@@ -66,7 +66,9 @@ impl Host {
             "os_codename" => self.os_release()?.remove("VERSION_CODENAME"),
             "architecture" => match crate::host::apt::dpkg_architecture(self)? {
                 Some(a) => Some(a),
-                None => self.fact("machine")?.and_then(|m| debian_arch(&m).map(str::to_string)),
+                None => self
+                    .fact("machine")?
+                    .and_then(|m| debian_arch(&m).map(str::to_string)),
             },
             "machine" => Some(nix::sys::utsname::uname().map_err(|e| {
                 Error::Other(format!("cannot ask the kernel for its machine: {e}"))
@@ -116,7 +118,8 @@ impl Host {
         if m.len() > SECRET_LIMIT {
             return refuse(&format!("a secret is at most {SECRET_LIMIT} bytes"));
         }
-        let bytes = std::fs::read(&real).map_err(|e| Error::io("cannot read the secret", &real, e))?;
+        let bytes =
+            std::fs::read(&real).map_err(|e| Error::io("cannot read the secret", &real, e))?;
         let Ok(mut text) = String::from_utf8(bytes) else {
             return refuse("a secret must be UTF-8 text");
         };

@@ -135,7 +135,11 @@ impl Host {
             let _ = fs::remove_dir_all(&new);
             return Err(Error::Command {
                 command: argv.join(" "),
-                status: format!("exit code {}; {} was left as it was", out.code, f.path.display()),
+                status: format!(
+                    "exit code {}; {} was left as it was",
+                    out.code,
+                    f.path.display()
+                ),
                 stderr: out.stderr,
             });
         }
@@ -298,7 +302,12 @@ fn fetch(f: &Fetch, part: &Path) -> Result<String> {
 
 fn content_range_start(r: &ureq::http::Response<ureq::Body>) -> Option<u64> {
     let v = r.headers().get("content-range")?.to_str().ok()?;
-    v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    v.strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn hash_file(path: &Path) -> Result<String> {

@@ -44,7 +44,7 @@ impl Declared {
     }
 
     /// `, image from WHERE` for the plan line (empty without an image).
-    pub(crate) fn from_words(&self) -> String {
+    pub(crate) fn image_source(&self) -> String {
         self.image_from
             .as_ref()
             .map(|f| format!(" (image from {f})"))

@@ -105,7 +105,7 @@ pub(crate) fn plan_line(d: &Declared, s: &OsState) -> Option<(String, bool)> {
             false,
         ));
     }
-    let from = d.from_words();
+    let from = d.image_source();
     if current == img.artifact {
         return Some((format!("OS: {current} ({ty}), up to date{from}"), false));
     }

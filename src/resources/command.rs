@@ -110,10 +110,7 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Command> {
     }
     let timeout = match &s.timeout {
         Some(t) if **t == 0 => {
-            x.problem(
-                t.span(),
-                "expected a timeout in seconds, above 0".into(),
-            );
+            x.problem(t.span(), "expected a timeout in seconds, above 0".into());
             0
         }
         Some(t) => **t,
@@ -138,8 +135,7 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Command> {
 fn name_ok(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 128
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
@@ -216,7 +212,9 @@ fn environment(s: &Spec, x: &mut dyn Expand) -> Vec<(String, String)> {
         if !name_ok {
             x.problem(
                 v.span(),
-                format!("`{k}` is not an environment variable name: expected letters, digits and _"),
+                format!(
+                    "`{k}` is not an environment variable name: expected letters, digits and _"
+                ),
             );
             continue;
         }

@@ -152,7 +152,8 @@ pub(super) fn plan(d: &Download, r: &Resource, p: &mut Planner) -> Result<Option
             p.parents(&d.path, &mut ops, &mut details)?;
             Some(ChangeAction::Create)
         }
-        (Existing::File { mode, uid, gid }, false) | (Existing::Directory { mode, uid, gid }, true) => {
+        (Existing::File { mode, uid, gid }, false)
+        | (Existing::Directory { mode, uid, gid }, true) => {
             if matches_here(d, r, p)? {
                 let now = (*mode, *uid, *gid);
                 if p.meta_details(now, d.mode, want, (&d.owner, &d.group), &mut details) {
@@ -164,13 +165,16 @@ pub(super) fn plan(d: &Download, r: &Resource, p: &mut Planner) -> Result<Option
                 return Ok(None);
             }
             details.push(if is_dir {
-                "its archive's sha256 is not the one recorded: unpacked again and swapped in whole".to_string()
+                "its archive's sha256 is not the one recorded: unpacked again and swapped in whole"
+                    .to_string()
             } else {
                 "its sha256 differs: downloaded again".to_string()
             });
             Some(ChangeAction::Change)
         }
-        (Existing::Directory { .. }, false) => return Err(path::conflict(r, &d.path, "a directory")),
+        (Existing::Directory { .. }, false) => {
+            return Err(path::conflict(r, &d.path, "a directory"))
+        }
         (Existing::File { .. }, true) => return Err(path::conflict(r, &d.path, "a file")),
         (Existing::Symlink { .. }, _) => return Err(path::conflict(r, &d.path, "a symlink")),
         (Existing::Other, _) => return Err(path::conflict(r, &d.path, "a special file")),
@@ -215,7 +219,8 @@ fn matches_here(d: &Download, r: &Resource, p: &mut Planner) -> Result<bool> {
     }
     let real = p.host.path(&d.path);
     let file = std::fs::File::open(&real).map_err(|e| Error::io("cannot read", &real, e))?;
-    let got = crate::digest::sha256_copy(file, None).map_err(|e| Error::io("cannot read", &real, e))?;
+    let got =
+        crate::digest::sha256_copy(file, None).map_err(|e| Error::io("cannot read", &real, e))?;
     if got == d.sha256 {
         p.stamps.insert(id, now.unwrap_or_default());
         return Ok(true);

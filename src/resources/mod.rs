@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::digest::hex;
 use crate::error::{Pos, Result};
-pub(crate) use download::stamp;
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, RunPhase};
+pub(crate) use download::stamp;
 
 mod absent;
 mod apt_source;

@@ -34,7 +34,10 @@ pub(crate) const BOOT_PACKAGES: &[(&str, &str)] = &[
     ("grub-*", "a bootloader"),
     ("grub2*", "a bootloader"),
     ("shim-*", "a bootloader"),
-    ("flash-kernel", "a tool that writes kernels to the boot partition"),
+    (
+        "flash-kernel",
+        "a tool that writes kernels to the boot partition",
+    ),
 ];
 
 /// What a package is of [`BOOT_PACKAGES`], if it is one.
@@ -220,7 +223,9 @@ fn latest_installed<'r>(
         .iter()
         .filter_map(|r| match &r.kind {
             Kind::Package(pkg) if pkg.state == PackageState::Latest => {
-                let c = status.get(&pkg.name).filter(|c| c.is_installed() && !c.held())?;
+                let c = status
+                    .get(&pkg.name)
+                    .filter(|c| c.is_installed() && !c.held())?;
                 Some((pkg, c.version.clone(), r.role.as_str()))
             }
             _ => None,
@@ -274,7 +279,9 @@ fn upgrades(
 /// error unless its resource says `allow_on_ab: true`.
 fn refuse_boot_packages(packages: &[&Resource]) -> Result<()> {
     for r in packages {
-        let Kind::Package(pkg) = &r.kind else { continue };
+        let Kind::Package(pkg) = &r.kind else {
+            continue;
+        };
         if let (Some(what), false) = (boot_package(&pkg.name), pkg.allow_on_ab) {
             return Err(boot_error(&r.declared_at.to_string(), &pkg.name, what));
         }

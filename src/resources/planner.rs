@@ -11,8 +11,8 @@ use crate::error::Result;
 use crate::host::{Existing, Host};
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, Plan, ResourceState, RunPhase};
 use crate::resources::{
-    absent, command, directory, download, file, group, package, path_phase, service, symlink,
-    user, DesiredState, Kind, Resource,
+    absent, command, directory, download, file, group, package, path_phase, service, symlink, user,
+    DesiredState, Kind, Resource,
 };
 
 /// Plan settings from the fleet repository and the agent's configuration.

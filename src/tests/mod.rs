@@ -2,4 +2,6 @@
 //! (`fleet`) on a scratch root with a scripted command runner. Kept here, above both,
 //! so that neither module depends on the other for its tests.
 
+mod commands;
+mod device_reads;
 mod planner;

@@ -13,7 +13,7 @@ use crate::host::Host;
 use crate::plan::{ChangeKind, Op, Plan, ResourceState};
 use crate::resources::{plan, Options, Previous};
 
-fn options() -> Options {
+pub(super) fn options() -> Options {
     Options {
         prune: true,
         apt_lists_max_age: Duration::from_secs(3600),
@@ -24,7 +24,7 @@ fn options() -> Options {
 }
 
 /// A scratch root: `files` written under it (device path → content).
-fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
+pub(super) fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (path, content) in files {
         let p = dir.path().join(path.trim_start_matches('/'));
@@ -35,7 +35,8 @@ fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// Fresh package lists (so that no `apt-get update` is planned for their age).
-const FRESH_LISTS: (&str, &str) = ("/var/lib/apt/lists/deb_dists_bookworm_main_Packages", "");
+pub(super) const FRESH_LISTS: (&str, &str) =
+    ("/var/lib/apt/lists/deb_dists_bookworm_main_Packages", "");
 
 /// The role `web` with these resources, for device pi-1.
 fn role(resources: &str) -> Vec<(&'static str, String)> {
@@ -51,12 +52,25 @@ fn planned(
     live: bool,
     previous: Option<&Previous>,
 ) -> (Plan, Vec<String>) {
+    let (p, commands) = planned_with(resources, root, runner, live, previous, &options());
+    (p.unwrap(), commands)
+}
+
+/// The same with other options; the plan or its error.
+pub(super) fn planned_with(
+    resources: &str,
+    root: &Path,
+    runner: Scripted,
+    live: bool,
+    previous: Option<&Previous>,
+    options: &Options,
+) -> (crate::error::Result<Plan>, Vec<String>) {
     let files = role(resources);
     let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
     let desired = desired(&files).unwrap();
     let runner = Arc::new(runner);
     let host = Host::with_runner(root, runner.clone()).with_systemd(live);
-    let p = plan(&host, &desired, previous, &options(), None).unwrap();
+    let p = plan(&host, &desired, previous, options, None);
     let shown = root.display().to_string();
     let commands = runner
         .commands()
@@ -66,7 +80,7 @@ fn planned(
     (p, commands)
 }
 
-fn summary(p: &Plan) -> Vec<String> {
+pub(super) fn summary(p: &Plan) -> Vec<String> {
     p.changes
         .iter()
         .map(|c| {
@@ -92,7 +106,7 @@ fn argvs(p: &Plan) -> Vec<String> {
         .collect()
 }
 
-const DPKG: &str = "/var/lib/dpkg/status";
+pub(super) const DPKG: &str = "/var/lib/dpkg/status";
 
 #[test]
 fn packages_that_match_run_no_command() {
