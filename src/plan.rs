@@ -148,7 +148,7 @@ pub(crate) enum Op {
     /// A `command` resource: its guards checked again, then run.
     Exec(Box<RunCommand>),
     /// A `download` resource: fetched (resuming), checked, placed or unpacked.
-    Download(Box<Fetch>),
+    Download(Box<crate::host::fetch::Fetch>),
 }
 
 /// What applying a `command` runs, and the guards checked again just before (an earlier
@@ -165,24 +165,6 @@ pub(crate) struct RunCommand {
     pub(crate) unless: Option<Vec<String>>,
     pub(crate) only_if: Option<Vec<String>>,
     /// The argv or environment carries a secret: shown by name only.
-    pub(crate) secret: bool,
-}
-
-/// What applying a `download` does.
-#[derive(Debug, Clone)]
-pub(crate) struct Fetch {
-    pub(crate) url: String,
-    pub(crate) sha256: String,
-    pub(crate) path: PathBuf,
-    /// `tar.gz`, `tar.xz` or `zip`, and how many leading components to strip.
-    pub(crate) unpack: Option<(String, u32)>,
-    pub(crate) mode: u32,
-    pub(crate) owner: Principal,
-    pub(crate) group: Principal,
-    /// Where partial and verified downloads wait (a device path, in the state directory).
-    pub(crate) cache: PathBuf,
-    pub(crate) timeout: Duration,
-    /// The URL carries a secret: never shown.
     pub(crate) secret: bool,
 }
 

@@ -14,9 +14,8 @@ use crate::config::{redact, Config};
 use crate::device::HostReads;
 use crate::error::{exit, Error, Result};
 use crate::fleet::gate::{self, Requirement};
-use crate::fleet::os::{Image, OsDecl};
 use crate::fleet::source::Source;
-use crate::fleet::{Device, Fleet, FleetFile, Settings};
+use crate::fleet::{Device, Fleet, FleetFile, ForDevice, Settings};
 use crate::host::Host;
 use crate::lock::RunLock;
 use crate::osupdate::{self, Declared, OsState};
@@ -130,20 +129,7 @@ struct Run<'a> {
 
 fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<Done> {
     let mut run = Run::prepare(req, mode)?;
-    log::debug!(
-        "{mode:?}: device {} (type {}), repository {} branch {}, state {}",
-        run.config.device_id,
-        run.config
-            .device_type
-            .as_deref()
-            .unwrap_or("from host_vars"),
-        req.repo
-            .as_ref()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|| redact(&run.config.repo)),
-        run.config.branch,
-        run.state_path.display()
-    );
+    run.log_start(req);
     // Sync (or the maintainer's working tree).
     let synced: Synced;
     let source = match &req.repo {
@@ -187,28 +173,17 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
     let Loaded {
         desired,
         settings,
-        os_decl,
-        os_image,
+        os_declared,
     } = match loaded {
         Ok(loaded) => loaded,
         Err(e @ Error::Invalid(_)) => return run.stopped(RunOutcome::Invalid, e),
         Err(e) => return run.stopped(RunOutcome::Failed, e),
     };
-    log::debug!(
-        "loaded: groups [{}], roles [{}], {} resources",
-        desired.groups.join(", "),
-        desired.roles.join(", "),
-        desired.resources.len()
-    );
     if req.device.is_some() && desired.groups.is_empty() {
         warn!(
             "device {} is in no group of inventory.yml: it gets fleet.yml's vars and roles (and its host_vars) only",
             desired.device_id
         );
-    }
-    let mut os_declared = Declared::new(os_decl.as_ref(), desired.device_type.as_deref());
-    if let Some((image, from)) = os_image {
-        os_declared = os_declared.overridden(image, from);
     }
     let planned = match run.plan(desired, &settings, os_declared) {
         Ok(p) => p,
@@ -225,9 +200,8 @@ fn execute(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<
 struct Loaded {
     desired: DesiredState,
     settings: Settings,
-    os_decl: Option<OsDecl>,
-    /// A group_vars or host_vars `os_image:`, and where it is written.
-    os_image: Option<(Image, String)>,
+    /// Its OS image: a group_vars or host_vars `os_image:`, else its type's in fleet.yml.
+    os_declared: Declared,
 }
 
 /// The device's desired state, the fleet's settings, its `os:` declaration and the
@@ -254,16 +228,22 @@ fn load(
     if let Some(e) = reads.failure() {
         return Err(e);
     }
-    let for_device = for_device?;
-    let read = reads.read();
-    if !read.is_empty() {
-        log::debug!("facts read: {}", read.join(", "));
+    let ForDevice { desired, os_image } = for_device?;
+    log::debug!(
+        "loaded: groups [{}], roles [{}], {} resources; facts read: [{}]",
+        desired.groups.join(", "),
+        desired.roles.join(", "),
+        desired.resources.len(),
+        reads.read().join(", ")
+    );
+    let mut os_declared = Declared::new(fleet.os.as_ref(), desired.device_type.as_deref());
+    if let Some((image, at)) = os_image {
+        os_declared = os_declared.overridden(image, at.to_string());
     }
     Ok(Loaded {
-        desired: for_device.desired,
+        desired,
         settings: fleet.settings.clone(),
-        os_decl: fleet.os.clone(),
-        os_image: for_device.os_image.map(|(i, at)| (i, at.to_string())),
+        os_declared,
     })
 }
 
@@ -292,6 +272,24 @@ fn sync_followed(host: &Host, config: &mut Config) -> Result<Synced> {
 }
 
 impl<'a> Run<'a> {
+    fn log_start(&self, req: &Request) {
+        log::debug!(
+            "{:?}: device {} (type {}), repository {} branch {}, state {}",
+            self.mode,
+            self.config.device_id,
+            self.config
+                .device_type
+                .as_deref()
+                .unwrap_or("from host_vars"),
+            req.repo
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| redact(&self.config.repo)),
+            self.config.branch,
+            self.state_path.display()
+        );
+    }
+
     /// The configuration (with the request's device), the lock, the previous state.
     fn prepare(req: &Request<'a>, mode: Mode) -> Result<Run<'a>> {
         let host = req.host;

@@ -281,13 +281,7 @@ impl<'a> Fleet<'a> {
                     None
                 }
             };
-            let device = Device {
-                id: id.clone(),
-                device_type,
-                reads: Arc::new(facts::StandIn {
-                    hostname: id.clone(),
-                }),
-            };
+            let device = stand_in(&id, device_type);
             if let Err(e) = self.for_device(&device) {
                 collect(&id, e)?;
             }
@@ -306,13 +300,7 @@ impl<'a> Fleet<'a> {
             })
             .chain([(NO_GROUP_DEVICE.to_string(), vec![])]);
         for (id, groups) in stand_ins {
-            let device = Device {
-                reads: Arc::new(facts::StandIn {
-                    hostname: id.clone(),
-                }),
-                id,
-                device_type: None,
-            };
+            let device = stand_in(&id, None);
             if let Err(e) = self.desired_state_in(&device, groups) {
                 collect(&device.id, e)?;
             }
@@ -424,6 +412,17 @@ impl<'a> Fleet<'a> {
             }
         }
         devices
+    }
+}
+
+/// A device as `validate` checks it, off the device: stand-in facts and secrets.
+fn stand_in(id: &str, device_type: Option<String>) -> Device {
+    Device {
+        id: id.to_string(),
+        device_type,
+        reads: Arc::new(facts::StandIn {
+            hostname: id.to_string(),
+        }),
     }
 }
 

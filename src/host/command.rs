@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
+/// PATH of the fleet's own commands (a `command` resource may declare another).
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The most of each of stdout and stderr kept of a command (the end of it).
 pub(crate) const OUTPUT_LIMIT: usize = 256 * 1024;
 

@@ -17,12 +17,29 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::redact;
 use crate::digest::{hex, sha256_copy};
 use crate::error::{Error, Result};
-use crate::host::command::Exec;
+use crate::host::accounts::Principal;
+use crate::host::command::{Exec, DEFAULT_PATH};
 use crate::host::{sync_dir, Host};
-use crate::plan::Fetch;
+
+/// What applying a `download` does.
+#[derive(Debug, Clone)]
+pub(crate) struct Fetch {
+    pub(crate) url: String,
+    pub(crate) sha256: String,
+    pub(crate) path: PathBuf,
+    /// `tar.gz`, `tar.xz` or `zip`, and how many leading components to strip.
+    pub(crate) unpack: Option<(String, u32)>,
+    pub(crate) mode: u32,
+    pub(crate) owner: Principal,
+    pub(crate) group: Principal,
+    /// Where partial and verified downloads wait (a device path, in the state directory).
+    pub(crate) cache: PathBuf,
+    pub(crate) timeout: Duration,
+    /// The URL as messages show it (credentials and secrets left out).
+    pub(crate) shown: String,
+}
 
 /// How long unpacking an archive may take.
 const UNPACK_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -122,7 +139,7 @@ impl Host {
         self.require_tools(format)?;
         let exec = Exec {
             env: vec![
-                ("PATH".into(), crate::resources::command::PATH.into()),
+                ("PATH".into(), DEFAULT_PATH.into()),
                 ("LC_ALL".into(), "C".into()),
             ],
             cwd: None,
@@ -260,12 +277,8 @@ fn device_beside(device_path: &Path, what: &str) -> PathBuf {
     beside(device_path, what)
 }
 
-fn shown(f: &Fetch) -> String {
-    if f.secret {
-        "(a URL that carries a secret)".into()
-    } else {
-        redact(&f.url)
-    }
+fn shown(f: &Fetch) -> &str {
+    &f.shown
 }
 
 /// Streams the URL into `part`, resuming after what is there (HTTP Range); returns the

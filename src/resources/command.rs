@@ -28,7 +28,7 @@ pub(crate) const DEFAULT_TIMEOUT: u64 = 300;
 /// The timeout of `unless` and `only_if` checks.
 pub(crate) const CHECK_TIMEOUT: u64 = 60;
 /// PATH of a command's environment (a declared `PATH` replaces it).
-pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) use crate::host::command::DEFAULT_PATH as PATH;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::redact;
 use crate::error::{Error, Result};
 use crate::host::accounts::Principal;
+use crate::host::fetch::Fetch;
 use crate::host::{Existing, Host};
-use crate::plan::{Change, ChangeAction, Fetch, Op};
+use crate::plan::{Change, ChangeAction, Op};
 use crate::resources::path;
 use crate::resources::planner::Planner;
 use crate::resources::{Expand, Resource};
@@ -190,7 +191,7 @@ pub(super) fn plan(d: &Download, r: &Resource, p: &mut Planner) -> Result<Option
         group: d.group.clone(),
         cache: p.options.cache_dir(),
         timeout: p.options.http_timeout,
-        secret: d.secret,
+        shown: d.shown_url(),
     })));
     Ok(action.map(|action| {
         let mut c = r.change(action, details, ops);
