@@ -278,6 +278,9 @@ pub(crate) fn guards(host: &Host, run: &RunCommand) -> Result<Result<Vec<String>
         }
         why.push(format!("{} does not exist (creates)", path.display()));
     }
+    if run.only_if.is_none() && run.unless.is_none() {
+        return Ok(Ok(why));
+    }
     let exec = exec(host, run, Duration::from_secs(CHECK_TIMEOUT))?;
     let check = |argv: &[String]| -> Result<i32> {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -351,7 +354,15 @@ pub(super) fn plan_phase(commands: &[&Resource], p: &mut Planner) -> Result<()> 
             }
         }
         let run = run_command(c);
-        match guards(p.host, &run)? {
+        let checks = match user_arrives(c, r, p)? {
+            // Its checks run as a user this run creates: they are run when applying.
+            true => Ok(vec![format!(
+                "its checks run when applying (its user {} is created by this run)",
+                c.user.as_deref().unwrap_or("")
+            )]),
+            false => guards(p.host, &run)?,
+        };
+        match checks {
             Ok(more) => why.extend(more),
             Err(reason) => {
                 skip(&reason);
@@ -374,6 +385,24 @@ pub(super) fn plan_phase(commands: &[&Resource], p: &mut Planner) -> Result<()> 
         p.changes.push(change);
     }
     Ok(())
+}
+
+/// Whether the command runs as a user that does not exist yet but a `user` resource of
+/// this plan creates; a user that neither exists nor is declared is an error.
+fn user_arrives(c: &Command, r: &Resource, p: &Planner) -> Result<bool> {
+    let Some(user) = &c.user else {
+        return Ok(false);
+    };
+    if p.host.uid(user)?.is_some() {
+        return Ok(false);
+    }
+    if p.declared_users.contains(user) {
+        return Ok(c.only_if.is_some() || c.unless.is_some());
+    }
+    Err(Error::Other(format!(
+        "{}: the user `{user}` does not exist on the device (for command {}); declare it with a `user` resource",
+        r.declared_at, c.name
+    )))
 }
 
 /// Why `on_change` makes the command due: which resources change in this run, or a

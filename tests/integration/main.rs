@@ -9,6 +9,7 @@ mod docs;
 mod golden;
 mod kiosk;
 mod mender_double;
+mod migrated;
 mod os_update;
 mod pipeline;
 mod self_update;
