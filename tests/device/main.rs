@@ -8,6 +8,7 @@ mod support;
 
 mod harness;
 mod kiosk;
+mod migration;
 
 // A/B OS updates on a simulated Mender device.
 mod ab;
