@@ -233,7 +233,8 @@ impl<'h> Planner<'h> {
         let mut removed: HashSet<PathBuf> = HashSet::new();
         for s in gone {
             let existing = self.host.inspect(&s.path)?;
-            if let Existing::Directory { .. } = existing {
+            // A download's directory is managed whole, and removed whole.
+            if let (Existing::Directory { .. }, false) = (&existing, s.kind == "download") {
                 // What others put in a directory the agent made is not the agent's to delete.
                 let entries = self.host.dir_entries(&s.path)?;
                 if !entries.iter().all(|e| removed.contains(e)) {

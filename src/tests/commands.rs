@@ -311,3 +311,36 @@ fn boot_packages_are_refused_on_an_a_b_device_unless_allowed() {
             .starts_with("apt's transaction (upgrade raspberrypi-bootloader 1.2023 → 1.2024): raspberrypi-bootloader is the Raspberry Pi boot firmware"),
     );
 }
+
+#[test]
+fn a_download_no_longer_declared_is_pruned_whole() {
+    let dev = root(&[("/opt/old/bin/tool", "x"), ("/opt/old/lib/a", "y")]);
+    let mut previous = Previous::new();
+    previous.insert(
+        "path:/opt/old".into(),
+        ResourceState {
+            kind: "download".into(),
+            path: "/opt/old".into(),
+            digest: String::new(),
+            created: true,
+            stamp: None,
+            pending: false,
+        },
+    );
+    let (p, _) = planned_with(
+        "  - directory: {path: /etc/web}\n",
+        dev.path(),
+        Scripted::new(),
+        false,
+        Some(&previous),
+        &options(),
+    );
+    let p = p.unwrap();
+    assert!(
+        summary(&p).contains(
+            &"Remove download /opt/old: created by fleet-agent and no longer declared".to_string()
+        ),
+        "{:?}",
+        summary(&p)
+    );
+}
