@@ -528,7 +528,10 @@ impl Run<'_> {
 fn triggered(plan: &Plan) -> impl Iterator<Item = &String> {
     plan.changes.iter().filter_map(|c| {
         let id = c.resource_id.as_ref()?;
-        let on_change = c.details.first().is_some_and(|d| d.contains("(on_change)"));
+        let on_change = c
+            .details
+            .first()
+            .is_some_and(|d| d.contains(resources::command::TRIGGERED));
         (c.kind == ChangeKind::Command && on_change).then_some(id)
     })
 }

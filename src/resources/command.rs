@@ -23,6 +23,9 @@ use crate::resources::path::{checked_path, device_path};
 use crate::resources::planner::Planner;
 use crate::resources::{Expand, Kind, Resource};
 
+/// How a plan says that `on_change` made a command due (the run records it pending).
+pub(crate) const TRIGGERED: &str = "(on_change)";
+
 /// A command's timeout when none is declared.
 pub(crate) const DEFAULT_TIMEOUT: u64 = 300;
 /// The timeout of `unless` and `only_if` checks.
@@ -418,13 +421,13 @@ fn triggered(c: &Command, r: &Resource, p: &Planner) -> Option<String> {
         })
         .collect();
     if !changed.is_empty() {
-        return Some(format!("{} changes (on_change)", changed.join(", ")));
+        return Some(format!("{} changes {TRIGGERED}", changed.join(", ")));
     }
     let id = r.kind.id();
     p.previous
         .and_then(|prev| prev.get(&id))
         .filter(|s| s.pending)
-        .map(|_| "its last run for a change did not finish (on_change)".to_string())
+        .map(|_| format!("its last run for a change did not finish {TRIGGERED}"))
 }
 
 /// Whether a change of the plan changes the resource `id`: its own change, or the
