@@ -5,9 +5,14 @@
 use log::info;
 
 use crate::content::Content;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::host::command::Output;
 use crate::host::{apt, Host};
-use crate::plan::{Op, Plan};
+use crate::plan::{Op, Plan, RunCommand};
+use crate::resources::command;
+
+/// The most lines of a command's stdout and of its stderr logged (its last ones).
+const LOGGED_LINES: usize = 200;
 
 /// Executes the plan; returns how many changes were made before any failure.
 pub(crate) fn apply(host: &Host, plan: &Plan, commit: &str) -> (usize, Result<()>) {
@@ -51,6 +56,12 @@ fn describe(op: &Op) -> String {
         Op::Remove { path } => format!("remove {}", path.display()),
         Op::Command { argv, .. } => argv.join(" "),
         Op::AptUpdate => "apt-get update".into(),
+        Op::Exec(run) => format!(
+            "command {}: {}",
+            run.name,
+            command::shown(&run.argv, run.secret)
+        ),
+        Op::Download(f) => format!("download into {}", f.path.display()),
         Op::Apt {
             install, remove, ..
         } => format!(
@@ -111,10 +122,62 @@ fn execute(host: &Host, op: &Op) -> Result<()> {
             )
             .map(|_| ()),
         Op::AptUpdate => apt::update(host),
+        Op::Exec(run) => run_command(host, run),
+        Op::Download(f) => host.download(
+            f,
+            host.resolve(&f.owner, false)?,
+            host.resolve(&f.group, true)?,
+        ),
         Op::Apt {
             install,
             remove,
             recommends,
         } => apt::transaction(host, install, remove, *recommends),
+    }
+}
+
+/// Runs a `command` whose guards still let it run; its output goes to the log (the
+/// journal under systemd), and a failure carries its stderr.
+fn run_command(host: &Host, run: &RunCommand) -> Result<()> {
+    if let Err(reason) = command::guards(host, run)? {
+        info!("command {}: not run: {reason} now", run.name);
+        return Ok(());
+    }
+    let exec = command::exec(host, run, run.timeout)?;
+    let argv: Vec<&str> = run.argv.iter().map(String::as_str).collect();
+    let named = |e: Error| match e {
+        Error::Command { status, stderr, .. } => Error::Command {
+            command: format!(
+                "command {}: {}",
+                run.name,
+                command::shown(&run.argv, run.secret)
+            ),
+            status,
+            stderr,
+        },
+        other => other,
+    };
+    let out = host.run_exec(&argv, &exec).map_err(named)?;
+    log_output(&run.name, &out);
+    if out.code != 0 {
+        return Err(named(Error::Command {
+            command: String::new(),
+            status: format!("exit code {}", out.code),
+            stderr: out.stderr,
+        }));
+    }
+    Ok(())
+}
+
+fn log_output(name: &str, out: &Output) {
+    for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let lines: Vec<&str> = text.lines().collect();
+        let skipped = lines.len().saturating_sub(LOGGED_LINES);
+        if skipped > 0 {
+            info!("command {name}: ({skipped} earlier lines of {stream} not logged)");
+        }
+        for line in &lines[skipped..] {
+            info!("command {name}: {line}");
+        }
     }
 }

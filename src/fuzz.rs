@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::fleet::source::Source;
-use crate::fleet::{Device, Fleet, FleetFile};
+use crate::fleet::{Fleet, FleetFile};
 use crate::resources::Reserved;
 
 /// How many of an input's devices are loaded (a device loads one; more add time, not
@@ -68,7 +68,8 @@ pub fn load_fleet(data: &[u8]) {
     devices.truncate(DEVICES);
     for id in devices {
         let device_type = fleet.host_facts(&id).ok().and_then(|f| f.device_type);
-        let _ = fleet.desired_state(&Device { id, device_type });
+        let device = crate::fleet::stand_in(&id, device_type);
+        let _ = fleet.for_device(&device);
     }
     let _ = fleet.check_every_role();
 }

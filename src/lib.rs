@@ -7,6 +7,7 @@ mod apply;
 mod cli;
 mod config;
 mod content;
+mod device;
 mod digest;
 mod error;
 mod fleet;

@@ -1,11 +1,12 @@
 //! The plan: plain data. Every change a desired state needs on this machine, with what
-//! differs, in run order (sources → apt update → packages → groups → users → files →
-//! daemon-reload → services → handlers), and the primitive operations (`Op`) that apply
-//! executes. `resources::plan` computes it whole before anything changes; `apply` runs
+//! differs, in run order (sources → apt update → packages → groups → users → files and
+//! downloads → commands → daemon-reload → services → handlers), and the primitive
+//! operations (`Op`) that apply executes. `resources::plan` computes it whole before anything changes; `apply` runs
 //! exactly its operations; the command line renders it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,8 @@ pub(crate) enum RunPhase {
     Groups,
     Users,
     Files,
+    /// `command` resources, after every file and download, before the services.
+    Commands,
     DaemonReload,
     Services,
     /// Restarts and reloads of services whose files changed.
@@ -64,6 +67,10 @@ pub(crate) enum ChangeKind {
     Service,
     /// apt update and the packages transaction.
     Apt,
+    /// A `command` resource.
+    Command,
+    /// A `download` resource (a file, or a directory unpacked from an archive).
+    Download,
     /// daemon-reload.
     Systemd,
     /// Handlers.
@@ -82,6 +89,8 @@ impl ChangeKind {
             ChangeKind::User => "user",
             ChangeKind::Service => "service",
             ChangeKind::Apt => "apt",
+            ChangeKind::Command => "command",
+            ChangeKind::Download => "download",
             ChangeKind::Systemd => "systemd",
             ChangeKind::Restart => "restart",
             ChangeKind::Reload => "reload",
@@ -138,6 +147,27 @@ pub(crate) enum Op {
         remove: Vec<String>,
         recommends: bool,
     },
+    /// A `command` resource: its guards checked again, then run.
+    Exec(Box<RunCommand>),
+    /// A `download` resource: fetched (resuming), checked, placed or unpacked.
+    Download(Box<crate::host::fetch::Fetch>),
+}
+
+/// What applying a `command` runs, and the guards checked again just before (an earlier
+/// change of the same run may have settled them).
+#[derive(Debug, Clone)]
+pub(crate) struct RunCommand {
+    pub(crate) name: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) user: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) creates: Option<PathBuf>,
+    pub(crate) unless: Option<Vec<String>>,
+    pub(crate) only_if: Option<Vec<String>>,
+    /// The argv or environment carries a secret: shown by name only.
+    pub(crate) secret: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,4 +265,13 @@ pub(crate) struct ResourceState {
     /// A `secret` file: its content digest never leaves the device (src/report/).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) secret: bool,
+    /// A download: what the file or directory looked like when it was known to match
+    /// (device, inode, size, modification and change times), so that a no-op run need
+    /// not hash it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) stamp: Option<String>,
+    /// A command that `on_change` made due whose run has not finished (interrupted or
+    /// failed): the next run runs it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) pending: bool,
 }

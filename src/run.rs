@@ -11,15 +11,15 @@ use std::time::Duration;
 use log::{info, warn};
 
 use crate::config::{redact, Config, DEFAULT_CONFIG};
+use crate::device::HostReads;
 use crate::error::{exit, Error, Result};
 use crate::fleet::gate::{self, Requirement};
-use crate::fleet::os::OsDecl;
 use crate::fleet::source::Source;
-use crate::fleet::{Device, Fleet, FleetFile, Settings};
+use crate::fleet::{Device, Fleet, FleetFile, ForDevice, Settings};
 use crate::host::Host;
 use crate::lock::RunLock;
 use crate::osupdate::{self, Declared, OsState};
-use crate::plan::Plan;
+use crate::plan::{ChangeKind, Plan, ResourceState};
 use crate::resources::{self, DesiredState, Reserved};
 use crate::state::{self, RunOutcome, State};
 use crate::sync::{self, Synced};
@@ -223,24 +223,49 @@ impl Run<'_> {
     }
 }
 
-/// The device's desired state, the fleet's settings and its `os:` declaration.
+/// What loading the branch gives a device.
+struct LoadedState {
+    desired: DesiredState,
+    settings: Settings,
+    /// Its OS image: a group_vars or host_vars `os_image:`, else its type's in fleet.yml.
+    os_declared: Declared,
+}
+
+/// The device's desired state, the fleet's settings, its `os:` declaration and the
+/// device's own OS image choice. Facts and secrets are read from the machine through
+/// the host, only those the templates use; a read that failed fails the load.
 fn load(
     run: &Run,
     source: &Source,
     builtin: Option<&Source>,
     fleet_file: &FleetFile,
-) -> Result<(DesiredState, Settings, Option<OsDecl>)> {
+) -> Result<LoadedState> {
     let config = &run.config;
     let fleet = Fleet::load(source, builtin, fleet_file, run.reserved.clone())?;
+    let reads = std::sync::Arc::new(HostReads::new(run.host));
     let mut device = Device {
         id: config.device_id.clone(),
         device_type: config.device_type.clone(),
+        reads: reads.clone(),
     };
     if device.device_type.is_none() {
         device.device_type = fleet.host_facts(&device.id)?.device_type;
     }
-    let desired = fleet.desired_state(&device)?;
-    Ok((desired, fleet.settings.clone(), fleet.os.clone()))
+    let for_device = fleet.for_device(&device);
+    if let Some(e) = reads.failure() {
+        return Err(e);
+    }
+    let ForDevice { desired, os_image } = for_device?;
+    log::debug!("facts read: [{}]", reads.read().join(", "));
+    let mut os_declared = Declared::new(fleet.os.as_ref(), desired.device_type.as_deref());
+    if let Some((image, at)) = os_image {
+        os_declared = os_declared.overridden(image, at.to_string());
+    }
+    Ok(LoadedState {
+        desired,
+        settings: fleet.settings.clone(),
+        os_declared,
+    })
 }
 
 /// Syncs the configured branch, then the branch the device's host_vars there tell it
@@ -359,12 +384,16 @@ impl<'a> Run<'a> {
         if let Some(done) = self.gate(&fleet_file, &source)? {
             return Ok(Loaded::Done(done));
         }
-        let (desired, settings, os_decl) = load(self, &source, Some(&builtin), &fleet_file)
-            .map_err(|e| (RunOutcome::Invalid, e))?;
+        let LoadedState {
+            desired,
+            settings,
+            os_declared,
+        } = load(self, &source, Some(&builtin), &fleet_file).map_err(|e| match e {
+            Error::Invalid(_) => (RunOutcome::Invalid, e),
+            e => (RunOutcome::Failed, e),
+        })?;
         note_loaded(req, &desired);
-        let planned = self
-            .plan(desired, &settings, os_decl.as_ref())
-            .map_err(failed)?;
+        let planned = self.plan(desired, &settings, os_declared).map_err(failed)?;
         Ok(Loaded::Planned(Box::new(planned)))
     }
 
@@ -396,7 +425,7 @@ impl<'a> Run<'a> {
         &mut self,
         desired: DesiredState,
         settings: &Settings,
-        os_decl: Option<&OsDecl>,
+        os_declared: Declared,
     ) -> Result<Planned> {
         let rootfs = state::rootfs_id(self.host)?;
         self.previous_here = self
@@ -410,13 +439,15 @@ impl<'a> Run<'a> {
             self.host,
             &desired,
             self.previous_here.as_ref().map(|s| &s.resources),
-            resources::Options {
+            &resources::Options {
                 prune: settings.prune,
                 apt_lists_max_age: Duration::from_secs(settings.apt_lists_max_age_minutes * 60),
+                state_dir: self.config.state_dir.clone(),
+                http_timeout: Duration::from_secs(self.config.http.timeout_secs),
+                ab_managed: os_declared.image.is_some(),
             },
             self.commit.clone(),
         )?;
-        let os_declared = Declared::new(os_decl, desired.device_type.as_deref());
         let os_state = self
             .previous
             .as_ref()
@@ -543,7 +574,8 @@ impl<'a> Run<'a> {
     }
 
     /// Applies the plan, records the state, and for `pull` takes the OS step.
-    fn apply(&mut self, planned: Planned) -> Result<i32> {
+    fn apply(&mut self, mut planned: Planned) -> Result<i32> {
+        self.note_triggered(&planned.plan)?;
         let plan = &planned.plan;
         // `apply` prints the plan, notes included; `pull` prints nothing, so its notes
         // (held packages, directories left in place, skipped starts) go to the journal.
@@ -564,6 +596,8 @@ impl<'a> Run<'a> {
             // failing on the same object.
             sync::mark_damaged(self.host, &self.config, &e.to_string());
         }
+        restamp(self.host, &mut planned.plan, done);
+        let plan = &planned.plan;
         let rootfs = state::ensure_rootfs_id(self.host)?;
         let failed = result.as_ref().err().map(|e| e.to_string());
         self.applied = Some(crate::report::Applied::new(
@@ -627,6 +661,60 @@ impl<'a> Run<'a> {
     }
 }
 
+impl Run<'_> {
+    /// Before applying: the commands that `on_change` makes due are recorded as pending,
+    /// so that a run killed before they finish runs them next time (their trigger will
+    /// not change again).
+    fn note_triggered(&self, plan: &Plan) -> Result<()> {
+        let triggered: Vec<&String> = triggered(plan).collect();
+        if triggered.is_empty() {
+            return Ok(());
+        }
+        let mut s = self.previous.clone().unwrap_or_default();
+        for id in triggered {
+            if let Some(r) = plan.resources.get(id) {
+                s.resources.insert(
+                    id.clone(),
+                    ResourceState {
+                        pending: true,
+                        ..r.clone()
+                    },
+                );
+            }
+        }
+        s.save(&self.state_path)
+    }
+}
+
+/// The ids of the commands in a plan that `on_change` makes due.
+fn triggered(plan: &Plan) -> impl Iterator<Item = &String> {
+    plan.changes.iter().filter_map(|c| {
+        let id = c.resource_id.as_ref()?;
+        let on_change = c
+            .details
+            .first()
+            .is_some_and(|d| d.contains(resources::command::TRIGGERED));
+        (c.kind == ChangeKind::Command && on_change).then_some(id)
+    })
+}
+
+/// After applying: what each download placed in this run looks like now (its stamp),
+/// so that the next run knows it without hashing it.
+fn restamp(host: &Host, plan: &mut Plan, done: usize) {
+    let placed: Vec<String> = plan
+        .changes
+        .iter()
+        .take(done)
+        .filter(|c| c.kind == ChangeKind::Download)
+        .filter_map(|c| c.resource_id.clone())
+        .collect();
+    for id in placed {
+        if let Some(r) = plan.resources.get_mut(&id) {
+            r.stamp = resources::stamp(host, &r.path);
+        }
+    }
+}
+
 fn record_applied(s: &mut State, plan: &Plan, commit: Option<String>, offline: Option<String>) {
     s.applied_commit = commit;
     s.outcome = Some(if plan.is_empty() {
@@ -638,10 +726,28 @@ fn record_applied(s: &mut State, plan: &Plan, commit: Option<String>, offline: O
     s.resources = plan.resources.clone();
 }
 
-/// Keeps what is known: the resources applied before the failure count.
+/// Keeps what is known: the resources applied before the failure count; the commands
+/// `on_change` made due that did not run stay pending.
 fn record_failed(s: &mut State, plan: &Plan, done: usize, message: &str) {
     s.outcome = Some(RunOutcome::Failed);
     s.message = Some(message.to_string());
+    let ran: Vec<&String> = plan
+        .changes
+        .iter()
+        .take(done)
+        .filter_map(|c| c.resource_id.as_ref())
+        .collect();
+    for id in triggered(plan).filter(|id| !ran.contains(id)) {
+        if let Some(r) = plan.resources.get(id) {
+            s.resources.insert(
+                id.clone(),
+                ResourceState {
+                    pending: true,
+                    ..r.clone()
+                },
+            );
+        }
+    }
     for c in plan.changes.iter().take(done) {
         let Some(id) = &c.resource_id else { continue };
         match plan.resources.get(id) {

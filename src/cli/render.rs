@@ -110,6 +110,7 @@ pub(super) fn plan_json(p: &Planned) -> String {
             "current": p.os_state.current,
             "artifact": p.os_declared.image.as_ref().map(|i| &i.artifact),
             "uri": p.os_declared.image.as_ref().map(|i| redact(&i.uri)),
+            "image_from": p.os_declared.image_from,
             "reboot": p.os_declared.reboot.to_string(),
             "phase": p.os_state.phase.as_str(),
             "failed": p.os_state.failed,

@@ -4,13 +4,15 @@
 //! twice with other parameters, two resources managing one thing, include cycles.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use marked_yaml::{Node, Span, Spanned};
 use minijinja::Value;
 
 use crate::content::Content;
-use crate::error::{extend_unique, Invalid, Pos, Result};
-use crate::fleet::layers::RoleRef;
+use crate::error::{extend_unique, span_pos, Invalid, Pos, Result};
+use crate::fleet::facts::DeviceReads;
+use crate::fleet::layers::{RoleRef, When};
 use crate::fleet::roles::{as_choice, RoleDef};
 use crate::fleet::template::Templates;
 use crate::fleet::{yaml, Fleet};
@@ -36,12 +38,14 @@ impl<'f, 'a> Expander<'f, 'a> {
         fleet: &'f Fleet<'a>,
         vars: BTreeMap<String, Value>,
         problems: Vec<Invalid>,
+        reads: Arc<dyn DeviceReads>,
     ) -> Expander<'f, 'a> {
         Expander {
             fleet,
             templates: Templates::new(
                 fleet.settings.max_template_steps,
                 fleet.settings.max_file_bytes,
+                reads,
             ),
             vars,
             instances: HashMap::new(),
@@ -89,6 +93,11 @@ impl<'f, 'a> Expander<'f, 'a> {
                 return Ok(());
             }
         };
+        if let Some(w) = &r.when {
+            if !self.holds(w, caller) {
+                return Ok(());
+            }
+        }
         let Some(params) = self.params(&def, r, caller) else {
             return Ok(());
         };
@@ -196,23 +205,45 @@ impl<'f, 'a> Expander<'f, 'a> {
         ok.then_some(params)
     }
 
-    /// Expands the role's resources; two resources on one thing is a problem.
+    /// Whether a `when:` holds in a context; a problem (and false) when it cannot be
+    /// evaluated.
+    fn holds(&mut self, w: &When, ctx: &Value) -> bool {
+        match self
+            .templates
+            .condition(&w.file, w.expr.span(), w.expr.as_str(), ctx)
+        {
+            Ok(b) => b,
+            Err(errors) => {
+                let explained = self.fleet.explain(errors);
+                extend_unique(&mut self.problems, explained);
+                false
+            }
+        }
+    }
+
+    /// Expands the role's resources (those whose `when:` holds); two resources on one
+    /// thing is a problem.
     fn add_resources(&mut self, def: &RoleDef, ctx: &Value) -> Result<()> {
         if self.templates.exhausted() {
             return Ok(());
         }
-        let mut cx = RoleContext {
-            fleet: self.fleet,
-            templates: &self.templates,
-            def,
-            ctx,
-            problems: Vec::new(),
-        };
-        for (pos, spec) in &def.resources {
+        for (pos, when, spec) in &def.resources {
             // The template steps are used up: a problem says where; nothing more renders.
-            if cx.templates.exhausted() {
+            if self.templates.exhausted() {
                 break;
             }
+            if let Some(w) = when {
+                if !self.holds(w, ctx) {
+                    continue;
+                }
+            }
+            let mut cx = RoleContext {
+                fleet: self.fleet,
+                templates: &self.templates,
+                def,
+                ctx,
+                problems: Vec::new(),
+            };
             let kinds = spec.expand(&mut cx)?;
             self.problems.append(&mut cx.problems);
             for kind in kinds.unwrap_or_default() {
@@ -240,6 +271,39 @@ impl<'f, 'a> Expander<'f, 'a> {
             }
         }
         Ok(())
+    }
+
+    /// Every `on_change` of a command names a resource declared for this device (a
+    /// resource that a `when:` leaves out is not declared), and a command it names comes
+    /// before it (commands run in declared order).
+    pub(super) fn check_on_change(&mut self) {
+        let mut problems = Vec::new();
+        for (i, r) in self.resources.iter().enumerate() {
+            let Kind::Command(c) = &r.kind else { continue };
+            for reference in &c.on_change {
+                let at = self
+                    .resources
+                    .iter()
+                    .position(|o| o.kind.id() == reference.id);
+                let message = match at {
+                    None => format!(
+                        "on_change: `{}` is not declared for this device (a resource that a `when:` leaves out is not declared)",
+                        reference.id.strip_prefix("path:").unwrap_or(&reference.id)
+                    ),
+                    Some(j) if matches!(self.resources[j].kind, Kind::Command(_)) && j >= i => format!(
+                        "on_change: `{}` is not a command declared before this one (commands run in declared order)",
+                        reference.id
+                    ),
+                    Some(j) if matches!(self.resources[j].kind, Kind::Service(_) | Kind::Absent(_)) => format!(
+                        "on_change: `{}` is not a resource whose change a command can follow",
+                        reference.id
+                    ),
+                    Some(_) => continue,
+                };
+                problems.push(Invalid::new(reference.at.clone(), message));
+            }
+        }
+        extend_unique(&mut self.problems, problems);
     }
 
     /// A node as a value, every string in it rendered as a template.
@@ -358,5 +422,13 @@ impl Expand for RoleContext<'_, '_> {
 
     fn reserved(&self) -> &Reserved {
         &self.fleet.reserved
+    }
+
+    fn secrets_read(&self) -> usize {
+        self.templates.secrets_read()
+    }
+
+    fn pos(&self, span: &Span) -> Pos {
+        span_pos(&self.def.file, span)
     }
 }

@@ -1,13 +1,45 @@
 //! The layers of variables and role references (fleet.yml, group_vars, host_vars) and
 //! the inventory's groups: read by hand from the YAML, with the position of every value.
+//! Also the `when:` conditions of role references and resources, and a layer's
+//! `os_image:` (the OS image of one group or device).
 
 use marked_yaml::types::MarkedMappingNode;
-use marked_yaml::Node;
+use marked_yaml::{Node, Spanned};
 
 use crate::error::{span_pos, Invalid, Pos, Result};
+use crate::fleet::os::{self, Image};
 use crate::fleet::schema::{misplaced_keys, FileKind, GroupDoc, GroupVarsDoc, HostVarsDoc};
 use crate::fleet::source::Source;
 use crate::fleet::{yaml, HostFacts};
+
+/// A `when:` condition: an expression over vars, params and `device` (facts included),
+/// in the file where it is written.
+#[derive(Clone, Debug)]
+pub(super) struct When {
+    pub(super) file: String,
+    pub(super) expr: Spanned<String>,
+}
+
+impl When {
+    /// The `when:` of a mapping (a resource item or a role reference); a problem when it
+    /// is not a text.
+    pub(super) fn read(file: &str, node: &Node, problems: &mut Vec<Invalid>) -> Option<When> {
+        match node {
+            Node::Scalar(s) if !s.as_str().trim().is_empty() => Some(When {
+                file: file.to_string(),
+                expr: Spanned::new(*s.span(), s.as_str().to_string()),
+            }),
+            _ => {
+                problems.push(Invalid::at(
+                    file,
+                    node.span(),
+                    "expected `when:` as a condition: an expression such as `device.facts.architecture == \"arm64\"` or `kiosk_url is defined`",
+                ));
+                None
+            }
+        }
+    }
+}
 
 pub(super) const INVENTORY_FILE: &str = "inventory.yml";
 
@@ -19,6 +51,8 @@ pub(super) struct RoleRef {
     pub(super) params: Vec<(String, Pos, Node)>,
     /// Where later layers name the same role again (their parameters are merged in).
     pub(super) also_at: Vec<Pos>,
+    /// Applied only when this holds (a later layer's `when:` replaces an earlier one).
+    pub(super) when: Option<When>,
 }
 
 /// One layer of variables and roles: fleet.yml, a group_vars or a host_vars file.
@@ -27,6 +61,8 @@ pub(super) struct Layer {
     pub(super) vars: Vec<(String, Node)>,
     pub(super) roles: Vec<RoleRef>,
     pub(super) facts: HostFacts,
+    /// `os_image:` of a group_vars or host_vars file, and where it is written.
+    pub(super) os_image: Option<(Image, Pos)>,
 }
 
 /// An inventory group: device ids or globs, and device types.
@@ -62,6 +98,7 @@ pub(super) fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -
         vars,
         roles,
         facts: HostFacts::default(),
+        os_image: None,
     }
 }
 
@@ -109,6 +146,13 @@ pub(super) fn read_vars_file(
     };
     let mut layer = read_layer(file, &node, problems);
     layer.facts = facts;
+    let os_image = node
+        .as_mapping()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_str() == "os_image"));
+    if let Some((key, n)) = os_image {
+        layer.os_image =
+            os::read_image_override(file, n, problems).map(|img| (img, span_pos(file, key.span())));
+    }
     Ok(Some(layer))
 }
 
@@ -186,6 +230,7 @@ pub(super) fn read_role_refs(file: &str, node: &Node, problems: &mut Vec<Invalid
                 pos: span_pos(file, s.span()),
                 params: vec![],
                 also_at: vec![],
+                when: None,
             }),
             Node::Mapping(m) => {
                 if let Some(r) = read_role_ref_map(file, m, problems) {
@@ -208,18 +253,22 @@ fn read_role_ref_map(
     problems: &mut Vec<Invalid>,
 ) -> Option<RoleRef> {
     for (k, _) in m.iter() {
-        if !["role", "params"].contains(&k.as_str()) {
+        if !["role", "params", "when"].contains(&k.as_str()) {
             problems.push(Invalid::at(
                 file,
                 k.span(),
                 format!(
-                    "unknown key `{}`, expected one of: role, params",
+                    "unknown key `{}`, expected one of: role, params, when",
                     k.as_str()
                 ),
             ));
             return None;
         }
     }
+    let when = match m.get_node("when") {
+        Some(n) => Some(When::read(file, n, problems)?),
+        None => None,
+    };
     let Some(name) = m.get_scalar("role") else {
         problems.push(Invalid::at(file, m.span(), "expected `role: NAME`"));
         return None;
@@ -244,5 +293,6 @@ fn read_role_ref_map(
         pos: span_pos(file, name.span()),
         params,
         also_at: vec![],
+        when,
     })
 }

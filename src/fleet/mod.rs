@@ -7,6 +7,7 @@
 //! roles, templates, expansion, the `os:` declaration and the `min_agent_version` gate.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use marked_yaml::Node;
 use minijinja::Value;
@@ -16,6 +17,7 @@ use crate::resources::{DesiredState, Reserved};
 use crate::VERSION;
 
 mod expand;
+pub(crate) mod facts;
 pub(crate) mod gate;
 mod layers;
 pub(crate) mod os;
@@ -50,11 +52,20 @@ pub(crate) fn builtin_roles(roles_dir: &std::path::Path) -> Source<'static> {
     }
 }
 
-/// Who the device is, as the agent configuration says.
+/// Who the device is, as the agent configuration says, and how its facts and secrets
+/// are read (the run reads the machine; `validate` uses stand-ins).
 #[derive(Debug, Clone)]
 pub(crate) struct Device {
     pub(crate) id: String,
     pub(crate) device_type: Option<String>,
+    pub(crate) reads: Arc<dyn facts::DeviceReads>,
+}
+
+/// A device's desired state and the OS image its group_vars or host_vars choose.
+pub(crate) struct ForDevice {
+    pub(crate) desired: DesiredState,
+    /// `os_image:` of the strongest layer that has one, and where it is written.
+    pub(crate) os_image: Option<(os::Image, Pos)>,
 }
 
 /// Facts about a device that its host_vars file states.
@@ -188,13 +199,13 @@ impl<'a> Fleet<'a> {
             .collect()
     }
 
-    /// The device's desired state, or every problem found on the way.
-    pub(crate) fn desired_state(&self, device: &Device) -> Result<DesiredState> {
+    /// The device's desired state and OS image choice, or every problem found.
+    pub(crate) fn for_device(&self, device: &Device) -> Result<ForDevice> {
         let groups = self.groups_of(device);
         self.desired_state_in(device, groups)
     }
 
-    fn desired_state_in(&self, device: &Device, groups: Vec<String>) -> Result<DesiredState> {
+    fn desired_state_in(&self, device: &Device, groups: Vec<String>) -> Result<ForDevice> {
         let mut problems = Vec::new();
         let host_file = format!("host_vars/{}.yml", device.id);
         let max = self.settings.max_yaml_bytes;
@@ -206,29 +217,38 @@ impl<'a> Fleet<'a> {
         layers.extend(groups.iter().filter_map(|g| self.group_layers.get(g)));
         layers.extend(host_layer.as_ref());
         let (mut vars, role_refs) = merge(&layers);
+        let os_image = layers.iter().rev().find_map(|l| l.os_image.clone());
         vars.insert(
             "device".into(),
             Value::from_iter([
                 ("id".to_string(), Value::from(device.id.clone())),
                 ("type".to_string(), Value::from(device.device_type.clone())),
                 ("groups".to_string(), Value::from(groups.clone())),
+                (
+                    "facts".to_string(),
+                    Value::from_object(facts::Facts(device.reads.clone())),
+                ),
             ]),
         );
 
-        let mut expander = expand::Expander::new(self, vars, problems);
+        let mut expander = expand::Expander::new(self, vars, problems, device.reads.clone());
         for r in &role_refs {
             let base = Value::from_iter(expander.vars.clone());
             expander.expand(r, &base, &mut Vec::new())?;
         }
+        expander.check_on_change();
         if !expander.problems.is_empty() {
             return Err(Error::Invalid(expander.problems));
         }
-        Ok(DesiredState {
-            device_id: device.id.clone(),
-            device_type: device.device_type.clone(),
-            groups,
-            roles: expander.roles,
-            resources: expander.resources,
+        Ok(ForDevice {
+            desired: DesiredState {
+                device_id: device.id.clone(),
+                device_type: device.device_type.clone(),
+                groups,
+                roles: expander.roles,
+                resources: expander.resources,
+            },
+            os_image,
         })
     }
 
@@ -261,11 +281,8 @@ impl<'a> Fleet<'a> {
                     None
                 }
             };
-            let device = Device {
-                id: id.clone(),
-                device_type,
-            };
-            if let Err(e) = self.desired_state(&device) {
+            let device = stand_in(&id, device_type);
+            if let Err(e) = self.for_device(&device) {
                 collect(&id, e)?;
             }
             checked.push(id);
@@ -283,10 +300,7 @@ impl<'a> Fleet<'a> {
             })
             .chain([(NO_GROUP_DEVICE.to_string(), vec![])]);
         for (id, groups) in stand_ins {
-            let device = Device {
-                id,
-                device_type: None,
-            };
+            let device = stand_in(&id, None);
             if let Err(e) = self.desired_state_in(&device, groups) {
                 collect(&device.id, e)?;
             }
@@ -407,6 +421,18 @@ impl<'a> Fleet<'a> {
     }
 }
 
+/// A device as `validate` (and `plan --all`) checks it, off the device: stand-in
+/// facts and secrets.
+pub(crate) fn stand_in(id: &str, device_type: Option<String>) -> Device {
+    Device {
+        id: id.to_string(),
+        device_type,
+        reads: Arc::new(facts::StandIn {
+            hostname: id.to_string(),
+        }),
+    }
+}
+
 /// What a device's host_vars file says about it (branch, device type), read alone:
 /// which branch to follow is decided before the branch is loaded.
 pub(crate) fn host_facts(repo: &Source, device_id: &str) -> Result<HostFacts> {
@@ -433,6 +459,9 @@ fn merge(layers: &[&Layer]) -> (BTreeMap<String, Value>, Vec<RoleRef>) {
             match role_refs.iter_mut().find(|e| e.name == r.name) {
                 Some(existing) => {
                     existing.also_at.push(r.pos.clone());
+                    if r.when.is_some() {
+                        existing.when = r.when.clone();
+                    }
                     for p in &r.params {
                         existing.params.retain(|(n, _, _)| n != &p.0);
                         existing.params.push(p.clone());

@@ -234,46 +234,72 @@ pub(crate) fn read(file: &str, top: &Node, problems: &mut Vec<Invalid>) -> Optio
 type Bad<'a> = dyn FnMut(&marked_yaml::Span, String) + 'a;
 
 fn read_images(raw: BTreeMap<String, RawImage>, bad: &mut Bad) -> BTreeMap<String, Image> {
-    let mut images = BTreeMap::new();
-    for (device_type, img) in raw {
-        let key = format!("os.images.{device_type}");
-        let artifact = img.artifact.as_str().trim();
-        if artifact.is_empty()
-            || artifact
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            bad(
-                img.artifact.span(),
-                format!("{key}.artifact: expected an artifact name without spaces (as `mender-update show-artifact` prints it)"),
-            );
-        }
-        let uri = img.uri.as_str();
-        if !(uri.starts_with('/') || http_url(uri)) {
-            bad(
-                img.uri.span(),
-                format!("{key}.uri: expected an http:// or https:// URL or an absolute path on the device"),
-            );
-        }
-        let sha256 = img.sha256.as_ref().map(|s| s.as_str().to_ascii_lowercase());
-        if let (Some(s), Some(h)) = (&img.sha256, &sha256) {
-            if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                bad(
-                    s.span(),
-                    format!("{key}.sha256: expected 64 hexadecimal digits"),
-                );
-            }
-        }
-        images.insert(
-            device_type,
-            Image {
-                artifact: artifact.to_string(),
-                uri: uri.to_string(),
-                sha256,
-            },
+    raw.into_iter()
+        .map(|(device_type, img)| {
+            let image = check_image(&format!("os.images.{device_type}"), img, bad);
+            (device_type, image)
+        })
+        .collect()
+}
+
+/// An image's values checked; `key` names it in messages.
+fn check_image(key: &str, img: RawImage, bad: &mut Bad) -> Image {
+    let artifact = img.artifact.as_str().trim();
+    if artifact.is_empty()
+        || artifact
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        bad(
+            img.artifact.span(),
+            format!("{key}.artifact: expected an artifact name without spaces (as `mender-update show-artifact` prints it)"),
         );
     }
-    images
+    let uri = img.uri.as_str();
+    if !(uri.starts_with('/') || http_url(uri)) {
+        bad(
+            img.uri.span(),
+            format!(
+                "{key}.uri: expected an http:// or https:// URL or an absolute path on the device"
+            ),
+        );
+    }
+    let sha256 = img.sha256.as_ref().map(|s| s.as_str().to_ascii_lowercase());
+    if let (Some(s), Some(h)) = (&img.sha256, &sha256) {
+        if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+            bad(
+                s.span(),
+                format!("{key}.sha256: expected 64 hexadecimal digits"),
+            );
+        }
+    }
+    Image {
+        artifact: artifact.to_string(),
+        uri: uri.to_string(),
+        sha256,
+    }
+}
+
+/// `os_image:` of a group_vars or host_vars file: the OS image of that group or device,
+/// above fleet.yml's image for its device type. None when a problem was found.
+pub(crate) fn read_image_override(
+    file: &str,
+    node: &Node,
+    problems: &mut Vec<Invalid>,
+) -> Option<Image> {
+    let raw = match yaml::typed::<RawImage>(file, node) {
+        Ok(r) => r,
+        Err(mut p) => {
+            p.message = format!("os_image: {}", p.message);
+            problems.push(p);
+            return None;
+        }
+    };
+    let before = problems.len();
+    let image = check_image("os_image", raw, &mut |span, message| {
+        problems.push(Invalid::at(file, span, message))
+    });
+    (problems.len() == before).then_some(image)
 }
 
 fn read_health(h: RawHealth, bad: &mut Bad) -> Health {

@@ -11,7 +11,7 @@ use minijinja::Value;
 
 use crate::content::Content;
 use crate::error::{span_pos, Invalid, Pos, Result};
-use crate::fleet::layers::{read_role_refs, RoleRef};
+use crate::fleet::layers::{read_role_refs, RoleRef, When};
 use crate::fleet::schema::{misplaced_keys, FileKind, ParamDoc, RoleDoc};
 use crate::fleet::source::Entry;
 use crate::fleet::{yaml, Fleet};
@@ -34,8 +34,8 @@ pub(super) struct RoleDef {
     pub(super) builtin: bool,
     pub(super) params: Vec<ParamDef>,
     pub(super) includes: Vec<RoleRef>,
-    /// Each resource with the position of its kind (`- file:`).
-    pub(super) resources: Vec<(Pos, Spec)>,
+    /// Each resource with the position of its kind (`- file:`) and its `when:`.
+    pub(super) resources: Vec<(Pos, Option<When>, Spec)>,
 }
 
 /// A role, or why it cannot be used.
@@ -118,10 +118,12 @@ impl Fleet<'_> {
         builtin: bool,
         text: &[u8],
     ) -> RoleLookup {
-        let node = match yaml::parse(&file, text) {
+        let mut node = match yaml::parse(&file, text) {
             Ok(n) => n,
             Err(p) => return Err(vec![p]),
         };
+        let mut problems = Vec::new();
+        let whens = take_whens(&file, &mut node, &mut problems);
         let mut shape = misplaced_keys(&file, &node, FileKind::Role);
         shape.extend(one_key_resources(&file, &node));
         if !shape.is_empty() {
@@ -132,7 +134,6 @@ impl Fleet<'_> {
             Err(p) => return Err(vec![p]),
         };
         let map = node.as_mapping().expect("top level is a mapping");
-        let mut problems = Vec::new();
         let params = read_params(&file, map, &mut problems);
         let positions = resource_positions(&file, map);
         let includes = match map.get_node("include") {
@@ -149,7 +150,12 @@ impl Fleet<'_> {
             builtin,
             params,
             includes,
-            resources: positions.into_iter().zip(doc.resources).collect(),
+            resources: positions
+                .into_iter()
+                .zip(whens)
+                .zip(doc.resources)
+                .map(|((pos, when), spec)| (pos, when, spec))
+                .collect(),
         }))
     }
 
@@ -265,6 +271,25 @@ fn read_params(file: &str, map: &MarkedMappingNode, problems: &mut Vec<Invalid>)
         });
     }
     params
+}
+
+/// Takes each resource's `when:` out of its mapping (a resource is otherwise one key, its
+/// kind), in resource order.
+fn take_whens(file: &str, node: &mut Node, problems: &mut Vec<Invalid>) -> Vec<Option<When>> {
+    let Some(items) = node
+        .as_mapping_mut()
+        .and_then(|m| m.get_mut("resources"))
+        .and_then(Node::as_sequence_mut)
+    else {
+        return vec![];
+    };
+    items
+        .iter_mut()
+        .map(|item| {
+            let when = item.as_mapping_mut()?.remove("when")?;
+            When::read(file, &when, problems)
+        })
+        .collect()
 }
 
 /// Each resource is a mapping with one key, its kind, and its settings under it. The

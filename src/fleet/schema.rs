@@ -24,8 +24,8 @@ impl FileKind {
         match self {
             FileKind::Fleet => &["format", "description", "settings", "vars", "roles", "os"],
             FileKind::Inventory => &["groups"],
-            FileKind::GroupVars => &["vars", "roles"],
-            FileKind::HostVars => &["vars", "roles", "branch", "device_type"],
+            FileKind::GroupVars => &["vars", "roles", "os_image"],
+            FileKind::HostVars => &["vars", "roles", "branch", "device_type", "os_image"],
             FileKind::Role => &["description", "params", "include", "resources"],
         }
     }
@@ -38,6 +38,9 @@ fn home(key: &str) -> Option<&'static str> {
         "groups" | "devices" | "device_types" => "inventory.yml",
         "branch" | "device_type" => "a host_vars file",
         "vars" | "roles" => "fleet.yml, group_vars or host_vars",
+        "os_image" => {
+            "group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
+        }
         "params" | "include" | "resources" => "a role's role.yml",
         _ => return None,
     })
@@ -160,6 +163,9 @@ pub(super) struct GroupVarsDoc {
     vars: Option<IgnoredAny>,
     #[allow(dead_code)]
     roles: Option<IgnoredAny>,
+    // Read by `os::read_image_override` (positions for every check).
+    #[allow(dead_code)]
+    os_image: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -173,6 +179,8 @@ pub(super) struct HostVarsDoc {
     pub(super) branch: Option<Spanned<String>>,
     /// The device's hardware type, when its agent.toml and Mender don't say.
     pub(super) device_type: Option<Spanned<String>>,
+    #[allow(dead_code)]
+    os_image: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]

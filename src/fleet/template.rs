@@ -4,16 +4,20 @@
 //! rendered again with the ones found so far standing in, up to a bound). Rendering is
 //! bounded: all the renderings of one device share `max_template_steps` steps
 //! (minijinja's fuel), and each gives at most `max_file_bytes` of output (fleet.yml
-//! settings); going over is a problem at the template.
+//! settings); going over is a problem at the template. The `when:` conditions are
+//! expressions rendered the same way; `secret(NAME)` reads a device-held secret.
 
 use std::cell::{Cell, RefCell};
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use marked_yaml::Span;
 use minijinja::value::ValueKind;
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 
 use crate::error::{line_column, Invalid, Pos};
+use crate::fleet::facts::{secret_function, DeviceReads};
 
 /// How many undefined variables one template reports at most.
 const MAX_UNDEFINED: usize = 20;
@@ -24,6 +28,8 @@ pub(super) struct Templates {
     /// The steps left to this device's renderings.
     steps_left: Cell<u64>,
     max_bytes: u64,
+    /// How many secrets templates have read so far.
+    secrets: Arc<AtomicUsize>,
 }
 
 /// A problem of a template, and the variable it lacks when that is the problem.
@@ -34,15 +40,54 @@ pub(super) struct TemplateError {
 }
 
 impl Templates {
-    pub(super) fn new(max_steps: u64, max_bytes: u64) -> Templates {
+    pub(super) fn new(max_steps: u64, max_bytes: u64, reads: Arc<dyn DeviceReads>) -> Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_keep_trailing_newline(true);
+        let secrets = Arc::new(AtomicUsize::new(0));
+        env.add_function("secret", secret_function(reads, secrets.clone()));
         Templates {
             env: RefCell::new(env),
             max_steps,
             steps_left: Cell::new(max_steps),
             max_bytes,
+            secrets,
+        }
+    }
+
+    /// How many secrets have been read so far: a value whose rendering changed it
+    /// carries a secret.
+    pub(super) fn secrets_read(&self) -> usize {
+        self.secrets.load(Ordering::Relaxed)
+    }
+
+    /// Evaluates a `when:` expression (`device.facts.architecture == "arm64"`, `kiosk_url
+    /// is defined`) to true or false, within the device's steps; errors point at the
+    /// expression.
+    pub(super) fn condition(
+        &self,
+        file: &str,
+        span: &Span,
+        expr: &str,
+        ctx: &Value,
+    ) -> Result<bool, Vec<TemplateError>> {
+        // As a template, so that errors have a range (expressions report none).
+        let src = format!("{{% if {expr} %}}1{{% endif %}}");
+        match self.bounded(&src, ctx) {
+            Ok(out) => Ok(out == "1"),
+            Err((e, mut said)) => {
+                let mut undefined = undefined_path(&e, &src).and_then(|p| p.into_iter().next());
+                if e.kind() == ErrorKind::UndefinedError && undefined.is_none() {
+                    if let Some(name) = first_undefined(expr, ctx) {
+                        said = format!("undefined variable `{name}`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params");
+                        undefined = name.split('.').next().map(str::to_string);
+                    }
+                }
+                Err(vec![TemplateError {
+                    problem: Invalid::at(file, span, format!("when: {said}")),
+                    undefined,
+                }])
+            }
         }
     }
 
@@ -183,12 +228,29 @@ impl Templates {
     }
 }
 
+/// The expression an error points at, with the names before a `.attribute` it starts
+/// with (an undefined attribute of an object is reported from its dot).
+fn expression_at<'s>(e: &minijinja::Error, src: &'s str) -> Option<&'s str> {
+    let range = e.range()?;
+    let mut start = range.start;
+    if src.get(range.clone())?.starts_with('.') {
+        while start > 0 {
+            let c = src.as_bytes()[start - 1];
+            if !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.') {
+                break;
+            }
+            start -= 1;
+        }
+    }
+    src.get(start..range.end).map(str::trim)
+}
+
 /// The dotted name of an undefined variable (`device.nmae` → [device, nmae]).
 fn undefined_path(e: &minijinja::Error, src: &str) -> Option<Vec<String>> {
     if e.kind() != ErrorKind::UndefinedError {
         return None;
     }
-    let expr = src.get(e.range()?)?.trim();
+    let expr = expression_at(e, src)?;
     let parts: Vec<String> = expr.split('.').map(str::to_string).collect();
     let ident = |p: &String| {
         p.chars()
@@ -251,6 +313,50 @@ impl Write for Capped {
     }
 }
 
+/// The first name of an expression that the context does not define (with its dotted
+/// attributes), for a message when the engine points at the whole condition. Names in
+/// quotes, after `.`, `|` or `is`, and the language's words are not variables.
+fn first_undefined(expr: &str, ctx: &Value) -> Option<String> {
+    const WORDS: [&str; 12] = [
+        "and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False",
+    ];
+    let b = expr.as_bytes();
+    let (mut i, mut quote, mut after_is) = (0, None, false);
+    while i < b.len() {
+        let c = b[i];
+        if let Some(q) = quote {
+            quote = (c != q).then_some(q);
+            i += 1;
+            continue;
+        }
+        if c == b'"' || c == b'\'' {
+            quote = Some(c);
+            i += 1;
+            continue;
+        }
+        if !(c.is_ascii_alphabetic() || c == b'_') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'.') {
+            i += 1;
+        }
+        let path = expr[start..i].trim_end_matches('.');
+        let before = expr[..start].trim_end();
+        let word = path.split('.').next().unwrap_or(path);
+        let skip = before.ends_with('.') || before.ends_with('|') || after_is;
+        after_is = word == "is" || (after_is && word == "not");
+        if skip || WORDS.contains(&word) {
+            continue;
+        }
+        if ctx.get_attr(word).map_or(true, |v| v.is_undefined()) {
+            return Some(path.to_string());
+        }
+    }
+    None
+}
+
 /// minijinja's error, with the name of an undefined variable spelled out.
 fn message(e: &minijinja::Error, src: &str, max_steps: u64) -> String {
     match e.kind() {
@@ -258,11 +364,7 @@ fn message(e: &minijinja::Error, src: &str, max_steps: u64) -> String {
             "the device's templates take more than {max_steps} steps with this one (max_template_steps; fleet.yml settings)"
         ),
         ErrorKind::UndefinedError => {
-            let expr = e
-                .range()
-                .and_then(|r| src.get(r))
-                .map(str::trim)
-                .unwrap_or("");
+            let expr = expression_at(e, src).unwrap_or("");
             if expr.is_empty() {
                 "undefined variable in template: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params".into()
             } else {

@@ -57,6 +57,15 @@ pub(crate) fn reserved() -> Reserved {
 
 /// The desired state of device pi-1, or every problem as `file:line:column: message`.
 pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String>> {
+    let reads = std::sync::Arc::new(crate::fleet::facts::Fixed::default());
+    for_device(files, reads).map(|d| d.desired)
+}
+
+/// What device pi-1 gets, reading facts and secrets from `reads`.
+pub(crate) fn for_device(
+    files: &[(&str, &str)],
+    reads: std::sync::Arc<dyn crate::fleet::facts::DeviceReads>,
+) -> Result<crate::fleet::ForDevice, Vec<String>> {
     let src = source(files);
     let as_strings = |e: Error| match e {
         Error::Invalid(ps) => ps.iter().map(|p| p.to_string()).collect(),
@@ -67,8 +76,9 @@ pub(crate) fn desired(files: &[(&str, &str)]) -> Result<DesiredState, Vec<String
     let device = Device {
         id: "pi-1".into(),
         device_type: None,
+        reads,
     };
-    fleet.desired_state(&device).map_err(as_strings)
+    fleet.for_device(&device).map_err(as_strings)
 }
 
 pub(crate) fn problems(files: &[(&str, &str)]) -> Vec<String> {
@@ -116,7 +126,7 @@ invalid!(
     [
         ("roles/web/role.yml", "resources:\n  - filee:\n      path: /etc/x\n")
     ],
-    "roles/web/role.yml:2:5: unknown variant `filee`, expected one of `file`, `directory`, `symlink`, `absent`, `apt_source`, `package`, `service`, `user`, `group`"
+    "roles/web/role.yml:2:5: unknown variant `filee`, expected one of `file`, `directory`, `symlink`, `absent`, `apt_source`, `package`, `service`, `user`, `group`, `command`, `download`"
 );
 
 invalid!(
@@ -239,7 +249,7 @@ invalid!(
         "roles/web/role.yml",
         "resources:\n  - package:\n      name: curl\n      state: installed\n"
     )],
-    "roles/web/role.yml:4:14: `installed` is not a package state: expected present or absent"
+    "roles/web/role.yml:4:14: `installed` is not a package state: expected present, absent or latest"
 );
 
 invalid!(
@@ -398,7 +408,7 @@ invalid!(
         "fleet.yml",
         "format: 1\nroles:\n  - role: web\n    param: {}\n"
     )],
-    "fleet.yml:4:5: unknown key `param`, expected one of: role, params"
+    "fleet.yml:4:5: unknown key `param`, expected one of: role, params, when"
 );
 
 invalid!(
@@ -473,7 +483,7 @@ invalid!(
 invalid!(
     group_vars_take_vars_and_roles_only,
     [("group_vars/shop.yml", "vars: {}\ncolour: red\n")],
-    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles"
+    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles, os_image"
 );
 invalid!(
     os_belongs_in_fleet_yml,
@@ -722,8 +732,9 @@ fn from_tree_and_commit(files: &[(&str, &str)], links: &[(&str, &str)]) -> [Vec<
         let device = Device {
             id: "pi-1".into(),
             device_type: None,
+            reads: std::sync::Arc::new(crate::fleet::facts::Fixed::default()),
         };
-        match result.and_then(|fleet| fleet.desired_state(&device).map_err(as_strings)) {
+        match result.and_then(|fleet| fleet.for_device(&device).map_err(as_strings)) {
             Ok(_) => vec![],
             Err(problems) => problems,
         }
@@ -797,4 +808,128 @@ invalid!(
         ("host_vars/.gitkeep", "")
     ],
     "group_vars/README.md: not a vars file: group_vars/ holds only <name>.yml files (hidden files are ignored)"
+);
+
+// ---- command, download, when:, os_image (issue 20)
+
+invalid!(
+    a_command_without_a_guard,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - command:\n      name: hello\n      argv: [echo, hi]\n"
+    )],
+    "roles/web/role.yml:3:13: a command needs a guard: `creates`, `unless`, `only_if` or `on_change` (without one it would run on every poll)"
+);
+invalid!(
+    a_command_with_argv_and_shell,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - command:\n      name: hello\n      argv: [echo]\n      shell: echo hi\n      creates: /x\n"
+    )],
+    "roles/web/role.yml:3:13: a command needs exactly one of `argv` (a list: the program and its arguments) or `shell` (a line for /bin/sh -c)"
+);
+invalid!(
+    a_command_whose_check_is_empty,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - command:\n      name: hello\n      argv: [echo]\n      unless: []\n"
+    )],
+    "roles/web/role.yml:3:13: `unless` is a check's argv: expected a non-empty list such as [test, -x, /usr/bin/x]"
+);
+invalid!(
+    on_change_of_something_not_declared,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - command:\n      name: reload\n      argv: [true]\n      on_change: [/etc/web/web.conf, /etc/nope, \"package:curl\"]\n  - file: {path: /etc/web/web.conf, content: x}\n"
+    )],
+    "roles/web/role.yml:5:38: on_change: `/etc/nope` is not declared for this device (a resource that a `when:` leaves out is not declared)",
+    "roles/web/role.yml:5:49: on_change: `package:curl` is not declared for this device (a resource that a `when:` leaves out is not declared)"
+);
+invalid!(
+    on_change_of_a_service,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - command: {name: a, argv: [true], on_change: [\"service:x\"]}\n"
+    )],
+    "roles/web/role.yml:2:50: `service:x` names no resource: expected a path (of a file, directory, link or download) or package:NAME, user:NAME, group:NAME, command:NAME"
+);
+invalid!(
+    on_change_of_a_later_command,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - command: {name: a, argv: [true], on_change: [\"command:b\"]}\n  - command: {name: b, argv: [true], creates: /x}\n"
+    )],
+    "roles/web/role.yml:2:50: on_change: `command:b` is not a command declared before this one (commands run in declared order)"
+);
+invalid!(
+    a_download_with_a_bad_digest_and_format,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - download:\n      path: /opt/x\n      url: ftp://example.com/x\n      sha256: abc\n      unpack: rar\n"
+    )],
+    "roles/web/role.yml:4:12: `ftp://example.com/x` is not a download URL: expected http:// or https://",
+    "roles/web/role.yml:5:15: expected the sha256 of the download: 64 hexadecimal digits",
+    "roles/web/role.yml:6:15: `rar` is not an archive format: expected one of tar.gz, tar.xz, zip"
+);
+invalid!(
+    strip_components_of_a_zip,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - download:\n      path: /opt/x\n      url: https://example.com/x.zip\n      sha256: \"0000000000000000000000000000000000000000000000000000000000000000\"\n      unpack: zip\n      strip_components: 1\n"
+    )],
+    "roles/web/role.yml:7:25: strip_components goes with `unpack: tar.gz` or `unpack: tar.xz`"
+);
+invalid!(
+    a_when_that_cannot_be_evaluated,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - when: kiosk_url == 1\n    file: {path: /etc/x, content: x}\n"
+    )],
+    "roles/web/role.yml:2:11: when: undefined variable `kiosk_url`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params"
+);
+invalid!(
+    a_when_that_is_not_text,
+    [(
+        "group_vars/shop.yml",
+        "roles:\n  - role: web\n    when: [a]\n"
+    )],
+    "group_vars/shop.yml:3:11: expected `when:` as a condition: an expression such as `device.facts.architecture == \"arm64\"` or `kiosk_url is defined`"
+);
+invalid!(
+    an_unknown_fact,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/x, content: \"{{ device.facts.cpu }}\"}\n"
+    )],
+    "roles/web/role.yml:2:35: undefined variable `device.facts.cpu`: expected it in vars (fleet.yml, group_vars, host_vars) or the role's params"
+);
+invalid!(
+    a_missing_secret,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/x, content: \"{{ secret('ci_token') }}\"}\n"
+    )],
+    "roles/web/role.yml:2:35: template error: secret `ci_token` is not on this device"
+);
+invalid!(
+    a_bad_secret_name,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/x, content: \"{{ secret('../shadow') }}\"}\n"
+    )],
+    "roles/web/role.yml:2:35: template error: `../shadow` is not a secret name: expected letters, digits, `.`, `_` and `-` (a file in /etc/fleet-agent/secrets)"
+);
+invalid!(
+    a_bad_os_image,
+    [(
+        "host_vars/pi-1.yml",
+        "os_image:\n  artifact: \"a b\"\n  uri: ftp://x\n"
+    )],
+    "host_vars/pi-1.yml:2:13: os_image.artifact: expected an artifact name without spaces (as `mender-update show-artifact` prints it)",
+    "host_vars/pi-1.yml:3:8: os_image.uri: expected an http:// or https:// URL or an absolute path on the device"
+);
+invalid!(
+    os_image_in_fleet_yml,
+    [("fleet.yml", "format: 1\nos_image: {artifact: a, uri: /a}\n")],
+    "fleet.yml:2:1: `os_image` belongs in group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
 );

@@ -85,6 +85,8 @@ pub(crate) fn host(
                 digest: String::new(),
                 created: r.created,
                 secret: r.secret,
+                stamp: None,
+                pending: false,
             };
             (id.clone(), state)
         })

@@ -135,7 +135,7 @@ fn declared_at(
     let source = Source::commit(repo, commit)?;
     let file = FleetFile::read(&source)?;
     let fleet = Fleet::load(&source, Some(builtin), &file, reserved_by_default())?;
-    let desired = fleet.desired_state(device)?;
+    let desired = fleet.for_device(device)?.desired;
     facts_host::declared_contents(&desired)
 }
 

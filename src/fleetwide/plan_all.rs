@@ -92,12 +92,11 @@ pub(crate) fn plan_device(
             return dp;
         }
     }
-    let device = Device {
-        id: latest.device.clone(),
-        device_type: latest.device_type.clone(),
-    };
-    let desired = match fleet.desired_state(&device) {
-        Ok(d) => d,
+    // A report carries no facts of the machine (os-release, model) and never a secret:
+    // templates see validate's stand-ins (docs/reporting.md).
+    let device = crate::fleet::stand_in(&latest.device, latest.device_type.clone());
+    let (desired, os_image) = match fleet.for_device(&device) {
+        Ok(d) => (d.desired, d.os_image),
         Err(Error::Invalid(problems)) => {
             dp.outcome = Outcome::LoadFails(problems.iter().map(|p| p.to_string()).collect());
             return dp;
@@ -125,17 +124,23 @@ pub(crate) fn plan_device(
             .and_then(|c| old_contents(c, &device)),
         converged: matches!(report.outcome.as_str(), "applied" | "unchanged"),
     };
+    let mut declared = Declared::new(fleet.os.as_ref(), desired.device_type.as_deref());
+    if let Some((image, at)) = os_image {
+        declared = declared.overridden(image, at.to_string());
+    }
     let planned = Scratch::new(&latest.device).and_then(|scratch| {
         let (host, previous) = facts_host::host(&scratch, facts, &contents)?;
         let options = resources::Options {
             prune: fleet.settings.prune,
             apt_lists_max_age: Duration::from_secs(fleet.settings.apt_lists_max_age_minutes * 60),
+            state_dir: crate::config::DEFAULT_STATE_DIR.into(),
+            http_timeout: Duration::from_secs(30),
+            ab_managed: declared.image.is_some(),
         };
-        resources::plan(&host, &desired, Some(&previous), options, None)
+        resources::plan(&host, &desired, Some(&previous), &options, None)
     });
     dp.outcome = match planned {
         Ok(plan) => {
-            let declared = Declared::new(fleet.os.as_ref(), desired.device_type.as_deref());
             let os_line = osupdate::plan_line(&declared, &os_state(latest));
             Outcome::Planned { plan, os_line }
         }

@@ -79,6 +79,7 @@ fn journalctl(dir: &Path) -> Result<String> {
     let out = System.run(Cmd {
         argv: &argv,
         chroot: None,
+        exec: None,
     })?;
     // journalctl exits 1 when nothing matches in some versions: no reports, not an error.
     if out.code != 0 && !out.stdout.trim().is_empty() {

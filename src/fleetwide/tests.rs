@@ -3,7 +3,6 @@
 //! device from its report's facts with the unchanged planner (no machine reached).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use crate::digest::sha256_hex;
 use crate::fleet::tests::desired;
@@ -13,7 +12,7 @@ use crate::fleetwide::store::{parse, Reports};
 use crate::plan::Plan;
 use crate::report::facts::{PackageFact, ResourceFact};
 use crate::report::{Facts, PathFact, Report, ServiceFact};
-use crate::resources::{plan, DesiredState, Options};
+use crate::resources::{plan, DesiredState};
 
 fn report(device: &str, seq: u64, id: &str) -> Report {
     serde_json::from_value(serde_json::json!({
@@ -176,11 +175,14 @@ fn planned(desired: &DesiredState, facts: &Facts, old: Option<&DesiredState>) ->
         converged: true,
     };
     let (host, previous) = facts_host::host(&scratch, facts, &contents).unwrap();
-    let options = Options {
-        prune: true,
-        apt_lists_max_age: Duration::from_secs(3600),
-    };
-    plan(&host, desired, Some(&previous), options, None).unwrap()
+    plan(
+        &host,
+        desired,
+        Some(&previous),
+        &crate::tests::planner::options(),
+        None,
+    )
+    .unwrap()
 }
 
 fn summary(p: &Plan) -> Vec<String> {

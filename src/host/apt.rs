@@ -51,6 +51,29 @@ pub(crate) fn dpkg_status(host: &Host) -> Result<HashMap<String, Installed>> {
     )
 }
 
+/// The Debian architecture of the managed system: the `Architecture:` of dpkg itself in
+/// dpkg's status file (None without one).
+pub(crate) fn dpkg_architecture(host: &Host) -> Result<Option<String>> {
+    let path = host.path(Path::new("/var/lib/dpkg/status"));
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("cannot read dpkg's status", &path, e)),
+    };
+    let start = if text.starts_with("Package: dpkg\n") {
+        Some(0)
+    } else {
+        text.find("\nPackage: dpkg\n")
+    };
+    Ok(start.and_then(|i| {
+        let para = &text[i..];
+        let para = &para[..para[1..].find("\n\n").map_or(para.len(), |e| e + 1)];
+        para.lines()
+            .find_map(|l| l.strip_prefix("Architecture: "))
+            .map(|a| a.trim().to_string())
+    }))
+}
+
 fn parse_status(text: &str) -> HashMap<String, Installed> {
     let mut out = HashMap::new();
     for para in text.split("\n\n") {
@@ -168,6 +191,32 @@ fn candidate_versions(host: &Host, package: &str) -> Result<Vec<String>> {
             (cols.len() >= 2 && cols[0] == package).then(|| cols[1].to_string())
         })
         .collect())
+}
+
+/// apt's candidate version of each package (`apt-cache policy`, from the local lists);
+/// a package without one is left out.
+pub(crate) fn candidates(host: &Host, names: &[&str]) -> Result<HashMap<String, String>> {
+    let mut argv = vec!["apt-cache", "policy", "--"];
+    argv.extend(names);
+    let out = host.run_output(&argv, true)?;
+    Ok(parse_policy(&out))
+}
+
+fn parse_policy(out: &str) -> HashMap<String, String> {
+    let mut found = HashMap::new();
+    let mut current: Option<String> = None;
+    for line in out.lines() {
+        if !line.starts_with(' ') {
+            current = line
+                .strip_suffix(':')
+                .map(|n| n.split(':').next().unwrap_or(n).to_string());
+        } else if let (Some(name), Some(c)) = (&current, line.trim().strip_prefix("Candidate: ")) {
+            if c != "(none)" {
+                found.insert(name.clone(), c.to_string());
+            }
+        }
+    }
+    found
 }
 
 /// The most preferred version of the lists that matches a glob.
@@ -418,6 +467,15 @@ mod tests {
             ),
             ["The repository 'http://x bookworm Release' does not have a Release file."]
         );
+    }
+
+    #[test]
+    fn apt_policy_gives_each_candidate() {
+        let out = "hello:\n  Installed: 2.10-2\n  Candidate: 2.10-3\n  Version table:\n     2.10-3 500\nlibc6:arm64:\n  Installed: 2.36\n  Candidate: 2.36\nghost:\n  Installed: (none)\n  Candidate: (none)\n";
+        let c = parse_policy(out);
+        assert_eq!(c["hello"], "2.10-3");
+        assert_eq!(c["libc6"], "2.36");
+        assert!(!c.contains_key("ghost"));
     }
 
     #[test]

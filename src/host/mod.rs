@@ -7,6 +7,8 @@
 pub(crate) mod accounts;
 pub(crate) mod apt;
 pub(crate) mod command;
+mod facts;
+pub(crate) mod fetch;
 mod resolve;
 pub(crate) mod systemd;
 
@@ -27,7 +29,7 @@ use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 
 use crate::error::{Error, Result};
-use command::{Cmd, Runner};
+use command::{Cmd, Exec, Output, Runner};
 use resolve::{Fail, Policy};
 
 #[derive(Clone)]
@@ -144,8 +146,23 @@ impl Host {
     /// the root is not `/`. Returns the exit code, stdout and stderr.
     pub(crate) fn run_status(&self, argv: &[&str], in_root: bool) -> Result<(i32, String, String)> {
         let chroot = (in_root && !self.is_live()).then_some(self.root.as_path());
-        let out = self.runner.run(Cmd { argv, chroot })?;
+        let out = self.runner.run(Cmd {
+            argv,
+            chroot,
+            exec: None,
+        })?;
         Ok((out.code, out.stdout, out.stderr))
+    }
+
+    /// Runs a fleet's own command (a `command` resource or one of its checks) on the
+    /// managed system, chrooted under `--root`, with exactly the settings of `exec`.
+    pub(crate) fn run_exec(&self, argv: &[&str], exec: &Exec) -> Result<Output> {
+        let chroot = (!self.is_live()).then_some(self.root.as_path());
+        self.runner.run(Cmd {
+            argv,
+            chroot,
+            exec: Some(exec),
+        })
     }
 
     /// Runs a command that must succeed; its stderr is kept in the error.
@@ -205,6 +222,30 @@ impl Host {
     }
 
     /// An error of a read or change of `device_path`.
+    /// The directory that holds a device path, as a path on this machine, after the
+    /// same resolution as every other change (no link out of the root, none a user can
+    /// change on the running system): the path must name the very directory that the
+    /// resolution opened. For the steps that work by path (a download placed or
+    /// unpacked beside its target by the device's own tools); docs/security.md.
+    pub(crate) fn verified_parent(&self, device_path: &Path) -> Result<PathBuf> {
+        let at = self
+            .at(device_path)
+            .map_err(|f| self.fail("cannot write", device_path, f))?;
+        let parent = self.path(device_path.parent().unwrap_or(Path::new("/")));
+        let opened = nix::sys::stat::fstat(at.raw())
+            .map_err(|e| self.fail("cannot inspect", device_path, e.into()))?;
+        let by_path = fs::metadata(&parent).map_err(|e| Error::io("cannot inspect", &parent, e))?;
+        use std::os::unix::fs::MetadataExt as _;
+        if (by_path.dev(), by_path.ino()) != (opened.st_dev, opened.st_ino) {
+            return Err(Error::Other(format!(
+                "cannot write {}: {} is not the directory it resolves to inside the root (a link on the way)",
+                device_path.display(),
+                parent.display()
+            )));
+        }
+        Ok(parent)
+    }
+
     fn fail(&self, context: &str, device_path: &Path, f: Fail) -> Error {
         match f {
             Fail::Io(e) => Error::io(context, self.path(device_path), e),
@@ -249,6 +290,18 @@ impl Host {
             t if t == SFlag::S_IFDIR.bits() => Existing::Directory { mode, uid, gid },
             _ => Existing::Other,
         })
+    }
+
+    /// The size of a regular file, None when there is nothing there.
+    pub(crate) fn file_size(&self, device_path: &Path) -> Result<Option<u64>> {
+        if self.inspect(device_path)? == Existing::Missing {
+            return Ok(None);
+        }
+        let f = self.open(device_path)?;
+        let meta = f
+            .metadata()
+            .map_err(|e| self.fail("cannot inspect", device_path, Fail::Io(e)))?;
+        Ok(Some(meta.len()))
     }
 
     /// Opens what is at a device path (never a link), for reading or metadata changes.

@@ -12,6 +12,9 @@ pub(super) mod tests;
 pub(crate) struct Declared {
     pub(crate) device_type: Option<String>,
     pub(crate) image: Option<Image>,
+    /// Where the image is declared: `fleet.yml os.images.TYPE`, or the group_vars or
+    /// host_vars position of an `os_image:`.
+    pub(crate) image_from: Option<String>,
     pub(crate) reboot: Reboot,
     pub(crate) health: Health,
     pub(crate) retry: Retry,
@@ -19,13 +22,33 @@ pub(crate) struct Declared {
 
 impl Declared {
     pub(crate) fn new(decl: Option<&OsDecl>, device_type: Option<&str>) -> Declared {
+        let image = decl.and_then(|d| d.image_for(device_type)).cloned();
         Declared {
             device_type: device_type.map(str::to_string),
-            image: decl.and_then(|d| d.image_for(device_type)).cloned(),
+            image_from: image
+                .as_ref()
+                .and(device_type)
+                .map(|t| format!("fleet.yml os.images.{t}")),
+            image,
             reboot: decl.map(|d| d.reboot).unwrap_or(Reboot::Now),
             health: decl.map(|d| d.health.clone()).unwrap_or_default(),
             retry: decl.map(|d| d.retry).unwrap_or_default(),
         }
+    }
+
+    /// The image a group_vars or host_vars `os_image:` chooses, above the device type's.
+    pub(crate) fn overridden(mut self, image: Image, from: String) -> Declared {
+        self.image = Some(image);
+        self.image_from = Some(from);
+        self
+    }
+
+    /// `, image from WHERE` for the plan line (empty without an image).
+    pub(crate) fn image_source(&self) -> String {
+        self.image_from
+            .as_ref()
+            .map(|f| format!(" (image from {f})"))
+            .unwrap_or_default()
     }
 }
 

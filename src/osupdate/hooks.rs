@@ -51,6 +51,7 @@ pub(crate) fn stopped_pull_step(
         health.offline_timeout_seconds = t;
     }
     let declared = Declared {
+        image_from: None,
         device_type: None,
         image: None,
         reboot: Reboot::Now,

@@ -109,13 +109,14 @@ pub(crate) fn plan_line(d: &Declared, s: &OsState) -> Option<(String, bool)> {
             false,
         ));
     }
+    let from = d.image_source();
     if current == img.artifact {
-        return Some((format!("OS: {current} ({ty}), up to date"), false));
+        return Some((format!("OS: {current} ({ty}), up to date{from}"), false));
     }
     if s.failed.contains(&img.artifact) {
         return Some((
             format!(
-                "OS: {current} ({ty}); {} failed before, not retried (fleet-agent os retry)",
+                "OS: {current} ({ty}); {} failed before, not retried (fleet-agent os retry){from}",
                 img.artifact
             ),
             false,
@@ -123,7 +124,7 @@ pub(crate) fn plan_line(d: &Declared, s: &OsState) -> Option<(String, bool)> {
     }
     Some((
         format!(
-            "OS: {current} → {} ({ty}), reboot: {}",
+            "OS: {current} → {} ({ty}), reboot: {}{from}",
             img.artifact, d.reboot
         ),
         true,

@@ -85,6 +85,7 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Result<Option<File>> {
     }
     let owner = path::owner(x, s.owner.as_ref());
     let group = path::owner(x, s.group.as_ref());
+    let secrets = x.secrets_read();
     let given = [&s.content, &s.source, &s.template]
         .iter()
         .filter(|c| c.is_some())
@@ -111,7 +112,8 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Result<Option<File>> {
             mode,
             owner,
             group,
-            secret: s.secret,
+            // Content that renders a device-held secret is secret whatever it says.
+            secret: s.secret || x.secrets_read() != secrets,
         }),
         _ => None,
     })

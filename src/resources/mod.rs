@@ -5,9 +5,10 @@
 //! a kind is one module, one variant of [`Spec`] and [`Kind`], and one arm per match
 //! here and in `planner.rs` (docs/architecture.md walks through one).
 //!
-//! Path kinds (file, directory, symlink, absent) plan one at a time; packages plan as
-//! one apt transaction and services after every file, each as a phase. An `apt_source`
-//! expands into two files (its key and its .sources file) and plans as them.
+//! Path kinds (file, directory, symlink, absent, download) plan one at a time; packages
+//! plan as one apt transaction, commands after every file, services after the commands,
+//! each as a phase. An `apt_source` expands into two files (its key and its .sources
+//! file) and plans as them.
 
 use std::path::Path;
 
@@ -19,11 +20,14 @@ use crate::content::Content;
 use crate::digest::hex;
 use crate::error::{Pos, Result};
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, RunPhase};
+pub(crate) use download::stamp;
 
 mod absent;
 mod apt_source;
 mod checks;
+pub(crate) mod command;
 mod directory;
+mod download;
 mod file;
 mod group;
 mod package;
@@ -98,6 +102,8 @@ pub(crate) enum Spec {
     Service(service::Spec),
     User(user::Spec),
     Group(group::Spec),
+    Command(command::Spec),
+    Download(download::Spec),
 }
 
 /// What expanding a spec needs from the fleet loader: templates rendered in the role's
@@ -118,6 +124,11 @@ pub(crate) trait Expand {
     fn problems(&self) -> usize;
     /// The agent's own files, which no resource may touch.
     fn reserved(&self) -> &Reserved;
+    /// The position of a value of role.yml.
+    fn pos(&self, span: &Span) -> Pos;
+    /// How many device-held secrets templates have read so far: a value whose rendering
+    /// changed it carries one.
+    fn secrets_read(&self) -> usize;
 }
 
 impl Spec {
@@ -137,6 +148,8 @@ impl Spec {
             Spec::Service(s) => service::expand(s, x).map(|k| vec![Kind::Service(k)]),
             Spec::User(s) => user::expand(s, x).map(|k| vec![Kind::User(k)]),
             Spec::Group(s) => group::expand(s, x).map(|k| vec![Kind::Group(k)]),
+            Spec::Command(s) => command::expand(s, x).map(|k| vec![Kind::Command(k)]),
+            Spec::Download(s) => download::expand(s, x).map(|k| vec![Kind::Download(k)]),
         };
         Ok(kinds.filter(|_| x.problems() == before))
     }
@@ -155,6 +168,8 @@ pub(crate) enum Kind {
     Service(service::Service),
     Group(group::Group),
     User(user::User),
+    Command(command::Command),
+    Download(download::Download),
 }
 
 /// Where apt looks for sources and keys: files there are planned in the sources phase.
@@ -178,9 +193,12 @@ impl Kind {
             Kind::Service(s) => format!("service:{}", s.unit),
             Kind::Group(g) => format!("group:{}", g.name),
             Kind::User(u) => format!("user:{}", u.name),
-            Kind::File(_) | Kind::Directory(_) | Kind::Symlink(_) | Kind::Absent(_) => {
-                format!("path:{}", self.subject())
-            }
+            Kind::Command(c) => format!("command:{}", c.name),
+            Kind::File(_)
+            | Kind::Directory(_)
+            | Kind::Symlink(_)
+            | Kind::Absent(_)
+            | Kind::Download(_) => format!("path:{}", self.subject()),
         }
     }
 
@@ -191,7 +209,12 @@ impl Kind {
             Kind::Directory(d) => Some(&d.path),
             Kind::Symlink(l) => Some(&l.path),
             Kind::Absent(a) => Some(&a.path),
-            Kind::Package(_) | Kind::Service(_) | Kind::Group(_) | Kind::User(_) => None,
+            Kind::Download(d) => Some(&d.path),
+            Kind::Package(_)
+            | Kind::Service(_)
+            | Kind::Group(_)
+            | Kind::User(_)
+            | Kind::Command(_) => None,
         }
     }
 
@@ -202,9 +225,12 @@ impl Kind {
             Kind::Service(s) => s.unit.clone(),
             Kind::Group(g) => g.name.clone(),
             Kind::User(u) => u.name.clone(),
-            Kind::File(_) | Kind::Directory(_) | Kind::Symlink(_) | Kind::Absent(_) => {
-                self.path().expect("a path kind").display().to_string()
-            }
+            Kind::Command(c) => c.name.clone(),
+            Kind::File(_)
+            | Kind::Directory(_)
+            | Kind::Symlink(_)
+            | Kind::Absent(_)
+            | Kind::Download(_) => self.path().expect("a path kind").display().to_string(),
         }
     }
 
@@ -219,6 +245,8 @@ impl Kind {
             Kind::Service(_) => "service",
             Kind::Group(_) => "group",
             Kind::User(_) => "user",
+            Kind::Command(_) => "command",
+            Kind::Download(_) => "download",
         }
     }
 
@@ -233,6 +261,8 @@ impl Kind {
             Kind::Service(_) => ChangeKind::Service,
             Kind::Group(_) => ChangeKind::Group,
             Kind::User(_) => ChangeKind::User,
+            Kind::Command(_) => ChangeKind::Command,
+            Kind::Download(_) => ChangeKind::Download,
         }
     }
 
@@ -242,9 +272,12 @@ impl Kind {
             Kind::Service(_) => RunPhase::Services,
             Kind::Group(_) => RunPhase::Groups,
             Kind::User(_) => RunPhase::Users,
-            Kind::File(_) | Kind::Directory(_) | Kind::Symlink(_) | Kind::Absent(_) => {
-                path_phase(self.path().expect("a path kind"))
-            }
+            Kind::Command(_) => RunPhase::Commands,
+            Kind::File(_)
+            | Kind::Directory(_)
+            | Kind::Symlink(_)
+            | Kind::Absent(_)
+            | Kind::Download(_) => path_phase(self.path().expect("a path kind")),
         }
     }
 
@@ -260,9 +293,12 @@ impl Kind {
             Kind::Directory(d) => d.digest_into(&mut h),
             Kind::Symlink(l) => h.update(l.target.as_os_str().as_encoded_bytes()),
             Kind::Absent(_) => {}
-            Kind::Package(_) | Kind::Service(_) | Kind::Group(_) | Kind::User(_) => {
-                h.update(serde_json::to_vec(self).expect("resources serialize"))
-            }
+            Kind::Package(_)
+            | Kind::Service(_)
+            | Kind::Group(_)
+            | Kind::User(_)
+            | Kind::Command(_)
+            | Kind::Download(_) => h.update(serde_json::to_vec(self).expect("resources serialize")),
         }
         hex(&h.finalize())
     }

@@ -1,8 +1,11 @@
-//! `package`: present, absent, or pinned (an exact version or a glob), as one apt
-//! transaction per run. Planned as a phase, from dpkg's status file (read directly, so a
-//! run with nothing to change runs no apt command); when something must change, `apt-get
-//! -s` shows what apt will resolve, and `apt-get update` runs first when the sources
-//! changed or the lists are stale. Held packages are left alone, with a note.
+//! `package`: present, absent, latest, or pinned (an exact version or a glob), as one
+//! apt transaction per run. Planned as a phase, from dpkg's status file (read directly,
+//! so a run with nothing to change runs no apt command); when something must change,
+//! `apt-get -s` shows what apt will resolve, and `apt-get update` runs first when the
+//! sources changed or the lists are stale. `latest` asks apt for its candidate
+//! (`apt-cache policy`, from lists refreshed as the settings say). Held packages are left
+//! alone, with a note. On a device whose root filesystem is managed by A/B OS updates,
+//! kernel, bootloader and firmware packages are refused unless a resource allows it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,18 +16,51 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::host::apt::{self, Install, Installed};
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, RunPhase};
-use crate::resources::planner::Planner;
+use crate::resources::planner::{Options, Planner};
 use crate::resources::{checks, Expand, Kind, Resource};
+
+/// Packages that write the kernel, the bootloader or the boot firmware: on an A/B-managed
+/// device they belong to the OS image. Mender: "For ARM and other non-x86 architectures,
+/// always update single applications only, because running apt upgrade may brick your
+/// device" (docs.mender.io, Operating System updates: Debian family, overview); the
+/// Raspberry Pi boot firmware lives on the boot partition, which both slots share
+/// (meta-mender-raspberrypi README). Globs, with what they are.
+pub(crate) const BOOT_PACKAGES: &[(&str, &str)] = &[
+    ("linux-image-*", "a kernel"),
+    ("raspberrypi-kernel*", "a kernel"),
+    ("raspberrypi-bootloader", "the Raspberry Pi boot firmware"),
+    ("raspi-firmware", "the Raspberry Pi boot firmware"),
+    ("rpi-eeprom*", "the Raspberry Pi EEPROM bootloader"),
+    ("u-boot*", "a bootloader"),
+    ("grub-*", "a bootloader"),
+    ("grub2*", "a bootloader"),
+    ("shim-*", "a bootloader"),
+    (
+        "flash-kernel",
+        "a tool that writes kernels to the boot partition",
+    ),
+];
+
+/// What a package is of [`BOOT_PACKAGES`], if it is one.
+pub(crate) fn boot_package(name: &str) -> Option<&'static str> {
+    BOOT_PACKAGES
+        .iter()
+        .find(|(glob, _)| glob_match::glob_match(glob, name))
+        .map(|(_, what)| *what)
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Spec {
     name: Spanned<String>,
-    /// present (default) or absent.
+    /// present (default), absent or latest.
     state: Option<Spanned<String>>,
     version: Option<Spanned<String>>,
     #[serde(default)]
     recommends: bool,
+    /// Allows a kernel, bootloader or firmware package on an A/B-managed device.
+    #[serde(default)]
+    allow_on_ab: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,6 +68,8 @@ pub(crate) struct Spec {
 pub(crate) enum PackageState {
     Present,
     Absent,
+    /// Installed, and upgraded when apt's lists have a newer candidate.
+    Latest,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +79,8 @@ pub(crate) struct Package {
     /// An exact version or a glob (`1.2.*`).
     pub(crate) version: Option<String>,
     pub(crate) recommends: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) allow_on_ab: bool,
 }
 
 pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Package> {
@@ -48,10 +88,11 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Package> {
     let state = match s.state.as_ref().map(|st| (st, st.as_str())) {
         None | Some((_, "present")) => PackageState::Present,
         Some((_, "absent")) => PackageState::Absent,
+        Some((_, "latest")) => PackageState::Latest,
         Some((st, other)) => {
             x.problem(
                 st.span(),
-                format!("`{other}` is not a package state: expected present or absent"),
+                format!("`{other}` is not a package state: expected present, absent or latest"),
             );
             PackageState::Present
         }
@@ -67,7 +108,7 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Package> {
             format!("`{shown}` is not a package version: {why}"),
         );
     }
-    if let (Some(v), PackageState::Absent) = (&s.version, state) {
+    if let (Some(v), PackageState::Absent | PackageState::Latest) = (&s.version, state) {
         x.problem(v.span(), "a version goes with state: present".into());
     }
     if let Some(n) = &name {
@@ -83,6 +124,7 @@ pub(super) fn expand(s: &Spec, x: &mut dyn Expand) -> Option<Package> {
         state,
         version,
         recommends: s.recommends,
+        allow_on_ab: s.allow_on_ab,
     })
 }
 
@@ -103,6 +145,8 @@ struct Wanted {
     recommends: bool,
     /// In words, for a plan whose lists are refreshed first.
     words: Vec<String>,
+    /// What only the refreshed lists will tell (a `latest` package's upgrade).
+    after_update: Vec<String>,
     roles: Vec<String>,
 }
 
@@ -117,28 +161,34 @@ impl Wanted {
 /// lists must match them, also after a removal) or when a transaction meets stale
 /// lists. A root without apt (an image being built) gets a note instead of an update
 /// it cannot run.
-pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, max_age: Duration) -> Result<()> {
+pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, options: &Options) -> Result<()> {
+    if options.ab_managed {
+        refuse_boot_packages(packages)?;
+    }
     let sources_change = p.changes.iter().any(|c| c.phase == RunPhase::Sources);
     let status = if packages.is_empty() {
         HashMap::new()
     } else {
         apt::dpkg_status(p.host)?
     };
-    let wanted = wanted(packages, &status, p);
+    let mut wanted = wanted(packages, &status, p);
+    let latest = latest_installed(packages, &status);
     log::debug!(
-        "packages: {} declared; dpkg's records differ for {} (install {}, remove {})",
+        "packages: {} declared; dpkg's records differ for {} (install {}, remove {}); {} to keep at their latest",
         packages.len(),
         wanted.install.len() + wanted.remove.len(),
         wanted.install.len(),
-        wanted.remove.len()
+        wanted.remove.len(),
+        latest.len()
     );
-    // Only a run with a transaction looks at the lists.
-    let why_stale = if wanted.is_empty() {
+    // Only a run with a transaction or a `latest` package looks at the lists.
+    let why_stale = if wanted.is_empty() && latest.is_empty() {
         None
     } else {
-        stale(p, max_age)
+        stale(p, options.apt_lists_max_age)
     };
     let stale = why_stale.is_some();
+    upgrades(&latest, sources_change || stale, &mut wanted, p)?;
     let why = match (sources_change, why_stale) {
         (true, _) => Some("apt sources changed".to_string()),
         (false, why) => why,
@@ -160,6 +210,9 @@ pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, max_age: Durat
         return Ok(());
     }
     let details = simulate(p, &wanted, sources_change || stale)?;
+    if options.ab_managed {
+        refuse_boot_upgrades(packages, &details)?;
+    }
     let mut c = Change::run(
         ChangeKind::Apt,
         "packages",
@@ -175,6 +228,105 @@ pub(super) fn plan_phase(packages: &[&Resource], p: &mut Planner, max_age: Durat
     c.role = wanted.roles.join(", ");
     p.changes.push(c);
     Ok(())
+}
+
+/// Installed `latest` packages (not held): (name, installed version, role).
+fn latest_installed<'r>(
+    packages: &[&'r Resource],
+    status: &HashMap<String, Installed>,
+) -> Vec<(&'r Package, String, &'r str)> {
+    packages
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Kind::Package(pkg) if pkg.state == PackageState::Latest => {
+                let c = status
+                    .get(&pkg.name)
+                    .filter(|c| c.is_installed() && !c.held())?;
+                Some((pkg, c.version.clone(), r.role.as_str()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// `latest` packages with a newer candidate join the transaction. When the lists are
+/// refreshed first, apt can only tell after the update: they all join, and apt leaves
+/// those already at their candidate alone.
+fn upgrades(
+    latest: &[(&Package, String, &str)],
+    refreshed: bool,
+    w: &mut Wanted,
+    p: &Planner,
+) -> Result<()> {
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let candidates = if refreshed {
+        HashMap::new()
+    } else {
+        let names: Vec<&str> = latest.iter().map(|(pkg, _, _)| pkg.name.as_str()).collect();
+        apt::candidates(p.host, &names)?
+    };
+    for (pkg, installed, role) in latest {
+        let words = if refreshed {
+            let said = format!(
+                "upgrade {} if the refreshed lists have a newer version (installed {installed})",
+                pkg.name
+            );
+            w.after_update.push(said.clone());
+            said
+        } else {
+            match candidates.get(&pkg.name) {
+                Some(c) if c != installed => format!("upgrade {} {installed} → {c}", pkg.name),
+                _ => continue,
+            }
+        };
+        w.install.push((pkg.name.clone(), None));
+        w.recommends |= pkg.recommends;
+        w.words.push(words);
+        if !w.roles.iter().any(|r| r == role) {
+            w.roles.push(role.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// On an A/B-managed device, a declared kernel, bootloader or firmware package is an
+/// error unless its resource says `allow_on_ab: true`.
+fn refuse_boot_packages(packages: &[&Resource]) -> Result<()> {
+    for r in packages {
+        let Kind::Package(pkg) = &r.kind else {
+            continue;
+        };
+        if let (Some(what), false) = (boot_package(&pkg.name), pkg.allow_on_ab) {
+            return Err(boot_error(&r.declared_at.to_string(), &pkg.name, what));
+        }
+    }
+    Ok(())
+}
+
+/// The same for what apt would install, upgrade or remove along with them.
+fn refuse_boot_upgrades(packages: &[&Resource], details: &[String]) -> Result<()> {
+    for d in details {
+        let mut words = d.split_whitespace();
+        let (Some("install" | "upgrade" | "remove"), Some(name)) = (words.next(), words.next())
+        else {
+            continue;
+        };
+        let allowed = packages
+            .iter()
+            .any(|r| matches!(&r.kind, Kind::Package(p) if p.name == name && p.allow_on_ab));
+        if let (Some(what), false) = (boot_package(name), allowed) {
+            return Err(boot_error(&format!("apt's transaction ({d})"), name, what));
+        }
+    }
+    Ok(())
+}
+
+fn boot_error(at: &str, name: &str, what: &str) -> Error {
+    Error::Other(format!(
+        "{at}: {name} is {what}, and this device's root filesystem is managed by A/B OS updates (an OS image is declared for it): changing it with apt can leave the device unbootable; ship it in the OS image, or declare the package with `allow_on_ab: true`"
+    ))
 }
 
 /// Why the lists must be refreshed before a transaction, if they must: there are
@@ -208,6 +360,7 @@ fn wanted(packages: &[&Resource], status: &HashMap<String, Installed>, p: &mut P
                 (Some(_), None) => false,
             },
             PackageState::Absent => current.is_some_and(|c| c.is_present()),
+            PackageState::Latest => !current.is_some_and(|c| c.is_installed()),
         };
         if !needs {
             continue;
@@ -223,7 +376,7 @@ fn wanted(packages: &[&Resource], status: &HashMap<String, Installed>, p: &mut P
             w.roles.push(r.role.clone());
         }
         match pkg.state {
-            PackageState::Present => {
+            PackageState::Present | PackageState::Latest => {
                 w.recommends |= pkg.recommends;
                 w.install.push((name.clone(), pkg.version.clone()));
                 w.words.push(match &pkg.version {
@@ -246,7 +399,9 @@ fn simulate(p: &Planner, w: &Wanted, refreshed: bool) -> Result<Vec<String>> {
     let specs = apt::specs(p.host, &w.install, &w.remove, refreshed)?;
     let (code, stdout, stderr) = apt::simulate(p.host, &specs, w.recommends)?;
     if code == 0 {
-        return Ok(apt::simulated(&stdout));
+        let mut details = apt::simulated(&stdout);
+        details.extend(w.after_update.iter().cloned());
+        return Ok(details);
     }
     if !refreshed {
         return Err(Error::Command {

@@ -3,7 +3,7 @@
 //! (through the `Host`); a failed read is an error, never "no change". Things the agent
 //! created that no role declares any more are pruned here too.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,22 +11,41 @@ use crate::error::Result;
 use crate::host::{Existing, Host};
 use crate::plan::{Change, ChangeAction, ChangeKind, Op, Plan, ResourceState, RunPhase};
 use crate::resources::{
-    absent, directory, file, group, package, path_phase, service, symlink, user, DesiredState,
-    Kind, Resource,
+    absent, command, directory, download, file, group, package, path_phase, service, symlink, user,
+    DesiredState, Kind, Resource,
 };
 
-/// Plan settings from the fleet repository.
-#[derive(Debug, Clone, Copy)]
+/// Plan settings from the fleet repository and the agent's configuration.
+#[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) prune: bool,
     /// Package lists older than this are refreshed before a package transaction.
     pub(crate) apt_lists_max_age: Duration,
+    /// The agent's state directory (a device path): downloads wait in `downloads/`.
+    pub(crate) state_dir: PathBuf,
+    /// Connect and read timeout of downloads.
+    pub(crate) http_timeout: Duration,
+    /// The root filesystem is managed by A/B OS updates (an image is declared for the
+    /// device): kernel, bootloader and firmware packages are refused unless allowed.
+    pub(crate) ab_managed: bool,
+}
+
+impl Options {
+    /// Where downloads wait: partial ones (resumed), and verified ones until placed.
+    pub(crate) fn cache_dir(&self) -> PathBuf {
+        self.state_dir.join("downloads")
+    }
 }
 
 /// What planning knows while it goes: the changes so far, notes, and what earlier
 /// changes will have made (directories, users, groups).
 pub(crate) struct Planner<'h> {
     pub(super) host: &'h Host,
+    pub(super) options: &'h Options,
+    /// What the last run on this root filesystem recorded.
+    pub(super) previous: Option<&'h Previous>,
+    /// Downloads known to match, with their stamps (recorded in the state).
+    pub(super) stamps: HashMap<String, String>,
     pub(super) changes: Vec<Change>,
     pub(super) notes: Vec<String>,
     /// Directories that changes earlier in the plan create.
@@ -44,10 +63,10 @@ pub(crate) fn plan(
     host: &Host,
     desired: &DesiredState,
     previous: Option<&Previous>,
-    options: Options,
+    options: &Options,
     commit: Option<String>,
 ) -> Result<Plan> {
-    let mut p = Planner::new(host, desired);
+    let mut p = Planner::new(host, desired, options, previous);
     let mut resources = BTreeMap::new();
     let by_phase = |phase: RunPhase| {
         desired
@@ -77,12 +96,15 @@ pub(crate) fn plan(
                 );
             }
             let creates = change.as_ref().is_some_and(|c| c.creates);
-            resources.insert(r.kind.id(), resource_state(r, created_before || creates));
+            let mut state = resource_state(r, created_before || creates);
+            state.stamp = p.stamps.remove(&r.kind.id());
+            resources.insert(r.kind.id(), state);
             p.changes.extend(change);
         }
     }
     let packages: Vec<&Resource> = by_phase(RunPhase::Packages).collect();
-    for r in &packages {
+    let commands: Vec<&Resource> = by_phase(RunPhase::Commands).collect();
+    for r in packages.iter().chain(&commands) {
         resources.insert(r.kind.id(), resource_state(r, false));
     }
     // Pruning comes first: an apt source that is no longer declared is removed in the
@@ -94,7 +116,8 @@ pub(crate) fn plan(
             resources.insert(id, kept);
         }
     }
-    package::plan_phase(&packages, &mut p, options.apt_lists_max_age)?;
+    package::plan_phase(&packages, &mut p, options)?;
+    command::plan_phase(&commands, &mut p)?;
     let services: Vec<&Resource> = by_phase(RunPhase::Services).collect();
     for r in &services {
         resources.insert(r.kind.id(), resource_state(r, false));
@@ -131,7 +154,8 @@ fn unchanged_because(kind: &Kind) -> String {
         Kind::Absent(_) => "nothing is there".into(),
         Kind::Group(_) => "the group exists (a gid is never changed)".into(),
         Kind::User(_) => "the user exists with the declared home, shell, comment and groups".into(),
-        Kind::Package(_) | Kind::Service(_) => "planned as a phase".into(),
+        Kind::Download(d) => format!("it matches sha256 {}", &d.sha256[..12]),
+        Kind::Package(_) | Kind::Service(_) | Kind::Command(_) => "planned as a phase".into(),
     }
 }
 
@@ -142,13 +166,23 @@ fn resource_state(r: &Resource, created: bool) -> ResourceState {
         digest: r.kind.digest(),
         created,
         secret: matches!(&r.kind, Kind::File(f) if f.secret),
+        stamp: None,
+        pending: false,
     }
 }
 
 impl<'h> Planner<'h> {
-    fn new(host: &'h Host, desired: &DesiredState) -> Planner<'h> {
+    fn new(
+        host: &'h Host,
+        desired: &DesiredState,
+        options: &'h Options,
+        previous: Option<&'h Previous>,
+    ) -> Planner<'h> {
         let mut p = Planner {
             host,
+            options,
+            previous,
+            stamps: HashMap::new(),
             changes: Vec::new(),
             notes: Vec::new(),
             planned_dirs: HashSet::new(),
@@ -180,7 +214,10 @@ impl<'h> Planner<'h> {
             Kind::Absent(a) => absent::plan(a, r, self),
             Kind::Group(g) => group::plan(g, r, self),
             Kind::User(u) => user::plan(u, r, self),
-            Kind::Package(_) | Kind::Service(_) => unreachable!("planned as a phase"),
+            Kind::Download(d) => download::plan(d, r, self),
+            Kind::Package(_) | Kind::Service(_) | Kind::Command(_) => {
+                unreachable!("planned as a phase")
+            }
         }
     }
 
@@ -191,7 +228,7 @@ impl<'h> Planner<'h> {
             .iter()
             .filter(|(id, s)| {
                 s.created
-                    && ["file", "directory", "symlink"].contains(&s.kind.as_str())
+                    && ["file", "directory", "symlink", "download"].contains(&s.kind.as_str())
                     && !declared.contains_key(*id)
             })
             .collect();
@@ -201,7 +238,8 @@ impl<'h> Planner<'h> {
         let mut kept = Previous::new();
         for (id, s) in gone {
             let existing = self.host.inspect(&s.path)?;
-            if let Existing::Directory { .. } = existing {
+            // A download's directory is managed whole, and removed whole.
+            if let (Existing::Directory { .. }, false) = (&existing, s.kind == "download") {
                 // What others put in a directory the agent made is not the agent's to delete.
                 let entries = self.host.dir_entries(&s.path)?;
                 if !entries.iter().all(|e| removed.contains(e)) {
@@ -222,6 +260,7 @@ impl<'h> Planner<'h> {
                 kind: match s.kind.as_str() {
                     "directory" => ChangeKind::Directory,
                     "symlink" => ChangeKind::Symlink,
+                    "download" => ChangeKind::Download,
                     _ => ChangeKind::File,
                 },
                 subject: s.path.display().to_string(),

@@ -121,10 +121,11 @@ fn is_unit_file_of(path: &str, unit: &str) -> bool {
     })
 }
 
-/// What the plan so far changes: paths and other subjects (apt excluded).
+/// What the plan so far changes: paths and other subjects (apt and commands excluded).
 struct Changed {
     subjects: Vec<String>,
-    packages: bool,
+    /// A package transaction or a command may deliver units.
+    delivers: bool,
 }
 
 /// Enablement and running state of units, daemon-reload when unit files change, and
@@ -135,10 +136,13 @@ pub(super) fn plan_phase(services: &[&Resource], p: &mut Planner) -> Result<()> 
         subjects: p
             .changes
             .iter()
-            .filter(|c| c.kind != ChangeKind::Apt)
+            .filter(|c| c.kind != ChangeKind::Apt && c.kind != ChangeKind::Command)
             .map(|c| c.subject.clone())
             .collect(),
-        packages: p.changes.iter().any(|c| c.phase == RunPhase::Packages),
+        delivers: p
+            .changes
+            .iter()
+            .any(|c| c.phase == RunPhase::Packages || c.phase == RunPhase::Commands),
     };
     if live && changed.subjects.iter().any(|s| is_unit_file(s)) {
         p.changes.push(Change::run(
@@ -193,9 +197,9 @@ fn enablement(
 ) -> Result<()> {
     let unit = &s.unit;
     let now = systemd::enablement(p.host, unit)?;
-    // A unit that a package or a file of this run delivers is not there yet.
+    // A unit that a package, a file or a command of this run delivers is not there yet.
     let arriving = now == "not-found"
-        && (changed.packages
+        && (changed.delivers
             || changed
                 .subjects
                 .iter()

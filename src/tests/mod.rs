@@ -2,5 +2,7 @@
 //! (`fleet`) on a scratch root with a scripted command runner. Kept here, above both,
 //! so that neither module depends on the other for its tests.
 
+mod commands;
+mod device_reads;
 mod paths;
-mod planner;
+pub(crate) mod planner;

@@ -3,22 +3,16 @@
 //! Each case runs twice: with openat2 (where the kernel has it) and with the O_NOFOLLOW
 //! walk that replaces it on older kernels.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
 use crate::fleet::tests::desired;
 use crate::host::command::Scripted;
 use crate::host::Host;
 use crate::plan::{Plan, ResourceState};
-use crate::resources::{plan, Options, Previous};
-
-const OPTIONS: Options = Options {
-    prune: true,
-    apt_lists_max_age: Duration::from_secs(3600),
-};
+use crate::resources::{plan, Previous};
+use crate::tests::planner::options;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
 
 const OUTSIDE_SECRET: &str = "outside secret\n";
 
@@ -80,7 +74,7 @@ impl Scene {
 fn converge(host: &Host, resources: &str, previous: Option<&Previous>) -> Result<String, String> {
     let role = format!("resources:\n{resources}");
     let desired = desired(&[("roles/web/role.yml", role.as_str())]).unwrap();
-    let p: Plan = plan(host, &desired, previous, OPTIONS, None).map_err(|e| e.to_string())?;
+    let p: Plan = plan(host, &desired, previous, &options(), None).map_err(|e| e.to_string())?;
     let shown = p
         .changes
         .iter()
@@ -153,6 +147,8 @@ fn what_was_pruned_is_never_looked_for_outside() {
                 digest: String::new(),
                 created: true,
                 secret: false,
+                stamp: None,
+                pending: false,
             },
         )]
         .into_iter()

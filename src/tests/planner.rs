@@ -13,13 +13,18 @@ use crate::host::Host;
 use crate::plan::{ChangeKind, Op, Plan, ResourceState};
 use crate::resources::{plan, Options, Previous};
 
-const OPTIONS: Options = Options {
-    prune: true,
-    apt_lists_max_age: Duration::from_secs(3600),
-};
+pub(crate) fn options() -> Options {
+    Options {
+        prune: true,
+        apt_lists_max_age: Duration::from_secs(3600),
+        state_dir: "/var/lib/fleet-agent".into(),
+        http_timeout: Duration::from_secs(5),
+        ab_managed: false,
+    }
+}
 
 /// A scratch root: `files` written under it (device path → content).
-fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
+pub(super) fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (path, content) in files {
         let p = dir.path().join(path.trim_start_matches('/'));
@@ -30,7 +35,8 @@ fn root(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 /// Fresh package lists (so that no `apt-get update` is planned for their age).
-const FRESH_LISTS: (&str, &str) = ("/var/lib/apt/lists/deb_dists_bookworm_main_Packages", "");
+pub(super) const FRESH_LISTS: (&str, &str) =
+    ("/var/lib/apt/lists/deb_dists_bookworm_main_Packages", "");
 
 /// The role `web` with these resources, for device pi-1.
 fn role(resources: &str) -> Vec<(&'static str, String)> {
@@ -46,12 +52,25 @@ fn planned(
     live: bool,
     previous: Option<&Previous>,
 ) -> (Plan, Vec<String>) {
+    let (p, commands) = planned_with(resources, root, runner, live, previous, &options());
+    (p.unwrap(), commands)
+}
+
+/// The same with other options; the plan or its error.
+pub(super) fn planned_with(
+    resources: &str,
+    root: &Path,
+    runner: Scripted,
+    live: bool,
+    previous: Option<&Previous>,
+    options: &Options,
+) -> (crate::error::Result<Plan>, Vec<String>) {
     let files = role(resources);
     let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
     let desired = desired(&files).unwrap();
     let runner = Arc::new(runner);
     let host = Host::with_runner(root, runner.clone()).with_systemd(live);
-    let p = plan(&host, &desired, previous, OPTIONS, None).unwrap();
+    let p = plan(&host, &desired, previous, options, None);
     let shown = root.display().to_string();
     let commands = runner
         .commands()
@@ -61,7 +80,7 @@ fn planned(
     (p, commands)
 }
 
-fn summary(p: &Plan) -> Vec<String> {
+pub(super) fn summary(p: &Plan) -> Vec<String> {
     p.changes
         .iter()
         .map(|c| {
@@ -87,7 +106,7 @@ fn argvs(p: &Plan) -> Vec<String> {
         .collect()
 }
 
-const DPKG: &str = "/var/lib/dpkg/status";
+pub(super) const DPKG: &str = "/var/lib/dpkg/status";
 
 #[test]
 fn packages_that_match_run_no_command() {
@@ -171,7 +190,7 @@ fn with_fresh_lists_a_package_apt_cannot_find_is_a_plan_error() {
     )])
     .unwrap();
     let host = Host::with_runner(root.path(), Arc::new(runner));
-    let err = plan(&host, &desired, None, OPTIONS, None)
+    let err = plan(&host, &desired, None, &options(), None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -262,7 +281,7 @@ fn a_unit_that_is_nowhere_is_a_plan_error() {
     )])
     .unwrap();
     let host = Host::with_runner(root.path(), Arc::new(runner));
-    let err = plan(&host, &desired, None, OPTIONS, None)
+    let err = plan(&host, &desired, None, &options(), None)
         .unwrap_err()
         .to_string();
     assert_eq!(
@@ -313,7 +332,7 @@ fn a_user_in_a_group_that_nobody_declares_is_a_plan_error() {
     )])
     .unwrap();
     let host = Host::with_runner(root.path(), Arc::new(Scripted::new()));
-    let err = plan(&host, &desired, None, OPTIONS, None)
+    let err = plan(&host, &desired, None, &options(), None)
         .unwrap_err()
         .to_string();
     assert_eq!(err, "roles/web/role.yml:2:5: user `app`: the group `gpio` does not exist on the device; declare it with a `group` resource");
@@ -334,6 +353,8 @@ fn what_the_agent_created_and_no_role_declares_is_pruned_deepest_first() {
                 digest: String::new(),
                 created: true,
                 secret: false,
+                stamp: None,
+                pending: false,
             },
         )
     };
@@ -494,6 +515,8 @@ fn a_directory_left_in_place_is_pruned_once_its_foreign_files_are_gone() {
             digest: String::new(),
             created: true,
             secret: false,
+            stamp: None,
+            pending: false,
         },
     )]
     .into_iter()
@@ -549,6 +572,8 @@ fn removing_an_apt_source_refreshes_the_lists() {
             digest: String::new(),
             created: true,
             secret: false,
+            stamp: None,
+            pending: false,
         },
     )]
     .into_iter()

@@ -10,6 +10,7 @@ mod harness;
 mod kiosk;
 // Run reports, their transport and metrics; fleet status and plan --all.
 mod fleet;
+mod migration;
 mod reporting;
 
 // A/B OS updates on a simulated Mender device.

@@ -38,7 +38,8 @@ impl Golden {
             out = replace_number_after(&out, key);
             out = replace_iso_after(&out, key);
         }
-        replace_quoted_after(&out, "\"rootfs\": ")
+        let out = replace_quoted_after(&out, "\"rootfs\": ", "<ROOTFS>");
+        replace_quoted_after(&out, "\"stamp\": ", "<STAMP>")
     }
 
     fn check(&mut self, name: &str, actual: &str) {
@@ -115,7 +116,7 @@ fn replace_iso_after(text: &str, key: &str) -> String {
     out + rest
 }
 
-fn replace_quoted_after(text: &str, key: &str) -> String {
+fn replace_quoted_after(text: &str, key: &str, with: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(i) = rest.find(key) {
@@ -123,7 +124,7 @@ fn replace_quoted_after(text: &str, key: &str) -> String {
         rest = &rest[i + key.len()..];
         if let Some(body) = rest.strip_prefix('"') {
             let end = body.find('"').unwrap_or(0);
-            out.push_str("\"<ROOTFS>\"");
+            out.push_str(&format!("\"{with}\""));
             rest = &body[end + 1..];
         }
     }
@@ -227,6 +228,7 @@ fn populated_root(root: &Path) {
         0o644,
     );
     write(root, "/etc/app/old.conf", b"old\n", 0o644);
+    write(root, "/usr/local/bin/app-tool", b"app-tool v1\n", 0o755);
     std::os::unix::fs::symlink("elsewhere.conf", root.join("etc/app/current")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join("etc/app"), std::fs::Permissions::from_mode(0o700)).unwrap();

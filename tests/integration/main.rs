@@ -11,6 +11,7 @@ mod golden;
 mod kiosk;
 mod memory;
 mod mender_double;
+mod migrated;
 mod os_update;
 mod pipeline;
 mod security;

@@ -15,6 +15,7 @@ pub(in crate::osupdate) fn image(artifact: &str) -> Image {
 
 pub(in crate::osupdate) fn declared(artifact: Option<&str>, reboot: Reboot) -> Declared {
     Declared {
+        image_from: None,
         device_type: Some("pi4-sim".into()),
         image: artifact.map(image),
         reboot,
