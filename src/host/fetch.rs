@@ -363,7 +363,5 @@ fn stream(body: &mut dyn Read, part: &Path, resumed: bool) -> std::io::Result<St
 
 /// The last component of a device path (a managed path always has one).
 fn file_name(device_path: &Path) -> &std::ffi::OsStr {
-    device_path
-        .file_name()
-        .unwrap_or(std::ffi::OsStr::new("."))
+    device_path.file_name().unwrap_or(std::ffi::OsStr::new("."))
 }

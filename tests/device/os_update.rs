@@ -437,7 +437,8 @@ fn os_update_already_on_declared_version_does_nothing() {
 /// A daily window in device-local time, `from`..`to` minutes from now.
 fn window(dev: &AbDevice, from: i64, to: i64) -> String {
     let now: i64 = dev
-        .sh("echo $(( $(date +%H) * 60 + $(date +%M) ))")
+        // %-H and %-M: no leading zero, which sh's arithmetic would read as octal.
+        .sh("echo $(( $(date +%-H) * 60 + $(date +%-M) ))")
         .parse()
         .unwrap();
     let at = |m: i64| {
