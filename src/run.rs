@@ -645,7 +645,12 @@ impl<'a> Run<'a> {
             }
         }
         result?;
-        let device = &planned.desired.device_id;
+        Ok(self.applied_exit(&planned))
+    }
+
+    /// The journal line of an applied run and its exit code.
+    fn applied_exit(&self, planned: &Planned) -> i32 {
+        let (plan, device) = (&planned.plan, &planned.desired.device_id);
         let label = &planned.commit_label;
         if plan.is_empty() {
             info!("{device}: no changes at {label}");
@@ -655,9 +660,9 @@ impl<'a> Run<'a> {
         }
         if let Some(why) = &self.offline {
             warn!("the fleet repository could not be reached ({why}); converged to the last fetched commit");
-            return Ok(exit::UNREACHABLE);
+            return exit::UNREACHABLE;
         }
-        Ok(exit::OK)
+        exit::OK
     }
 }
 
