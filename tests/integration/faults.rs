@@ -252,9 +252,13 @@ fn a_missing_branch_is_not_unreachable() {
     }
 }
 
-/// Whether this process may mount filesystems (root in the initial namespace).
-fn can_mount() -> bool {
-    nix::unistd::geteuid().is_root()
+/// These faults need root (a tmpfs mount, another user); the project's test command
+/// runs as root (README), so without it they fail and say why, never pass unrun.
+fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{why} needs root: run scripts/test.sh as root"
+    );
 }
 
 struct Mounted(std::path::PathBuf);
@@ -273,10 +277,7 @@ impl Drop for Mounted {
 /// device", exit 1, and the run is recorded. Before: exit 3, "unreachable".
 #[test]
 fn no_space_left_is_a_failure_not_unreachable() {
-    if !can_mount() {
-        eprintln!("skipped: mounting a tmpfs needs root");
-        return;
-    }
+    require_root("mounting a tmpfs");
     // 3 MiB that do not compress: more than the 2 MiB the state directory has.
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let big: Vec<u8> = (0..3 << 20)
@@ -341,10 +342,7 @@ fn no_space_left_is_a_failure_not_unreachable() {
 /// than the one that made it): "Permission denied", exit 1. Before: exit 3.
 #[test]
 fn permission_denied_is_a_failure_not_unreachable() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: running the agent as another user needs root");
-        return;
-    }
+    require_root("running the agent as another user");
     let (repo, _server, dev) = served();
     assert_eq!(dev.run(&["pull"]).code, 0);
     // Everything the agent reads is readable by nobody; the state directory is
