@@ -30,7 +30,9 @@ for repo in history big; do
   g -C "$scratch/srv/$repo.git" config receive.unpackLimit 1
   g init -q -b main "$scratch/$repo"
   mkdir -p "$scratch/$repo/roles/big/files"
-  printf 'format: 1\nroles: [big]\n' > "$scratch/$repo/fleet.yml"
+  # The bounds on file contents (16 MiB a file, 64 MiB a device by default) raised, as a
+  # fleet that ships large files does (docs/security.md).
+  printf 'format: 1\nsettings: {max_file_bytes: 300000000, max_total_file_bytes: 300000000}\nroles: [big]\n' > "$scratch/$repo/fleet.yml"
 done
 printf 'resources:\n  - file: {path: /srv/data.bin, source: data.bin}\n' > "$scratch/history/roles/big/role.yml"
 for i in $(seq 20); do
