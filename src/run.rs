@@ -63,6 +63,8 @@ pub(crate) struct Planned {
     /// A working tree planned against the machine this runs on (`--repo` without
     /// `--root`), which is worth saying first.
     pub(crate) against_this_machine: bool,
+    /// The rollout standing and what a window or the hold file deferred.
+    pub(crate) release: crate::release::Recorded,
 }
 
 impl Planned {
@@ -229,6 +231,7 @@ struct LoadedState {
     settings: Settings,
     /// Its OS image: a group_vars or host_vars `os_image:`, else its type's in fleet.yml.
     os_declared: Declared,
+    brakes: crate::release::Brakes,
 }
 
 /// The device's desired state, the fleet's settings, its `os:` declaration and the
@@ -255,7 +258,11 @@ fn load(
     if let Some(e) = reads.failure() {
         return Err(e);
     }
-    let ForDevice { desired, os_image } = for_device?;
+    let ForDevice {
+        desired,
+        os_image,
+        brakes,
+    } = for_device?;
     log::debug!("facts read: [{}]", reads.read().join(", "));
     let mut os_declared = Declared::new(fleet.os.as_ref(), desired.device_type.as_deref());
     if let Some((image, at)) = os_image {
@@ -265,6 +272,7 @@ fn load(
         desired,
         settings: fleet.settings.clone(),
         os_declared,
+        brakes,
     })
 }
 
@@ -352,7 +360,7 @@ impl<'a> Run<'a> {
         let failed = |e: Error| (RunOutcome::Failed, e);
         self.config.branch = self.configured_branch.clone();
         self.warnings.clear();
-        let synced: Synced;
+        let mut synced: Option<Synced> = None;
         let source = match &req.repo {
             Some(dir) => {
                 let dir = dir
@@ -363,7 +371,7 @@ impl<'a> Run<'a> {
             }
             None => {
                 self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
-                synced = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
+                let s = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
                     Ok(s) => s,
                     Err(e) => {
                         if let Error::Unreachable { message, .. } = &e {
@@ -372,11 +380,13 @@ impl<'a> Run<'a> {
                         return Err(failed(e));
                     }
                 };
-                self.commit = Some(synced.commit.to_string());
+                self.commit = Some(s.commit.to_string());
                 self.branch = Some(self.config.branch.clone());
-                self.offline = synced.offline.clone();
+                self.offline = s.offline.clone();
                 self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
-                Source::commit(&synced.repo, synced.commit).map_err(failed)?
+                synced = Some(s);
+                let s = synced.as_ref().expect("just synced");
+                Source::commit(&s.repo, s.commit).map_err(failed)?
             }
         };
         let builtin = crate::fleet::builtin_roles(&self.config.roles_dir);
@@ -384,16 +394,28 @@ impl<'a> Run<'a> {
         if let Some(done) = self.gate(&fleet_file, &source)? {
             return Ok(Loaded::Done(done));
         }
-        let LoadedState {
-            desired,
-            settings,
-            os_declared,
-        } = load(self, &source, Some(&builtin), &fleet_file).map_err(|e| match e {
+        let invalid = |e: Error| match e {
             Error::Invalid(_) => (RunOutcome::Invalid, e),
             e => (RunOutcome::Failed, e),
-        })?;
-        note_loaded(req, &desired);
-        let planned = self.plan(desired, &settings, os_declared).map_err(failed)?;
+        };
+        let mut loaded = load(self, &source, Some(&builtin), &fleet_file).map_err(invalid)?;
+        note_loaded(req, &loaded.desired);
+        // The tip is validated above; a device its rollout holds back stays on the
+        // commit it last applied, which the clone has (docs/rollouts.md).
+        let brakes = loaded.brakes.clone();
+        let mut standing =
+            (brakes.rollout.as_ref()).map(|r| crate::release::standing(r, &self.config.device_id));
+        if let (Some(old), Some(s)) = (self.stays_on(standing.as_mut()), &synced) {
+            let old_source = Source::commit(&s.repo, old).map_err(|e| {
+                failed(Error::Other(format!("held back by the rollout, but the commit it last applied is not in the clone ({e}): nothing applied")))
+            })?;
+            let old_file = FleetFile::read(&old_source).map_err(failed)?;
+            loaded = load(self, &old_source, Some(&builtin), &old_file).map_err(invalid)?;
+            self.commit = Some(old.to_string());
+        }
+        let mut planned =
+            (self.plan(loaded.desired, &loaded.settings, loaded.os_declared)).map_err(failed)?;
+        self.brake(&mut planned, &brakes, standing);
         Ok(Loaded::Planned(Box::new(planned)))
     }
 
@@ -464,6 +486,7 @@ impl<'a> Run<'a> {
             os_state,
             os_line,
             against_this_machine: self.working_tree && self.host.is_live(),
+            release: Default::default(),
         })
     }
 
@@ -616,6 +639,7 @@ impl<'a> Run<'a> {
             s.changes = done;
             s.offline = self.offline.is_some();
             s.warnings = self.warnings.clone();
+            s.release = Some(planned.release.clone()).filter(|r| !r.is_empty());
             match &failed {
                 None => record_applied(s, plan, self.commit.clone(), self.offline.clone()),
                 Some(m) => record_failed(s, plan, done, m),
@@ -667,6 +691,81 @@ impl<'a> Run<'a> {
 }
 
 impl Run<'_> {
+    /// A device its rollout holds back: the commit it last applied, when that is not
+    /// the tip (a device that applied nothing yet takes the tip).
+    fn stays_on(&self, standing: Option<&mut crate::release::Standing>) -> Option<git2::Oid> {
+        let s = standing.filter(|s| s.held_back && !self.working_tree)?;
+        let applied = self.previous.as_ref()?.applied_commit.clone()?;
+        if Some(&applied) == self.commit.as_ref() {
+            return None;
+        }
+        s.tip = self.commit.clone();
+        git2::Oid::from_str(&applied).ok()
+    }
+
+    /// The rollout's line in the plan, and the disruptive changes a maintenance window
+    /// or the hold file defers (handlers deferred earlier are due again when not).
+    fn brake(
+        &self,
+        planned: &mut Planned,
+        brakes: &crate::release::Brakes,
+        standing: Option<crate::release::Standing>,
+    ) {
+        use crate::release;
+        if let Some(s) = &standing {
+            let short = |c: &str| c.chars().take(12).collect::<String>();
+            let said = match (&s.tip, &planned.commit) {
+                (Some(tip), Some(on)) => {
+                    format!("staying on {}, the branch is at {}", short(on), short(tip))
+                }
+                _ if !s.held_back => String::new(),
+                _ if planned.commit.is_some()
+                    && self
+                        .previous
+                        .as_ref()
+                        .and_then(|p| p.applied_commit.as_ref())
+                        == planned.commit.as_ref() =>
+                {
+                    "it already applied this commit".into()
+                }
+                _ => "nothing applied yet, so it takes this commit".into(),
+            };
+            let sep = if said.is_empty() { "" } else { ": " };
+            planned
+                .plan
+                .notes
+                .insert(0, format!("{}{sep}{said}", s.line()));
+        }
+        let carried = (self.previous.as_ref().and_then(|p| p.release.as_ref()))
+            .map(|r| r.handlers.clone())
+            .unwrap_or_default();
+        let hold = self.host.path(Path::new(release::HOLD_FILE)).exists();
+        let minutes = crate::time::local_minutes(crate::time::now());
+        let synced = brakes.window.is_none() || release::clock_synchronized();
+        let reason = release::deferral(brakes.window.as_ref(), minutes, synced, hold);
+        let mut recorded = release::Recorded {
+            rollout: standing,
+            ..Default::default()
+        };
+        match reason {
+            None => release::resume(&mut planned.plan, &carried, |verb, unit| {
+                crate::host::systemd::systemctl(self.host, verb, unit)
+            }),
+            Some(why) => {
+                let (deferred, mut handlers) = release::defer(&mut planned.plan, &why);
+                for h in carried {
+                    if !handlers.contains(&h) {
+                        handlers.push(h);
+                    }
+                }
+                recorded.deferred = deferred;
+                recorded.handlers = handlers;
+                recorded.deferral = Some(why);
+            }
+        }
+        planned.release = recorded;
+    }
+
     /// Before applying: the commands that `on_change` makes due are recorded as pending,
     /// so that a run killed before they finish runs them next time (their trigger will
     /// not change again).

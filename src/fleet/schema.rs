@@ -22,9 +22,18 @@ pub(super) enum FileKind {
 impl FileKind {
     fn keys(self) -> &'static [&'static str] {
         match self {
-            FileKind::Fleet => &["format", "description", "settings", "vars", "roles", "os"],
+            FileKind::Fleet => &[
+                "format",
+                "description",
+                "settings",
+                "vars",
+                "roles",
+                "os",
+                "rollout",
+                "maintenance",
+            ],
             FileKind::Inventory => &["groups"],
-            FileKind::GroupVars => &["vars", "roles", "os_image"],
+            FileKind::GroupVars => &["vars", "roles", "os_image", "rollout", "maintenance"],
             FileKind::HostVars => &["vars", "roles", "branch", "device_type", "os_image"],
             FileKind::Role => &["description", "params", "include", "resources"],
         }
@@ -42,6 +51,7 @@ fn home(key: &str) -> Option<&'static str> {
             "group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
         }
         "params" | "include" | "resources" => "a role's role.yml",
+        "rollout" | "maintenance" => "fleet.yml or group_vars",
         _ => return None,
     })
 }
@@ -91,6 +101,11 @@ pub(super) struct FleetDoc {
     // Read by `os::read` (positions for every semantic check).
     #[allow(dead_code)]
     os: Option<IgnoredAny>,
+    // Read by `brakes::read`.
+    #[allow(dead_code)]
+    rollout: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    maintenance: Option<IgnoredAny>,
 }
 
 /// Fleet-wide settings from fleet.yml.
@@ -166,6 +181,11 @@ pub(super) struct GroupVarsDoc {
     // Read by `os::read_image_override` (positions for every check).
     #[allow(dead_code)]
     os_image: Option<IgnoredAny>,
+    // Read by `brakes::read`.
+    #[allow(dead_code)]
+    rollout: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    maintenance: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
