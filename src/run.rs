@@ -600,13 +600,7 @@ impl<'a> Run<'a> {
     fn apply(&mut self, mut planned: Planned) -> Result<i32> {
         self.note_triggered(&planned.plan)?;
         let plan = &planned.plan;
-        // `apply` prints the plan, notes included; `pull` prints nothing, so its notes
-        // (held packages, directories left in place, skipped starts) go to the journal.
-        if self.mode == Mode::Pull {
-            for n in &plan.notes {
-                info!("note: {n}");
-            }
-        }
+        self.log_notes(plan);
         let (done, result) = if plan.is_empty() {
             (0, Ok(()))
         } else {
@@ -691,6 +685,17 @@ impl<'a> Run<'a> {
 }
 
 impl Run<'_> {
+    /// `apply` prints the plan, notes included; `pull` prints nothing, so its notes
+    /// (held packages, directories left in place, skipped starts, a device held back,
+    /// deferred changes) go to the journal.
+    fn log_notes(&self, plan: &Plan) {
+        if self.mode == Mode::Pull {
+            for n in &plan.notes {
+                info!("note: {n}");
+            }
+        }
+    }
+
     /// A device its rollout holds back: the commit it last applied, when that is not
     /// the tip (a device that applied nothing yet takes the tip).
     fn stays_on(&self, standing: Option<&mut crate::release::Standing>) -> Option<git2::Oid> {
