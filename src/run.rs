@@ -746,7 +746,8 @@ impl Run<'_> {
             .unwrap_or_default();
         let hold = self.host.path(Path::new(release::HOLD_FILE)).exists();
         let minutes = crate::time::local_minutes(crate::time::now());
-        let synced = brakes.window.is_none() || release::clock_synchronized();
+        let synced =
+            brakes.window.as_ref().is_none_or(|w| w.trust_clock) || release::clock_synchronized();
         let reason = release::deferral(brakes.window.as_ref(), minutes, synced, hold);
         let mut recorded = release::Recorded {
             rollout: standing,

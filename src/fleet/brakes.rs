@@ -21,7 +21,8 @@ pub(super) fn read(file: &str, map: &MarkedMappingNode, problems: &mut Vec<Inval
     brakes
 }
 
-/// The scalar values of a mapping with exactly the keys `allowed`, each required.
+/// The scalar values of a mapping with the keys `allowed` only, each required unless
+/// its name ends in `?` (then None when missing).
 fn fields<'n>(
     file: &str,
     key_span: &Span,
@@ -29,7 +30,8 @@ fn fields<'n>(
     allowed: &[&str],
     example: &str,
     problems: &mut Vec<Invalid>,
-) -> Option<Vec<&'n marked_yaml::types::MarkedScalarNode>> {
+) -> Option<Vec<Option<&'n marked_yaml::types::MarkedScalarNode>>> {
+    let names: Vec<&str> = allowed.iter().map(|k| k.trim_end_matches('?')).collect();
     let Some(map) = node.as_mapping() else {
         problems.push(Invalid::at(
             file,
@@ -40,22 +42,23 @@ fn fields<'n>(
     };
     let before = problems.len();
     for (k, _) in map.iter() {
-        if !allowed.contains(&k.as_str()) {
+        if !names.contains(&k.as_str()) {
             problems.push(Invalid::at(
                 file,
                 k.span(),
                 format!(
                     "unknown key `{}`: expected {}",
                     k.as_str(),
-                    allowed.join(", ")
+                    names.join(", ")
                 ),
             ));
         }
     }
     let mut values = Vec::new();
-    for key in allowed {
+    for (key, optional) in names.iter().zip(allowed.iter().map(|k| k.ends_with('?'))) {
         match map.get_node(key) {
-            Some(Node::Scalar(s)) => values.push(s),
+            Some(Node::Scalar(s)) => values.push(Some(s)),
+            None if optional => values.push(None),
             Some(n) => problems.push(Invalid::at(
                 file,
                 n.span(),
@@ -74,7 +77,9 @@ fn fields<'n>(
 fn rollout(file: &str, key: &Span, node: &Node, problems: &mut Vec<Invalid>) -> Option<Rollout> {
     let example = "rollout: {id: 2026-12-release, percent: 10}";
     let v = fields(file, key, node, &["id", "percent"], example, problems)?;
-    let (id, percent) = (v[0], v[1]);
+    let (Some(id), Some(percent)) = (v[0], v[1]) else {
+        return None;
+    };
     if id.as_str().trim().is_empty() {
         problems.push(Invalid::at(
             file,
@@ -106,18 +111,32 @@ fn window(file: &str, key: &Span, node: &Node, problems: &mut Vec<Invalid>) -> O
         file,
         key,
         node,
-        &["window"],
+        &["window", "unsynchronized_clock?"],
         "maintenance: {window: \"02:00-04:00\"}",
         problems,
     )?;
-    match release::parse_window(v[0].as_str()) {
+    let text = v[0]?;
+    let trust_clock = match v[1].map(|c| c.as_str()) {
+        None | Some("defer") => false,
+        Some("trust") => true,
+        Some(other) => {
+            problems.push(Invalid::at(
+                file,
+                v[1]?.span(),
+                format!("expected `unsynchronized_clock:` as `defer` (the default) or `trust`, not `{other}`"),
+            ));
+            return None;
+        }
+    };
+    match release::parse_window(text.as_str()) {
         Ok((start, end)) => Some(Window {
             start,
             end,
+            trust_clock,
             declared_at: span_pos(file, key).to_string(),
         }),
         Err(m) => {
-            problems.push(Invalid::at(file, v[0].span(), m));
+            problems.push(Invalid::at(file, text.span(), m));
             None
         }
     }

@@ -502,6 +502,11 @@ invalid!(
     "host_vars/pi-1.yml:1:1: `rollout` belongs in fleet.yml or group_vars"
 );
 invalid!(
+    an_unsynchronized_clock_is_deferred_or_trusted,
+    [("group_vars/shop.yml", "maintenance:\n  window: 02:00-04:00\n  unsynchronized_clock: maybe\n")],
+    "group_vars/shop.yml:3:25: expected `unsynchronized_clock:` as `defer` (the default) or `trust`, not `maybe`"
+);
+invalid!(
     a_window_is_hh_mm_to_hh_mm,
     [("group_vars/shop.yml", "maintenance: {window: \"2:00-04:00\"}\n")],
     "group_vars/shop.yml:1:23: expected a window as `HH:MM-HH:MM` in device-local time, such as `02:00-04:00`, not `2:00-04:00`"

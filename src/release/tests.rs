@@ -83,6 +83,7 @@ fn window(text: &str) -> Window {
     Window {
         start,
         end,
+        trust_clock: false,
         declared_at: String::new(),
     }
 }
@@ -118,6 +119,12 @@ fn what_defers_and_why() {
     assert!(deferral(Some(&w), 3 * 60, false, false)
         .unwrap()
         .contains("not synchronized"));
+    let trusted = Window {
+        trust_clock: true,
+        ..w.clone()
+    };
+    assert_eq!(deferral(Some(&trusted), 3 * 60, false, false), None);
+    assert!(deferral(Some(&trusted), 12 * 60, false, false).is_some());
     assert_eq!(
         deferral(None, 0, false, true).as_deref(),
         Some("deferred while /run/fleet-agent/hold exists")
