@@ -761,6 +761,8 @@ impl Run<'_> {
                 let (deferred, mut handlers) = release::defer(&mut planned.plan, &why);
                 for h in carried {
                     if !handlers.contains(&h) {
+                        let due = format!("{} {} (due since an earlier run)", h.verb, h.unit);
+                        planned.plan.notes.push(format!("{due}: {why}"));
                         handlers.push(h);
                     }
                 }
