@@ -766,9 +766,10 @@ impl Run<'_> {
                         handlers.push(h);
                     }
                 }
+                let held = !deferred.is_empty() || !handlers.is_empty();
+                recorded.deferral = held.then_some(why);
                 recorded.deferred = deferred;
                 recorded.handlers = handlers;
-                recorded.deferral = Some(why);
             }
         }
         planned.release = recorded;
