@@ -733,6 +733,7 @@ impl Run<'_> {
                 {
                     "it already applied this commit".into()
                 }
+                _ if self.working_tree => "a working tree is never held back".into(),
                 _ => "nothing applied yet, so it takes this commit".into(),
             };
             let sep = if said.is_empty() { "" } else { ": " };

@@ -133,3 +133,22 @@ fn a_rollout_at_10_50_100_percent_changes_exactly_the_predicted_devices() {
     );
     assert_eq!(at100.len(), ids.len());
 }
+
+/// A maintainer's working tree is never held back (there is no commit to stay on), and
+/// a new device that applied nothing yet takes the tip whatever its bucket.
+#[test]
+fn a_working_tree_and_a_new_device_are_never_held_back() {
+    let repo = FleetRepo::new(&[("README", "rollout\n")]);
+    commit(&repo, &fleet("2", Some(0)), "release 2 at 0 %");
+    let dev = Device::new(&repo.url(), "shop-00", "");
+    let b = bucket("shop-00", ROLLOUT);
+    let plan = dev.run(&["plan", "--repo", repo.work.to_str().unwrap()]);
+    let line = format!(
+        "held back: bucket {b} ≥ 0 (rollout `{ROLLOUT}` at 0 %): a working tree is never held back"
+    );
+    assert!(plan.stdout.contains(&line), "{plan:?}");
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.read("/etc/app/release"), "2\n");
+    assert_eq!(dev.state()["release"]["rollout"]["held_back"], true);
+}
