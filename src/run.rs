@@ -65,6 +65,8 @@ pub(crate) struct Planned {
     pub(crate) against_this_machine: bool,
     /// The rollout standing and what a window or the hold file deferred.
     pub(crate) release: crate::release::Recorded,
+    /// The health checks that gate this configuration (`health:`).
+    pub(crate) health: Option<crate::release::Health>,
 }
 
 impl Planned {
@@ -97,7 +99,22 @@ pub(crate) fn plan(req: &Request) -> Result<PlanOutcome> {
 
 /// `apply` or `pull`: the exit code. `show` sees the plan before it is applied.
 pub(crate) fn converge(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<i32> {
-    match execute(req, mode, show)? {
+    let first = execute(req, mode, show);
+    // Health checks failed and the rollback is recorded: a second run applies the last
+    // commit that passed (a run killed during it is finished by the next one the same way).
+    let pending = |s: Option<State>| {
+        s.and_then(|s| s.release)
+            .is_some_and(|r| r.rollback.is_some())
+    };
+    if mode == Mode::Pull
+        && first.is_err()
+        && pending(status(req.host, req.config_path).ok().and_then(|s| s.1))
+    {
+        if let Err(e) = execute(req, mode, &mut |_| {}) {
+            log::error!("{e}");
+        }
+    }
+    match first? {
         Done::Exit(code) => Ok(code),
         Done::Planned(_) | Done::AgentUpgrade(_) => unreachable!("only plan stops there"),
     }
@@ -134,6 +151,8 @@ struct Run<'a> {
     warnings: Vec<String>,
     /// What applying knew, for the report.
     applied: Option<crate::report::Applied>,
+    /// The branch's tip when the run stays on another commit.
+    tip: Option<String>,
     _lock: Option<RunLock>,
 }
 
@@ -350,6 +369,7 @@ impl<'a> Run<'a> {
             branch: None,
             warnings: Vec::new(),
             applied: None,
+            tip: None,
             _lock: lock,
         })
     }
@@ -410,6 +430,7 @@ impl<'a> Run<'a> {
                 failed(Error::Other(format!("held back by the rollout, but the commit it last applied is not in the clone ({e}): nothing applied")))
             })?;
             let old_file = FleetFile::read(&old_source).map_err(failed)?;
+            self.tip = self.commit.clone();
             loaded = load(self, &old_source, Some(&builtin), &old_file).map_err(invalid)?;
             self.commit = Some(old.to_string());
         }
@@ -487,6 +508,7 @@ impl<'a> Run<'a> {
             os_line,
             against_this_machine: self.working_tree && self.host.is_live(),
             release: Default::default(),
+            health: None,
         })
     }
 
@@ -639,6 +661,7 @@ impl<'a> Run<'a> {
                 Some(m) => record_failed(s, plan, done, m),
             }
         })?;
+        self.health_gate(&planned, &mut recorded, result.is_ok(), done)?;
         if self.mode == Mode::Pull {
             let this_run = osupdate::RunFacts {
                 converged: result.is_ok(),
@@ -699,6 +722,11 @@ impl Run<'_> {
     /// A device its rollout holds back: the commit it last applied, when that is not
     /// the tip (a device that applied nothing yet takes the tip).
     fn stays_on(&self, standing: Option<&mut crate::release::Standing>) -> Option<git2::Oid> {
+        let rel = (self.previous.as_ref()).and_then(|p| p.release.as_ref());
+        if let Some(to) = rel.and_then(|r| crate::release::health_target(r, self.commit.as_deref()))
+        {
+            return git2::Oid::from_str(&to).ok().filter(|_| !self.working_tree);
+        }
         let s = standing.filter(|s| s.held_back && !self.working_tree)?;
         let applied = self.previous.as_ref()?.applied_commit.clone()?;
         if Some(&applied) == self.commit.as_ref() {
@@ -774,6 +802,95 @@ impl Run<'_> {
             }
         }
         planned.release = recorded;
+        planned.health = brakes.health.clone();
+        self.carry_health(planned);
+    }
+
+    /// The health record carried from the last run, and the plan's note when a rollback
+    /// is under way or the tip failed its checks here.
+    fn carry_health(&self, planned: &mut Planned) {
+        let prev = (self.previous.as_ref().and_then(|p| p.release.clone())).unwrap_or_default();
+        let short = |c: &str| c.chars().take(12).collect::<String>();
+        if let Some(rb) = &prev.rollback {
+            let why = rb.problems.join("; ");
+            let (from, to) = (short(&rb.from), short(&rb.to));
+            planned.plan.notes.insert(
+                0,
+                format!("health: rolling back from {from} to {to} ({why})"),
+            );
+        } else if let (Some(tip), Some(good)) = (&self.tip, &prev.good) {
+            if prev.failed.contains(tip) && tip != good {
+                let (tip, good) = (short(tip), short(good));
+                let note = format!("health: {tip} failed its checks on this device: staying on {good} until a newer commit");
+                planned.plan.notes.insert(0, note);
+            }
+        }
+        let r = &mut planned.release;
+        (r.good, r.failed, r.rollback, r.health) =
+            (prev.good, prev.failed, prev.rollback, prev.health);
+    }
+
+    /// After a pull that changed something under `health:`: the checks, polled until
+    /// they pass or the bound is reached. Passed: the commit is the device's good one.
+    /// Failed: the commit is marked failed and the rollback to the good one is recorded
+    /// before anything else (`converge` runs it). A finished rollback is cleared.
+    fn health_gate(
+        &self,
+        planned: &Planned,
+        recorded: &mut State,
+        ok: bool,
+        done: usize,
+    ) -> Result<()> {
+        let (Some(h), Some(commit)) = (&planned.health, &planned.commit) else {
+            return Ok(());
+        };
+        let rel = recorded.release.get_or_insert_with(Default::default);
+        if let Some(rb) = rel.rollback.clone().filter(|rb| &rb.to == commit && ok) {
+            osupdate::health::restart_inactive(self.host, &h.units);
+            let took = crate::time::now().saturating_sub(rb.at);
+            let said = format!(
+                "rolled back from {} to {commit} in {took} s after the failed check",
+                rb.from
+            );
+            warn!("health: {said}");
+            (rel.rollback, rel.health) = (None, Some(said));
+            return recorded.save(&self.state_path);
+        }
+        if !ok || self.mode != Mode::Pull || (done == 0 && rel.good.is_some()) {
+            return Ok(());
+        }
+        let problems = osupdate::health::poll(
+            self.host,
+            &crate::fleet::os::Health {
+                timeout_seconds: h.timeout_seconds,
+                offline_timeout_seconds: h.timeout_seconds,
+                units: h.units.clone(),
+                commands: h.commands.clone(),
+                urls: h.urls.clone(),
+            },
+        );
+        if problems.is_empty() {
+            info!("health: {commit} passed its checks");
+            (rel.good, rel.health) = (Some(commit.clone()), Some(format!("{commit} passed")));
+            return recorded.save(&self.state_path);
+        }
+        let why = problems.join("; ");
+        rel.health = Some(format!("{commit} failed: {why}"));
+        let Some(good) = rel.good.clone().filter(|g| g != commit) else {
+            recorded.save(&self.state_path)?;
+            return Err(Error::Other(format!("health checks failed ({why}), and no earlier commit passed them here: nothing to roll back to")));
+        };
+        rel.failed.push(commit.clone());
+        rel.rollback = Some(crate::release::Rollback {
+            from: commit.clone(),
+            to: good.clone(),
+            problems,
+            at: crate::time::now(),
+        });
+        recorded.save(&self.state_path)?;
+        Err(Error::Other(format!(
+            "health checks of {commit} failed ({why}): rolling back to {good}"
+        )))
     }
 
     /// Before applying: the commands that `on_change` makes due are recorded as pending,

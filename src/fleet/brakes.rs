@@ -6,7 +6,7 @@ use marked_yaml::types::MarkedMappingNode;
 use marked_yaml::{Node, Span};
 
 use crate::error::{span_pos, Invalid};
-use crate::release::{self, Brakes, Rollout, Window};
+use crate::release::{self, Brakes, Health, Rollout, Window};
 
 /// The brakes a layer declares (none of them when a value is wrong: a problem says why).
 pub(super) fn read(file: &str, map: &MarkedMappingNode, problems: &mut Vec<Invalid>) -> Brakes {
@@ -15,6 +15,7 @@ pub(super) fn read(file: &str, map: &MarkedMappingNode, problems: &mut Vec<Inval
         match k.as_str() {
             "rollout" => brakes.rollout = rollout(file, k.span(), v, problems),
             "maintenance" => brakes.window = window(file, k.span(), v, problems),
+            "health" => brakes.health = health(file, k.span(), v, problems),
             _ => {}
         }
     }
@@ -140,4 +141,49 @@ fn window(file: &str, key: &Span, node: &Node, problems: &mut Vec<Invalid>) -> O
             None
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthDoc {
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    units: Vec<String>,
+    #[serde(default)]
+    commands: Vec<String>,
+    #[serde(default)]
+    urls: Vec<String>,
+}
+
+/// `health: {timeout_seconds: 60, units: [...], commands: [...], urls: [...]}`.
+fn health(file: &str, key: &Span, node: &Node, problems: &mut Vec<Invalid>) -> Option<Health> {
+    let doc = match crate::fleet::yaml::typed::<HealthDoc>(file, node) {
+        Ok(d) => d,
+        Err(p) => {
+            problems.push(p);
+            return None;
+        }
+    };
+    let timeout_seconds = doc.timeout_seconds.unwrap_or(60);
+    let bad_url = doc
+        .urls
+        .iter()
+        .find(|u| !(u.starts_with("http://") || u.starts_with("https://")));
+    let problem = if timeout_seconds == 0 {
+        Some("health.timeout_seconds: expected a whole number of seconds above 0".to_string())
+    } else if doc.units.is_empty() && doc.commands.is_empty() && doc.urls.is_empty() {
+        Some("health: expected at least one check: units, commands or urls".into())
+    } else {
+        bad_url.map(|u| format!("health.urls: expected an http:// or https:// URL, not `{u}`"))
+    };
+    if let Some(m) = problem {
+        problems.push(Invalid::at(file, key, m));
+        return None;
+    }
+    Some(Health {
+        timeout_seconds,
+        units: doc.units,
+        commands: doc.commands,
+        urls: doc.urls,
+    })
 }

@@ -224,6 +224,7 @@ impl<'a> Fleet<'a> {
         let brakes = crate::release::Brakes {
             rollout: layers.iter().rev().find_map(|l| l.brakes.rollout.clone()),
             window: layers.iter().rev().find_map(|l| l.brakes.window.clone()),
+            health: layers.iter().rev().find_map(|l| l.brakes.health.clone()),
         };
         vars.insert(
             "device".into(),

@@ -31,9 +31,17 @@ impl FileKind {
                 "os",
                 "rollout",
                 "maintenance",
+                "health",
             ],
             FileKind::Inventory => &["groups"],
-            FileKind::GroupVars => &["vars", "roles", "os_image", "rollout", "maintenance"],
+            FileKind::GroupVars => &[
+                "vars",
+                "roles",
+                "os_image",
+                "rollout",
+                "maintenance",
+                "health",
+            ],
             FileKind::HostVars => &["vars", "roles", "branch", "device_type", "os_image"],
             FileKind::Role => &["description", "params", "include", "resources"],
         }
@@ -51,7 +59,7 @@ fn home(key: &str) -> Option<&'static str> {
             "group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
         }
         "params" | "include" | "resources" => "a role's role.yml",
-        "rollout" | "maintenance" => "fleet.yml or group_vars",
+        "rollout" | "maintenance" | "health" => "fleet.yml or group_vars",
         _ => return None,
     })
 }
@@ -106,6 +114,8 @@ pub(super) struct FleetDoc {
     rollout: Option<IgnoredAny>,
     #[allow(dead_code)]
     maintenance: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    health: Option<IgnoredAny>,
 }
 
 /// Fleet-wide settings from fleet.yml.
@@ -186,6 +196,8 @@ pub(super) struct GroupVarsDoc {
     rollout: Option<IgnoredAny>,
     #[allow(dead_code)]
     maintenance: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    health: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]

@@ -483,7 +483,7 @@ invalid!(
 invalid!(
     group_vars_take_vars_and_roles_only,
     [("group_vars/shop.yml", "vars: {}\ncolour: red\n")],
-    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles, os_image, rollout, maintenance"
+    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles, os_image, rollout, maintenance, health"
 );
 invalid!(
     a_rollout_percentage_is_0_to_100,
@@ -505,6 +505,19 @@ invalid!(
     an_unsynchronized_clock_is_deferred_or_trusted,
     [("group_vars/shop.yml", "maintenance:\n  window: 02:00-04:00\n  unsynchronized_clock: maybe\n")],
     "group_vars/shop.yml:3:25: expected `unsynchronized_clock:` as `defer` (the default) or `trust`, not `maybe`"
+);
+invalid!(
+    health_needs_a_check_and_a_bound,
+    [(
+        "group_vars/shop.yml",
+        "health:\n  timeout_seconds: 0\n  units: [a.service]\n"
+    )],
+    "group_vars/shop.yml:1:1: health.timeout_seconds: expected a whole number of seconds above 0"
+);
+invalid!(
+    health_urls_are_http,
+    [("fleet.yml", "format: 1\nvars: {greeting: hi, port: 80}\nroles: [web]\nhealth: {urls: [\"localhost:80\"]}\n")],
+    "fleet.yml:4:1: health.urls: expected an http:// or https:// URL, not `localhost:80`"
 );
 invalid!(
     a_window_is_hh_mm_to_hh_mm,

@@ -41,11 +41,36 @@ pub(crate) struct Window {
     pub(crate) declared_at: String,
 }
 
+/// `health:` of fleet.yml or a group_vars file: checks run after a run that changed
+/// something; when they fail within the bound, the last commit that passed them is
+/// applied again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Health {
+    pub(crate) timeout_seconds: u64,
+    pub(crate) units: Vec<String>,
+    pub(crate) commands: Vec<String>,
+    pub(crate) urls: Vec<String>,
+}
+
 /// What the strongest layers declare for one device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Brakes {
     pub(crate) rollout: Option<Rollout>,
     pub(crate) window: Option<Window>,
+    pub(crate) health: Option<Health>,
+}
+
+/// A health-gated rollback under way: persisted before it applies anything, so that a
+/// run killed in the middle is finished by the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Rollback {
+    /// The commit that failed its checks.
+    pub(crate) from: String,
+    /// The last commit that passed them.
+    pub(crate) to: String,
+    pub(crate) problems: Vec<String>,
+    /// When the checks failed (seconds since the epoch).
+    pub(crate) at: u64,
 }
 
 /// The device's stable bucket for a rollout: the first 8 bytes of
@@ -278,6 +303,17 @@ pub(crate) struct Recorded {
     /// Handlers still due.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) handlers: Vec<Handler>,
+    /// With `health:`: the last commit that passed the checks on this device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) good: Option<String>,
+    /// Commits that failed them here: not taken again until a newer commit arrives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) failed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rollback: Option<Rollback>,
+    /// The last health outcome, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) health: Option<String>,
 }
 
 impl Recorded {
@@ -294,4 +330,15 @@ pub(crate) fn clock_synchronized() -> bool {
     // SAFETY: the pointer is valid for the call.
     let rc = unsafe { nix::libc::adjtimex(&mut tx) };
     rc >= 0 && rc != nix::libc::TIME_ERROR && tx.status & nix::libc::STA_UNSYNC == 0
+}
+
+/// The commit a health record makes the device stay on: the rollback's target, or the
+/// good commit while the tip is one that failed here.
+pub(crate) fn health_target(r: &Recorded, tip: Option<&str>) -> Option<String> {
+    if let Some(rb) = &r.rollback {
+        return Some(rb.to.clone());
+    }
+    let good = r.good.clone()?;
+    let failed = tip.is_some_and(|t| r.failed.iter().any(|f| f == t) && t != good);
+    failed.then_some(good)
 }

@@ -218,3 +218,31 @@ fn only_disruptive_changes_are_deferred_and_handlers_are_carried() {
         "a unit restarted anyway is not restarted twice"
     );
 }
+
+#[test]
+fn a_rollback_under_way_or_a_failed_tip_keeps_the_device_on_its_good_commit() {
+    let mut r = Recorded {
+        good: Some("c1".into()),
+        failed: vec!["c2".into()],
+        ..Default::default()
+    };
+    assert_eq!(health_target(&r, Some("c2")).as_deref(), Some("c1"));
+    assert_eq!(
+        health_target(&r, Some("c3")),
+        None,
+        "a newer commit is taken"
+    );
+    assert_eq!(health_target(&r, Some("c1")), None);
+    r.rollback = Some(Rollback {
+        from: "c3".into(),
+        to: "c1".into(),
+        problems: vec!["x.service is not active".into()],
+        at: 0,
+    });
+    assert_eq!(
+        health_target(&r, Some("c3")).as_deref(),
+        Some("c1"),
+        "a rollback killed half way is finished first"
+    );
+    assert_eq!(health_target(&Recorded::default(), Some("c2")), None);
+}

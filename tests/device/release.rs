@@ -153,3 +153,126 @@ fn rollout_holds_this_device_back(dev: &Booted, repo: &FleetRepo, port: u16, ins
     assert_eq!(dev.agent(&["pull"]).code, 0);
     assert_eq!(dev.sh("cat /etc/fleet-demo.conf"), "greeting=rolled");
 }
+
+const HEALTH_UNIT: &str = "[Unit]\nDescription=Fleet health demo\n\n[Service]\nExecStart=/bin/sh -c 'grep -qx good /etc/fleet-health.conf && exec sleep infinity'\n\n[Install]\nWantedBy=multi-user.target\n";
+
+/// A unit that runs only with `mode: good`, health-checked; `slow` seconds of a command
+/// on every change of its configuration (so that a rollback can be killed half way).
+fn health_fleet(mode: &str, note: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "fleet.yml".into(),
+            format!("format: 1\nvars: {{mode: {mode}, note: {note}}}\nroles: [app]\nhealth:\n  timeout_seconds: 5\n  units: [fleet-health.service]\n"),
+        ),
+        ("roles/app/files/fleet-health.service".into(), HEALTH_UNIT.into()),
+        (
+            "roles/app/role.yml".into(),
+            "resources:
+  - file: {path: /etc/systemd/system/fleet-health.service, source: fleet-health.service}
+  - file: {path: /etc/fleet-health.conf, content: \"{{ mode }}\\n\"}
+  - file: {path: /etc/fleet-health.note, content: \"{{ note }}\\n\"}
+  - command: {name: settle, shell: \"sleep 3\", on_change: [/etc/fleet-health.conf]}
+  - service: {name: fleet-health, enabled: true, state: started, restart_on: [/etc/fleet-health.conf]}
+"
+            .into(),
+        ),
+    ]
+}
+
+fn state(dev: &Booted) -> serde_json::Value {
+    let text = std::fs::read_to_string(dev.path("/var/lib/fleet-agent/state.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn a_commit_that_fails_its_health_checks_is_rolled_back_and_skipped() {
+    let repo = FleetRepo::new(&[("README", "health\n")]);
+    let git = crate::support::GitHttpServer::start(repo.server.parent().unwrap(), None);
+    let dev = Booted::start("fa-health");
+    let name = crate::harness::instance_name("fa-health");
+    dev.write(
+        "/etc/fleet-agent/agent.toml",
+        &format!(
+            "repo = \"{}\"\nbranch = \"main\"\ndevice_id = \"{name}\"\n",
+            git.url("fleet.git")
+        ),
+    );
+    let sha = |dev: &Booted| dev.sh("sha256sum /etc/fleet-health.conf | cut -d' ' -f1");
+    let c1 = {
+        commit(&repo, &health_fleet("good", "one"), "good");
+        crate::support::git(&repo.work, &["rev-parse", "HEAD"])
+    };
+    let pull = dev.agent(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.sh("systemctl is-active fleet-health.service"), "active");
+    assert_eq!(state(&dev)["release"]["good"], c1.as_str());
+    let good_digest = sha(&dev);
+
+    // A commit that breaks the unit: checked for 5 s, rolled back.
+    commit(&repo, &health_fleet("bad", "two"), "breaks the unit");
+    let c2 = crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
+    let pull = timed("pull of a failing commit and its rollback", || {
+        dev.agent(&["pull"])
+    });
+    eprintln!("[health] pull:\n{}", pull.stderr);
+    assert_eq!(pull.code, 1, "{pull:?}");
+    assert!(
+        pull.stderr.contains("fleet-health.service is not active"),
+        "{pull:?}"
+    );
+    assert_eq!(sha(&dev), good_digest);
+    assert_eq!(dev.sh("cat /etc/fleet-health.note"), "one");
+    assert_eq!(dev.sh("systemctl is-active fleet-health.service"), "active");
+    let s = state(&dev);
+    eprintln!(
+        "[health] state: {}",
+        serde_json::to_string_pretty(&s["release"]).unwrap()
+    );
+    assert_eq!(s["applied_commit"], c1.as_str());
+    assert_eq!(s["release"]["failed"][0], c2.as_str());
+    assert!(s["release"]["rollback"].is_null());
+    assert!(s["release"]["health"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("rolled back from {c2} to {c1} in ")));
+
+    // Later polls skip it; a newer commit is taken.
+    assert_eq!(dev.agent(&["pull"]).code, 0);
+    let plan = dev.agent(&["plan"]);
+    assert!(
+        plan.stdout.contains(&format!(
+            "health: {} failed its checks on this device: staying on {}",
+            &c2[..12],
+            &c1[..12]
+        )),
+        "{plan:?}"
+    );
+    assert_eq!(sha(&dev), good_digest);
+    commit(&repo, &health_fleet("good", "three"), "fixed");
+    let c3 = crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
+    assert_eq!(dev.agent(&["pull"]).code, 0);
+    assert_eq!(dev.sh("cat /etc/fleet-health.note"), "three");
+    assert_eq!(state(&dev)["release"]["good"], c3.as_str());
+
+    // kill -9 during the rollback (in its 3 s command), then a normal run finishes it.
+    commit(&repo, &health_fleet("bad", "four"), "breaks it again");
+    let c4 = crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
+    let mut child = dev.spawn_agent(&["pull"]);
+    let began = std::time::Instant::now();
+    while state(&dev)["release"]["rollback"].is_null() {
+        assert!(began.elapsed().as_secs() < 60, "no rollback recorded");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    dev.sh("kill -9 $(pidof fleet-agent)");
+    let _ = child.wait();
+    assert_eq!(state(&dev)["release"]["rollback"]["to"], c3.as_str());
+    let pull = dev.agent(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.sh("cat /etc/fleet-health.note"), "three");
+    assert_eq!(sha(&dev), good_digest);
+    assert_eq!(dev.sh("systemctl is-active fleet-health.service"), "active");
+    let s = state(&dev);
+    assert!(s["release"]["rollback"].is_null(), "{s}");
+    assert_eq!(s["release"]["failed"][1], c4.as_str());
+}
