@@ -20,6 +20,7 @@ mod lock;
 mod logging;
 mod osupdate;
 mod plan;
+mod release;
 mod report;
 mod resources;
 mod run;

@@ -63,6 +63,10 @@ pub(crate) struct Planned {
     /// A working tree planned against the machine this runs on (`--repo` without
     /// `--root`), which is worth saying first.
     pub(crate) against_this_machine: bool,
+    /// The rollout standing and what a window or the hold file deferred.
+    pub(crate) release: crate::release::Recorded,
+    /// The health checks that gate this configuration (`health:`).
+    pub(crate) health: Option<crate::release::Health>,
 }
 
 impl Planned {
@@ -95,7 +99,22 @@ pub(crate) fn plan(req: &Request) -> Result<PlanOutcome> {
 
 /// `apply` or `pull`: the exit code. `show` sees the plan before it is applied.
 pub(crate) fn converge(req: &Request, mode: Mode, show: &mut dyn FnMut(&Planned)) -> Result<i32> {
-    match execute(req, mode, show)? {
+    let first = execute(req, mode, show);
+    // Health checks failed and the rollback is recorded: a second run applies the last
+    // commit that passed (a run killed during it is finished by the next one the same way).
+    let pending = |s: Option<State>| {
+        s.and_then(|s| s.release)
+            .is_some_and(|r| r.rollback.is_some())
+    };
+    if mode == Mode::Pull
+        && first.is_err()
+        && pending(status(req.host, req.config_path).ok().and_then(|s| s.1))
+    {
+        if let Err(e) = execute(req, mode, &mut |_| {}) {
+            log::error!("{e}");
+        }
+    }
+    match first? {
         Done::Exit(code) => Ok(code),
         Done::Planned(_) | Done::AgentUpgrade(_) => unreachable!("only plan stops there"),
     }
@@ -132,6 +151,8 @@ struct Run<'a> {
     warnings: Vec<String>,
     /// What applying knew, for the report.
     applied: Option<crate::report::Applied>,
+    /// The branch's tip when the run stays on another commit.
+    tip: Option<String>,
     _lock: Option<RunLock>,
 }
 
@@ -229,6 +250,7 @@ struct LoadedState {
     settings: Settings,
     /// Its OS image: a group_vars or host_vars `os_image:`, else its type's in fleet.yml.
     os_declared: Declared,
+    brakes: crate::release::Brakes,
 }
 
 /// The device's desired state, the fleet's settings, its `os:` declaration and the
@@ -255,7 +277,11 @@ fn load(
     if let Some(e) = reads.failure() {
         return Err(e);
     }
-    let ForDevice { desired, os_image } = for_device?;
+    let ForDevice {
+        desired,
+        os_image,
+        brakes,
+    } = for_device?;
     log::debug!("facts read: [{}]", reads.read().join(", "));
     let mut os_declared = Declared::new(fleet.os.as_ref(), desired.device_type.as_deref());
     if let Some((image, at)) = os_image {
@@ -265,6 +291,7 @@ fn load(
         desired,
         settings: fleet.settings.clone(),
         os_declared,
+        brakes,
     })
 }
 
@@ -342,6 +369,7 @@ impl<'a> Run<'a> {
             branch: None,
             warnings: Vec::new(),
             applied: None,
+            tip: None,
             _lock: lock,
         })
     }
@@ -352,7 +380,7 @@ impl<'a> Run<'a> {
         let failed = |e: Error| (RunOutcome::Failed, e);
         self.config.branch = self.configured_branch.clone();
         self.warnings.clear();
-        let synced: Synced;
+        let mut synced: Option<Synced> = None;
         let source = match &req.repo {
             Some(dir) => {
                 let dir = dir
@@ -363,7 +391,7 @@ impl<'a> Run<'a> {
             }
             None => {
                 self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
-                synced = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
+                let s = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
                     Ok(s) => s,
                     Err(e) => {
                         if let Error::Unreachable { message, .. } = &e {
@@ -372,11 +400,13 @@ impl<'a> Run<'a> {
                         return Err(failed(e));
                     }
                 };
-                self.commit = Some(synced.commit.to_string());
+                self.commit = Some(s.commit.to_string());
                 self.branch = Some(self.config.branch.clone());
-                self.offline = synced.offline.clone();
+                self.offline = s.offline.clone();
                 self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
-                Source::commit(&synced.repo, synced.commit).map_err(failed)?
+                synced = Some(s);
+                let s = synced.as_ref().expect("just synced");
+                Source::commit(&s.repo, s.commit).map_err(failed)?
             }
         };
         let builtin = crate::fleet::builtin_roles(&self.config.roles_dir);
@@ -384,16 +414,29 @@ impl<'a> Run<'a> {
         if let Some(done) = self.gate(&fleet_file, &source)? {
             return Ok(Loaded::Done(done));
         }
-        let LoadedState {
-            desired,
-            settings,
-            os_declared,
-        } = load(self, &source, Some(&builtin), &fleet_file).map_err(|e| match e {
+        let invalid = |e: Error| match e {
             Error::Invalid(_) => (RunOutcome::Invalid, e),
             e => (RunOutcome::Failed, e),
-        })?;
-        note_loaded(req, &desired);
-        let planned = self.plan(desired, &settings, os_declared).map_err(failed)?;
+        };
+        let mut loaded = load(self, &source, Some(&builtin), &fleet_file).map_err(invalid)?;
+        note_loaded(req, &loaded.desired);
+        // The tip is validated above; a device its rollout holds back stays on the
+        // commit it last applied, which the clone has (docs/rollouts.md).
+        let brakes = loaded.brakes.clone();
+        let mut standing =
+            (brakes.rollout.as_ref()).map(|r| crate::release::standing(r, &self.config.device_id));
+        if let (Some(old), Some(s)) = (self.stays_on(standing.as_mut()), &synced) {
+            let old_source = Source::commit(&s.repo, old).map_err(|e| {
+                failed(Error::Other(format!("held back by the rollout, but the commit it last applied is not in the clone ({e}): nothing applied")))
+            })?;
+            let old_file = FleetFile::read(&old_source).map_err(failed)?;
+            self.tip = self.commit.clone();
+            loaded = load(self, &old_source, Some(&builtin), &old_file).map_err(invalid)?;
+            self.commit = Some(old.to_string());
+        }
+        let mut planned =
+            (self.plan(loaded.desired, &loaded.settings, loaded.os_declared)).map_err(failed)?;
+        self.brake(&mut planned, &brakes, standing);
         Ok(Loaded::Planned(Box::new(planned)))
     }
 
@@ -464,6 +507,8 @@ impl<'a> Run<'a> {
             os_state,
             os_line,
             against_this_machine: self.working_tree && self.host.is_live(),
+            release: Default::default(),
+            health: None,
         })
     }
 
@@ -577,13 +622,7 @@ impl<'a> Run<'a> {
     fn apply(&mut self, mut planned: Planned) -> Result<i32> {
         self.note_triggered(&planned.plan)?;
         let plan = &planned.plan;
-        // `apply` prints the plan, notes included; `pull` prints nothing, so its notes
-        // (held packages, directories left in place, skipped starts) go to the journal.
-        if self.mode == Mode::Pull {
-            for n in &plan.notes {
-                info!("note: {n}");
-            }
-        }
+        self.log_notes(plan);
         let (done, result) = if plan.is_empty() {
             (0, Ok(()))
         } else {
@@ -616,11 +655,13 @@ impl<'a> Run<'a> {
             s.changes = done;
             s.offline = self.offline.is_some();
             s.warnings = self.warnings.clone();
+            s.release = Some(planned.release.clone()).filter(|r| !r.is_empty());
             match &failed {
                 None => record_applied(s, plan, self.commit.clone(), self.offline.clone()),
                 Some(m) => record_failed(s, plan, done, m),
             }
         })?;
+        self.health_gate(&planned, &mut recorded, result.is_ok(), done)?;
         if self.mode == Mode::Pull {
             let this_run = osupdate::RunFacts {
                 converged: result.is_ok(),
@@ -667,6 +708,191 @@ impl<'a> Run<'a> {
 }
 
 impl Run<'_> {
+    /// `apply` prints the plan, notes included; `pull` prints nothing, so its notes
+    /// (held packages, directories left in place, skipped starts, a device held back,
+    /// deferred changes) go to the journal.
+    fn log_notes(&self, plan: &Plan) {
+        if self.mode == Mode::Pull {
+            for n in &plan.notes {
+                info!("note: {n}");
+            }
+        }
+    }
+
+    /// A device its rollout holds back: the commit it last applied, when that is not
+    /// the tip (a device that applied nothing yet takes the tip).
+    fn stays_on(&self, standing: Option<&mut crate::release::Standing>) -> Option<git2::Oid> {
+        let rel = (self.previous.as_ref()).and_then(|p| p.release.as_ref());
+        if let Some(to) = rel.and_then(|r| crate::release::health_target(r, self.commit.as_deref()))
+        {
+            return git2::Oid::from_str(&to).ok().filter(|_| !self.working_tree);
+        }
+        let s = standing.filter(|s| s.held_back && !self.working_tree)?;
+        let applied = self.previous.as_ref()?.applied_commit.clone()?;
+        if Some(&applied) == self.commit.as_ref() {
+            return None;
+        }
+        s.tip = self.commit.clone();
+        git2::Oid::from_str(&applied).ok()
+    }
+
+    /// The rollout's line in the plan, and the disruptive changes a maintenance window
+    /// or the hold file defers (handlers deferred earlier are due again when not).
+    fn brake(
+        &self,
+        planned: &mut Planned,
+        brakes: &crate::release::Brakes,
+        standing: Option<crate::release::Standing>,
+    ) {
+        use crate::release;
+        if let Some(s) = &standing {
+            let short = |c: &str| c.chars().take(12).collect::<String>();
+            let said = match (&s.tip, &planned.commit) {
+                (Some(tip), Some(on)) => {
+                    format!("staying on {}, the branch is at {}", short(on), short(tip))
+                }
+                _ if !s.held_back => String::new(),
+                _ if planned.commit.is_some()
+                    && self
+                        .previous
+                        .as_ref()
+                        .and_then(|p| p.applied_commit.as_ref())
+                        == planned.commit.as_ref() =>
+                {
+                    "it already applied this commit".into()
+                }
+                _ if self.working_tree => "a working tree is never held back".into(),
+                _ => "nothing applied yet, so it takes this commit".into(),
+            };
+            let sep = if said.is_empty() { "" } else { ": " };
+            planned
+                .plan
+                .notes
+                .insert(0, format!("{}{sep}{said}", s.line()));
+        }
+        let carried = (self.previous.as_ref().and_then(|p| p.release.as_ref()))
+            .map(|r| r.handlers.clone())
+            .unwrap_or_default();
+        let hold = self.host.path(Path::new(release::HOLD_FILE)).exists();
+        let minutes = crate::time::local_minutes(crate::time::now());
+        let synced =
+            brakes.window.as_ref().is_none_or(|w| w.trust_clock) || release::clock_synchronized();
+        let reason = release::deferral(brakes.window.as_ref(), minutes, synced, hold);
+        let mut recorded = release::Recorded {
+            rollout: standing,
+            ..Default::default()
+        };
+        match reason {
+            None => release::resume(&mut planned.plan, &carried, |verb, unit| {
+                crate::host::systemd::systemctl(self.host, verb, unit)
+            }),
+            Some(why) => {
+                let (deferred, mut handlers) = release::defer(&mut planned.plan, &why);
+                for h in carried {
+                    if !handlers.contains(&h) {
+                        let due = format!("{} {} (due since an earlier run)", h.verb, h.unit);
+                        planned.plan.notes.push(format!("{due}: {why}"));
+                        handlers.push(h);
+                    }
+                }
+                let held = !deferred.is_empty() || !handlers.is_empty();
+                recorded.deferral = held.then_some(why);
+                recorded.deferred = deferred;
+                recorded.handlers = handlers;
+            }
+        }
+        planned.release = recorded;
+        planned.health = brakes.health.clone();
+        self.carry_health(planned);
+    }
+
+    /// The health record carried from the last run, and the plan's note when a rollback
+    /// is under way or the tip failed its checks here.
+    fn carry_health(&self, planned: &mut Planned) {
+        let prev = (self.previous.as_ref().and_then(|p| p.release.clone())).unwrap_or_default();
+        let short = |c: &str| c.chars().take(12).collect::<String>();
+        if let Some(rb) = &prev.rollback {
+            let why = rb.problems.join("; ");
+            let (from, to) = (short(&rb.from), short(&rb.to));
+            planned.plan.notes.insert(
+                0,
+                format!("health: rolling back from {from} to {to} ({why})"),
+            );
+        } else if let (Some(tip), Some(good)) = (&self.tip, &prev.good) {
+            if prev.failed.contains(tip) && tip != good {
+                let (tip, good) = (short(tip), short(good));
+                let note = format!("health: {tip} failed its checks on this device: staying on {good} until a newer commit");
+                planned.plan.notes.insert(0, note);
+            }
+        }
+        let r = &mut planned.release;
+        (r.good, r.failed, r.rollback, r.health) =
+            (prev.good, prev.failed, prev.rollback, prev.health);
+    }
+
+    /// After a pull that changed something under `health:`: the checks, polled until
+    /// they pass or the bound is reached. Passed: the commit is the device's good one.
+    /// Failed: the commit is marked failed and the rollback to the good one is recorded
+    /// before anything else (`converge` runs it). A finished rollback is cleared.
+    fn health_gate(
+        &self,
+        planned: &Planned,
+        recorded: &mut State,
+        ok: bool,
+        done: usize,
+    ) -> Result<()> {
+        let (Some(h), Some(commit)) = (&planned.health, &planned.commit) else {
+            return Ok(());
+        };
+        let rel = recorded.release.get_or_insert_with(Default::default);
+        if let Some(rb) = rel.rollback.clone().filter(|rb| &rb.to == commit && ok) {
+            osupdate::health::restart_inactive(self.host, &h.units);
+            let took = crate::time::now().saturating_sub(rb.at);
+            let said = format!(
+                "rolled back from {} to {commit} in {took} s after the failed check",
+                rb.from
+            );
+            warn!("health: {said}");
+            (rel.rollback, rel.health) = (None, Some(said));
+            return recorded.save(&self.state_path);
+        }
+        if !ok || self.mode != Mode::Pull || (done == 0 && rel.good.is_some()) {
+            return Ok(());
+        }
+        let problems = osupdate::health::poll(
+            self.host,
+            &crate::fleet::os::Health {
+                timeout_seconds: h.timeout_seconds,
+                offline_timeout_seconds: h.timeout_seconds,
+                units: h.units.clone(),
+                commands: h.commands.clone(),
+                urls: h.urls.clone(),
+            },
+        );
+        if problems.is_empty() {
+            info!("health: {commit} passed its checks");
+            (rel.good, rel.health) = (Some(commit.clone()), Some(format!("{commit} passed")));
+            return recorded.save(&self.state_path);
+        }
+        let why = problems.join("; ");
+        rel.health = Some(format!("{commit} failed: {why}"));
+        let Some(good) = rel.good.clone().filter(|g| g != commit) else {
+            recorded.save(&self.state_path)?;
+            return Err(Error::Other(format!("health checks failed ({why}), and no earlier commit passed them here: nothing to roll back to")));
+        };
+        rel.failed.push(commit.clone());
+        rel.rollback = Some(crate::release::Rollback {
+            from: commit.clone(),
+            to: good.clone(),
+            problems,
+            at: crate::time::now(),
+        });
+        recorded.save(&self.state_path)?;
+        Err(Error::Other(format!(
+            "health checks of {commit} failed ({why}): rolling back to {good}"
+        )))
+    }
+
     /// Before applying: the commands that `on_change` makes due are recorded as pending,
     /// so that a run killed before they finish runs them next time (their trigger will
     /// not change again).

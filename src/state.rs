@@ -86,6 +86,9 @@ pub(crate) struct State {
     /// What every recorded run adds up to (metrics and reports, src/report/).
     #[serde(default)]
     pub(crate) counters: Counters,
+    /// The rollout standing and deferred changes of the last run (src/release/).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) release: Option<crate::release::Recorded>,
 }
 
 /// Counters over all the runs this state has recorded: they only grow (Prometheus

@@ -253,6 +253,21 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
     for w in &s.warnings {
         line("warning:", w);
     }
+    if let Some(r) = &s.release {
+        if let Some(st) = &r.rollout {
+            line("rollout:", &st.line());
+        }
+        if let Some(why) = &r.deferral {
+            let what: Vec<String> = (r.deferred.iter().cloned())
+                .chain(
+                    (r.handlers.iter())
+                        .filter(|h| !r.deferred.iter().any(|d| d.ends_with(&h.unit)))
+                        .map(|h| format!("{} {}", h.verb, h.unit)),
+                )
+                .collect();
+            line("deferred:", &format!("{} ({why})", what.join(", ")));
+        }
+    }
     out
 }
 

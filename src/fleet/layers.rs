@@ -63,6 +63,8 @@ pub(super) struct Layer {
     pub(super) facts: HostFacts,
     /// `os_image:` of a group_vars or host_vars file, and where it is written.
     pub(super) os_image: Option<(Image, Pos)>,
+    /// `rollout:` and `maintenance:` (fleet.yml and group_vars only).
+    pub(super) brakes: crate::release::Brakes,
 }
 
 /// An inventory group: device ids or globs, and device types.
@@ -99,6 +101,7 @@ pub(super) fn read_layer(file: &str, node: &Node, problems: &mut Vec<Invalid>) -
         roles,
         facts: HostFacts::default(),
         os_image: None,
+        brakes: super::brakes::read(file, map, problems),
     }
 }
 

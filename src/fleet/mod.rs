@@ -16,6 +16,7 @@ use crate::error::{extend_unique, Error, Invalid, Pos, Result};
 use crate::resources::{DesiredState, Reserved};
 use crate::VERSION;
 
+mod brakes;
 mod expand;
 pub(crate) mod facts;
 pub(crate) mod gate;
@@ -66,6 +67,8 @@ pub(crate) struct ForDevice {
     pub(crate) desired: DesiredState,
     /// `os_image:` of the strongest layer that has one, and where it is written.
     pub(crate) os_image: Option<(os::Image, Pos)>,
+    /// `rollout:` and `maintenance:` of the strongest layer that has each.
+    pub(crate) brakes: crate::release::Brakes,
 }
 
 /// Facts about a device that its host_vars file states.
@@ -218,6 +221,11 @@ impl<'a> Fleet<'a> {
         layers.extend(host_layer.as_ref());
         let (mut vars, role_refs) = merge(&layers);
         let os_image = layers.iter().rev().find_map(|l| l.os_image.clone());
+        let brakes = crate::release::Brakes {
+            rollout: layers.iter().rev().find_map(|l| l.brakes.rollout.clone()),
+            window: layers.iter().rev().find_map(|l| l.brakes.window.clone()),
+            health: layers.iter().rev().find_map(|l| l.brakes.health.clone()),
+        };
         vars.insert(
             "device".into(),
             Value::from_iter([
@@ -249,6 +257,7 @@ impl<'a> Fleet<'a> {
                 resources: expander.resources,
             },
             os_image,
+            brakes,
         })
     }
 

@@ -22,9 +22,26 @@ pub(super) enum FileKind {
 impl FileKind {
     fn keys(self) -> &'static [&'static str] {
         match self {
-            FileKind::Fleet => &["format", "description", "settings", "vars", "roles", "os"],
+            FileKind::Fleet => &[
+                "format",
+                "description",
+                "settings",
+                "vars",
+                "roles",
+                "os",
+                "rollout",
+                "maintenance",
+                "health",
+            ],
             FileKind::Inventory => &["groups"],
-            FileKind::GroupVars => &["vars", "roles", "os_image"],
+            FileKind::GroupVars => &[
+                "vars",
+                "roles",
+                "os_image",
+                "rollout",
+                "maintenance",
+                "health",
+            ],
             FileKind::HostVars => &["vars", "roles", "branch", "device_type", "os_image"],
             FileKind::Role => &["description", "params", "include", "resources"],
         }
@@ -42,6 +59,7 @@ fn home(key: &str) -> Option<&'static str> {
             "group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
         }
         "params" | "include" | "resources" => "a role's role.yml",
+        "rollout" | "maintenance" | "health" => "fleet.yml or group_vars",
         _ => return None,
     })
 }
@@ -91,6 +109,13 @@ pub(super) struct FleetDoc {
     // Read by `os::read` (positions for every semantic check).
     #[allow(dead_code)]
     os: Option<IgnoredAny>,
+    // Read by `brakes::read`.
+    #[allow(dead_code)]
+    rollout: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    maintenance: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    health: Option<IgnoredAny>,
 }
 
 /// Fleet-wide settings from fleet.yml.
@@ -166,6 +191,13 @@ pub(super) struct GroupVarsDoc {
     // Read by `os::read_image_override` (positions for every check).
     #[allow(dead_code)]
     os_image: Option<IgnoredAny>,
+    // Read by `brakes::read`.
+    #[allow(dead_code)]
+    rollout: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    maintenance: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    health: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]

@@ -483,7 +483,46 @@ invalid!(
 invalid!(
     group_vars_take_vars_and_roles_only,
     [("group_vars/shop.yml", "vars: {}\ncolour: red\n")],
-    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles, os_image"
+    "group_vars/shop.yml:2:1: unknown key `colour`, expected one of: vars, roles, os_image, rollout, maintenance, health"
+);
+invalid!(
+    a_rollout_percentage_is_0_to_100,
+    [("group_vars/shop.yml", "rollout:\n  id: r1\n  percent: 150\n")],
+    "group_vars/shop.yml:3:12: expected a percentage from 0 to 100 (at most two decimals), not `150`"
+);
+invalid!(
+    a_rollout_has_an_identifier,
+    [("group_vars/shop.yml", "rollout:\n  percent: 10\n  when: now\n")],
+    "group_vars/shop.yml:3:3: unknown key `when`: expected id, percent",
+    "group_vars/shop.yml:1:1: missing `id:` (for example `rollout: {id: 2026-12-release, percent: 10}`)"
+);
+invalid!(
+    a_rollout_is_not_per_device,
+    [("host_vars/pi-1.yml", "rollout: {id: r1, percent: 10}\n")],
+    "host_vars/pi-1.yml:1:1: `rollout` belongs in fleet.yml or group_vars"
+);
+invalid!(
+    an_unsynchronized_clock_is_deferred_or_trusted,
+    [("group_vars/shop.yml", "maintenance:\n  window: 02:00-04:00\n  unsynchronized_clock: maybe\n")],
+    "group_vars/shop.yml:3:25: expected `unsynchronized_clock:` as `defer` (the default) or `trust`, not `maybe`"
+);
+invalid!(
+    health_needs_a_check_and_a_bound,
+    [(
+        "group_vars/shop.yml",
+        "health:\n  timeout_seconds: 0\n  units: [a.service]\n"
+    )],
+    "group_vars/shop.yml:1:1: health.timeout_seconds: expected a whole number of seconds above 0"
+);
+invalid!(
+    health_urls_are_http,
+    [("fleet.yml", "format: 1\nvars: {greeting: hi, port: 80}\nroles: [web]\nhealth: {urls: [\"localhost:80\"]}\n")],
+    "fleet.yml:4:1: health.urls: expected an http:// or https:// URL, not `localhost:80`"
+);
+invalid!(
+    a_window_is_hh_mm_to_hh_mm,
+    [("group_vars/shop.yml", "maintenance: {window: \"2:00-04:00\"}\n")],
+    "group_vars/shop.yml:1:23: expected a window as `HH:MM-HH:MM` in device-local time, such as `02:00-04:00`, not `2:00-04:00`"
 );
 invalid!(
     os_belongs_in_fleet_yml,
@@ -933,3 +972,25 @@ invalid!(
     [("fleet.yml", "format: 1\nos_image: {artifact: a, uri: /a}\n")],
     "fleet.yml:2:1: `os_image` belongs in group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
 );
+
+/// fleet.yml's rollout and window, overridden by a group's (the strongest layer wins).
+#[test]
+fn a_group_overrides_the_fleet_rollout_and_window() {
+    let fleet = "format: 1\nvars: {port: 80}\nroles: [web]\nrollout: {id: r1, percent: 10}\nmaintenance: {window: \"02:00-04:00\"}\n";
+    let reads = std::sync::Arc::new(crate::fleet::facts::Fixed::default());
+    let b = for_device(&[("fleet.yml", fleet)], reads.clone())
+        .unwrap()
+        .brakes;
+    assert_eq!(b.rollout.as_ref().map(|r| r.basis_points), Some(1000));
+    assert_eq!(b.rollout.unwrap().declared_at, "fleet.yml:4:1");
+    assert_eq!(b.window.map(|w| (w.start, w.end)), Some((120, 240)));
+    let shop = "vars: {greeting: hi}\nrollout:\n  id: r1\n  percent: 50\nmaintenance: {window: \"23:30-01:00\"}\n";
+    let b = for_device(
+        &[("fleet.yml", fleet), ("group_vars/shop.yml", shop)],
+        reads,
+    )
+    .unwrap()
+    .brakes;
+    assert_eq!(b.rollout.map(|r| r.basis_points), Some(5000));
+    assert_eq!(b.window.map(|w| w.label()), Some("23:30-01:00".into()));
+}

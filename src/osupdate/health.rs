@@ -10,7 +10,7 @@ use crate::host::Host;
 
 /// Every failed check, described; empty when healthy. `roles_failed`: the fleet
 /// repository was reached and a role did not converge.
-pub(super) fn check(host: &Host, h: &Health, roles_failed: bool, deadline: u64) -> Vec<String> {
+pub(crate) fn check(host: &Host, h: &Health, roles_failed: bool, deadline: u64) -> Vec<String> {
     let mut problems = Vec::new();
     if roles_failed {
         problems.push("this run did not converge every role".into());
@@ -50,4 +50,33 @@ pub(super) fn check(host: &Host, h: &Health, roles_failed: bool, deadline: u64) 
         }
     }
     problems
+}
+
+/// The checks of a configuration's `health:` (docs/rollouts.md), polled every second until they pass or `timeout_seconds`
+/// is reached (the OS update's checks: units active, commands exit 0, URLs answer 2xx).
+/// Every failed check of the last round, described; empty when they passed.
+pub(crate) fn poll(host: &Host, as_os: &Health) -> Vec<String> {
+    let deadline = crate::time::now() + as_os.timeout_seconds;
+    loop {
+        let problems = check(host, as_os, false, deadline);
+        if problems.is_empty() || crate::time::now() >= deadline {
+            return problems;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+/// After a rollback: the checked units that are not active are restarted (a run killed
+/// during the rollback lost the restart its file change made due).
+pub(crate) fn restart_inactive(host: &Host, units: &[String]) {
+    for unit in units {
+        let active = host.run_status(&["systemctl", "is-active", "--quiet", unit], true);
+        if !matches!(active, Ok((0, ..))) {
+            let argv = crate::host::systemd::systemctl(host, "restart", unit);
+            let argv: Vec<&str> = argv.iter().map(|a| a.as_str()).collect();
+            if let Err(e) = host.run_status(&argv, true) {
+                log::warn!("health: cannot restart {unit}: {e}");
+            }
+        }
+    }
 }

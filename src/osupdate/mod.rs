@@ -25,7 +25,7 @@ mod client;
 mod decide;
 mod download;
 mod executor;
-mod health;
+pub(crate) mod health;
 mod hooks;
 mod report;
 

@@ -196,11 +196,42 @@ fn run_metrics(o: &mut Out, r: &Report, s: &State) {
         "1 when the last run could not reach the fleet repository.",
         u8::from(r.offline),
     );
+    release_metrics(o, r);
     o.metric(
         "fleet_agent_signature_status",
         "gauge",
         "Whether the applied commit's signature was verified: 1 for the status it has.",
         &stateset("status", &[SIGNATURE_UNSIGNED], &r.signature),
+    );
+}
+
+/// The rollout and the brakes (docs/rollouts.md): 0 when nothing is declared or held.
+fn release_metrics(o: &mut Out, r: &Report) {
+    let rel = r.release.clone().unwrap_or_default();
+    o.one(
+        "fleet_agent_rollout_held_back",
+        "gauge",
+        "1 when the branch's rollout holds this device on the commit it last applied.",
+        u8::from(rel.rollout.as_ref().is_some_and(|s| s.held_back)),
+    );
+    o.one(
+        "fleet_agent_rollout_bucket",
+        "gauge",
+        "The device's bucket (0-9999) in its branch's rollout; -1 without one.",
+        rel.rollout.as_ref().map_or(-1, |s| i64::from(s.bucket)),
+    );
+    o.one(
+        "fleet_agent_deferred_changes",
+        "gauge",
+        "Disruptive changes the last run deferred (a maintenance window, the hold file).",
+        rel.deferred.len()
+            + (rel.handlers.iter())
+                .filter(|h| {
+                    !rel.deferred
+                        .iter()
+                        .any(|d| d.ends_with(&format!(" {}", h.unit)))
+                })
+                .count(),
     );
 }
 

@@ -76,6 +76,10 @@ pub(crate) struct Report {
     pub(crate) duration_ms: u64,
     #[serde(default)]
     pub(crate) lock_wait_ms: u64,
+    /// The rollout standing (bucket, held back, the tip) and what a maintenance window
+    /// or the hold file deferred (docs/rollouts.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) release: Option<crate::release::Recorded>,
     /// Every change of the plan, in run order, with whether it was applied.
     #[serde(default)]
     pub(crate) changes: Vec<ChangeReport>,
@@ -319,6 +323,7 @@ fn build(f: &Finished, state: &State, with_facts: bool) -> Report {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
         lock_wait_ms: crate::lock::waited().map_or(0, |w| w.as_millis() as u64),
+        release: state.release.clone(),
         changes: f.applied.map(|a| a.changes.clone()).unwrap_or_default(),
         changes_applied: state.counters.changes - f.before.changes,
         drift_corrected: state.counters.drift_corrected - f.before.drift_corrected,
@@ -507,6 +512,9 @@ mod tests {
             "fleet_agent_changes_total 3",
             "fleet_agent_os_update_phase{phase=\"idle\"} 1",
             "fleet_agent_signature_status{status=\"unsigned\"} 1",
+            "fleet_agent_rollout_held_back 0",
+            "fleet_agent_rollout_bucket -1",
+            "fleet_agent_deferred_changes 0",
         ] {
             assert!(text.lines().any(|x| x == l), "{l} in\n{text}");
         }
@@ -521,6 +529,6 @@ mod tests {
             let counter = text.contains(&format!("# TYPE {n} counter"));
             assert_eq!(counter, n.ends_with("_total"), "{n}: _total for counters");
         }
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 23);
     }
 }

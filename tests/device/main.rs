@@ -12,6 +12,8 @@ mod kiosk;
 mod fleet;
 mod migration;
 mod reporting;
+// Rollouts, maintenance windows, the hold file.
+mod release;
 
 // A/B OS updates on a simulated Mender device.
 mod ab;

@@ -14,6 +14,7 @@ mod mender_double;
 mod migrated;
 mod os_update;
 mod pipeline;
+mod rollout;
 mod security;
 mod self_update;
 mod sync;

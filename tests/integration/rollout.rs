@@ -1,0 +1,154 @@
+//! A percentage rollout end to end (docs/rollouts.md): the real binary pulls a real git
+//! repository on scratch-root devices while the branch raises its rollout from 10 % to
+//! 50 % to 100 %. At each step exactly the devices the buckets predict take the new
+//! commit, the others stay on the commit they last applied and `plan` says why; a
+//! device offline during the ramp obeys the current percentage; a broken commit is
+//! reported by every device, held back or not.
+
+use std::collections::BTreeSet;
+
+use sha2::{Digest, Sha256};
+
+use crate::support::{Device, FleetRepo};
+
+const ROLLOUT: &str = "release-2";
+
+/// The bucket as docs/rollouts.md defines it, computed here independently.
+fn bucket(device: &str, rollout: &str) -> u32 {
+    let digest = Sha256::digest(format!("{device}\n{rollout}").as_bytes());
+    let first = u64::from_be_bytes(digest[..8].try_into().unwrap());
+    (first % 10_000) as u32
+}
+
+fn fleet(release: &str, rollout: Option<u32>) -> Vec<(&'static str, String)> {
+    let rollout = rollout
+        .map(|p| format!("rollout:\n  id: {ROLLOUT}\n  percent: {p}\n"))
+        .unwrap_or_default();
+    vec![
+        (
+            "fleet.yml",
+            format!("format: 1\nvars:\n  release: \"{release}\"\nroles: [app]\n{rollout}"),
+        ),
+        (
+            "roles/app/role.yml",
+            "resources:\n  - file:\n      path: /etc/app/release\n      content: \"{{ release }}\\n\"\n".into(),
+        ),
+    ]
+}
+
+fn commit(repo: &FleetRepo, files: &[(&str, String)], message: &str) -> String {
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    repo.commit(&files, message)
+}
+
+/// The devices on release 2 after each of them pulled (the late one excepted).
+fn pull_all(devices: &[(String, Device)], late: &str) -> BTreeSet<String> {
+    let mut taken = BTreeSet::new();
+    for (id, d) in devices.iter().filter(|(id, _)| id != late) {
+        let run = d.run(&["pull"]);
+        assert_eq!(run.code, 0, "{id}: {run:?}");
+        if d.read("/etc/app/release") == "2\n" {
+            taken.insert(id.clone());
+        }
+    }
+    taken
+}
+
+#[test]
+fn a_rollout_at_10_50_100_percent_changes_exactly_the_predicted_devices() {
+    let repo = FleetRepo::new(&[("README", "rollout\n")]);
+    let v1 = commit(&repo, &fleet("1", None), "release 1");
+    let ids: Vec<String> = (0..40).map(|i| format!("shop-{i:02}")).collect();
+    let devices: Vec<(String, Device)> = ids
+        .iter()
+        .map(|id| (id.clone(), Device::new(&repo.url(), id, "")))
+        .collect();
+    assert!(pull_all(&devices, "").is_empty());
+    assert!(devices
+        .iter()
+        .all(|(_, d)| d.read("/etc/app/release") == "1\n"));
+
+    let predicted = |bp: u32| -> BTreeSet<String> {
+        ids.iter()
+            .filter(|id| bucket(id, ROLLOUT) < bp)
+            .cloned()
+            .collect()
+    };
+    let (p10, p50) = (predicted(1000), predicted(5000));
+    assert!(!p10.is_empty() && p10.len() < p50.len() && p50.len() < ids.len());
+    // Offline during the ramp: a device outside the 50 % set.
+    let late = ids.iter().find(|id| !p50.contains(*id)).unwrap().clone();
+
+    let v2 = commit(&repo, &fleet("2", Some(10)), "release 2 at 10 %");
+    let at10 = pull_all(&devices, &late);
+    eprintln!("[rollout] 10 %: {at10:?}");
+    assert_eq!(at10, p10);
+
+    // A held-back device stays on the commit it last applied, and says so.
+    let (held, dev) = (devices.iter())
+        .find(|(id, _)| !p10.contains(id) && *id != late)
+        .unwrap();
+    let plan = dev.run(&["plan"]);
+    let b = bucket(held, ROLLOUT);
+    let line = format!(
+        "held back: bucket {b} ≥ 1000 (rollout `{ROLLOUT}` at 10 %): staying on {}, the branch is at {}",
+        &v1[..12],
+        &v2[..12]
+    );
+    assert!(plan.stdout.contains(&line), "{line}\n{plan:?}");
+    let state = dev.state();
+    assert_eq!(state["applied_commit"], v1.as_str());
+    assert_eq!(state["release"]["rollout"]["held_back"], true);
+    assert_eq!(state["release"]["rollout"]["bucket"], b);
+    assert_eq!(state["release"]["rollout"]["tip"], v2.as_str());
+
+    // A broken commit is reported by every device, held back or not; none changes.
+    let broken = vec![(
+        "roles/app/role.yml",
+        "resources:\n  - file: {pth: /x}\n".to_string(),
+    )];
+    commit(&repo, &broken, "broken");
+    for (id, d) in &devices {
+        let run = d.run(&["pull"]);
+        assert_eq!(run.code, 1, "{id}: {run:?}");
+        assert!(
+            run.stderr.contains("roles/app/role.yml:2:"),
+            "{id}: {run:?}"
+        );
+    }
+    commit(&repo, &fleet("2", Some(10)), "release 2 at 10 %, fixed");
+    assert_eq!(pull_all(&devices, &late), p10);
+
+    commit(&repo, &fleet("2", Some(50)), "release 2 at 50 %");
+    let at50 = pull_all(&devices, &late);
+    eprintln!("[rollout] 50 %: {at50:?}");
+    assert_eq!(at50, p50);
+    assert!(at10.is_subset(&at50));
+
+    commit(&repo, &fleet("2", Some(100)), "release 2 at 100 %");
+    let at100 = pull_all(&devices, "");
+    eprintln!(
+        "[rollout] 100 %: {} devices, the late {late} included",
+        at100.len()
+    );
+    assert_eq!(at100.len(), ids.len());
+}
+
+/// A maintainer's working tree is never held back (there is no commit to stay on), and
+/// a new device that applied nothing yet takes the tip whatever its bucket.
+#[test]
+fn a_working_tree_and_a_new_device_are_never_held_back() {
+    let repo = FleetRepo::new(&[("README", "rollout\n")]);
+    commit(&repo, &fleet("2", Some(0)), "release 2 at 0 %");
+    let dev = Device::new(&repo.url(), "shop-00", "");
+    let b = bucket("shop-00", ROLLOUT);
+    let plan = dev.run(&["plan", "--repo", repo.work.to_str().unwrap()]);
+    let line = format!(
+        "held back: bucket {b} ≥ 0 (rollout `{ROLLOUT}` at 0 %): a working tree is never held back"
+    );
+    assert!(plan.stdout.contains(&line), "{plan:?}");
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.read("/etc/app/release"), "2\n");
+    assert_eq!(dev.state()["release"]["rollout"]["held_back"], true);
+}
