@@ -7,10 +7,11 @@
 //! that never arrived (a spool that overflowed, a power cut before journald synced).
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::Stdio;
 
 use crate::error::{Error, Result};
-use crate::host::command::{Cmd, Runner, System};
 use crate::report::{Report, MESSAGE_ID};
 
 /// Every report read, once each, by device.
@@ -53,17 +54,19 @@ impl Reports {
 
 /// Reads the reports at `path`: a directory of journal files, or a JSON-lines export.
 pub(crate) fn read(path: &Path) -> Result<Reports> {
-    let text = if path.is_dir() {
-        journalctl(path)?
-    } else {
-        std::fs::read_to_string(path).map_err(|e| Error::io("cannot read the reports", path, e))?
-    };
-    Ok(parse(&text))
+    if path.is_dir() {
+        return journalctl(path);
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::io("cannot read the reports", path, e))?;
+    parse_from(BufReader::new(file)).map_err(|e| Error::io("cannot read the reports", path, e))
 }
 
 /// `journalctl -D DIR`: every report entry, with fields over 4096 bytes in full
-/// (`--all`; without it journalctl prints them as null).
-fn journalctl(dir: &Path) -> Result<String> {
+/// (`--all`; without it journalctl prints them as null). Its output is read as a stream,
+/// line by line: a fleet's store holds far more than any bound on a command's output
+/// (this runs on a maintainer's machine, never through the device's command runner).
+fn journalctl(dir: &Path) -> Result<Reports> {
     let dir_arg = format!("--directory={}", dir.display());
     let matching = format!("MESSAGE_ID={MESSAGE_ID}");
     let argv = [
@@ -76,52 +79,90 @@ fn journalctl(dir: &Path) -> Result<String> {
         "--output-fields=FLEET_REPORT",
         matching.as_str(),
     ];
-    let out = System.run(Cmd {
-        argv: &argv,
-        chroot: None,
-        exec: None,
-    })?;
+    let failed = |status: String, stderr: String| Error::Command {
+        command: argv.join(" "),
+        status,
+        stderr,
+    };
+    let mut child = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot run: {e}"), String::new()))?;
+    let stderr = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut text);
+            text
+        })
+    });
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let parsed = parse_from(BufReader::new(stdout));
+    let status = child
+        .wait()
+        .map_err(|e| failed(format!("cannot wait: {e}"), String::new()))?;
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    let reports =
+        parsed.map_err(|e| failed(format!("cannot read its output: {e}"), stderr.clone()))?;
     // journalctl exits 1 when nothing matches in some versions: no reports, not an error.
-    if out.code != 0 && !out.stdout.trim().is_empty() {
-        return Err(Error::Command {
-            command: argv.join(" "),
-            status: format!("exit code {}", out.code),
-            stderr: out.stderr,
-        });
+    if !status.success() && reports.entries > 0 {
+        return Err(failed(format!("{status}"), stderr));
     }
-    Ok(out.stdout)
+    Ok(reports)
 }
 
-/// JSON lines as `journalctl -o json` prints them: the report is the FLEET_REPORT field.
-pub(crate) fn parse(text: &str) -> Reports {
+/// JSON lines from a reader, one at a time (memory: the reports kept, not the text);
+/// the report is each line's FLEET_REPORT field.
+fn parse_from(reader: impl BufRead) -> std::io::Result<Reports> {
     let mut reports = Reports::default();
     let mut seen: HashSet<String> = HashSet::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        reports.entries += 1;
-        let report = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|entry| field_text(&entry["FLEET_REPORT"]))
-            .and_then(|json| serde_json::from_str::<Report>(&json).ok());
-        let Some(report) = report else {
-            reports.unreadable += 1;
-            continue;
-        };
-        if !seen.insert(report.id.clone()) {
-            reports.duplicates += 1;
-            continue;
-        }
-        reports
-            .by_device
-            .entry(report.device.clone())
-            .or_default()
-            .push(report);
+    for line in reader.lines() {
+        add_line(&mut reports, &mut seen, &line?);
     }
-    for list in reports.by_device.values_mut() {
-        // Stable: two reports with one number (a state file that was reset) keep
-        // the order they were stored in.
-        list.sort_by_key(|r| r.seq);
+    sort(&mut reports);
+    Ok(reports)
+}
+
+/// JSON lines as `journalctl -o json` prints them (tests): the report is the
+/// FLEET_REPORT field.
+#[cfg(test)]
+pub(crate) fn parse(text: &str) -> Reports {
+    parse_from(text.as_bytes()).expect("reading memory")
+}
+
+/// One line of `journalctl -o json`: a report, read once.
+fn add_line(reports: &mut Reports, seen: &mut HashSet<String>, line: &str) {
+    if line.trim().is_empty() {
+        return;
+    }
+    reports.entries += 1;
+    let report = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|entry| field_text(&entry["FLEET_REPORT"]))
+        .and_then(|json| serde_json::from_str::<Report>(&json).ok());
+    let Some(report) = report else {
+        reports.unreadable += 1;
+        return;
+    };
+    if !seen.insert(report.id.clone()) {
+        reports.duplicates += 1;
+        return;
     }
     reports
+        .by_device
+        .entry(report.device.clone())
+        .or_default()
+        .push(report);
+}
+
+/// Each device's reports in their numbers' order. Stable: two reports with one number
+/// (a state file that was reset) keep the order they were stored in.
+fn sort(reports: &mut Reports) {
+    for list in reports.by_device.values_mut() {
+        list.sort_by_key(|r| r.seq);
+    }
 }
 
 /// A journal field in JSON output: a string, or an array of bytes when it is not
