@@ -27,6 +27,8 @@ command -v fw_setenv >/dev/null || need+=(libubootenv-tool)
 command -v mender >/dev/null || need+=(mender-client)
 # Run reports: the receiver the device tests ship to (systemd-journal-remote).
 [ -x /lib/systemd/systemd-journal-remote ] || need+=(systemd-journal-remote)
+# Signed commits (tests/integration/signing.rs, src/trust/tests.rs): keys from ssh-keygen.
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
 if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq

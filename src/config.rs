@@ -34,6 +34,8 @@ struct RawConfig {
     metrics: MetricsConfig,
     #[serde(default)]
     report: ReportConfig,
+    #[serde(default)]
+    trust: TrustConfig,
 }
 
 /// How the agent authenticates to the git server. Paths are on the device (under `--root`).
@@ -138,6 +140,17 @@ impl Default for ReportConfig {
     }
 }
 
+/// `[trust]`: which commits may be applied (docs/signing.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TrustConfig {
+    /// The provisioned allowed-signers file (a device path, under `--root`). Set, a
+    /// pull applies only signed tips that move forward; unset, today's behaviour.
+    pub(crate) allowed_signers: Option<PathBuf>,
+    /// Seconds: a tip whose committer date is older is reported as a stale feed.
+    pub(crate) max_commit_age_secs: Option<u64>,
+}
+
 /// The resolved configuration: defaults filled in, device facts read.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -156,6 +169,8 @@ pub(crate) struct Config {
     pub(crate) metrics: MetricsConfig,
     /// `[report]`: the run report in the journal.
     pub(crate) report: ReportConfig,
+    /// `[trust]`: signatures, anti-rollback, freshness.
+    pub(crate) trust: TrustConfig,
 }
 
 impl Config {
@@ -212,6 +227,7 @@ impl Config {
             os_update: raw.os_update,
             metrics: raw.metrics,
             report: raw.report,
+            trust: raw.trust,
         })
     }
 }
@@ -223,6 +239,7 @@ fn check(raw: &RawConfig) -> std::result::Result<(), String> {
         &raw.state_dir,
         &raw.roles_dir,
         &Some(raw.metrics.textfile_dir.clone()),
+        &raw.trust.allowed_signers,
     ];
     for p in dirs.into_iter().flatten() {
         if !p.is_absolute() {

@@ -18,6 +18,9 @@ pub(crate) mod exit {
     pub(crate) const LOCKED: i32 = 4;
     /// `pull`: a reboot was requested for an OS update or its rollback; the run ended there.
     pub(crate) const REBOOTING: i32 = 5;
+    /// `pull`/`apply`: the tip is not trusted (unsigned, unknown key, bad signature, a
+    /// force-push, a rotation by a retired key): nothing was applied.
+    pub(crate) const REFUSED: i32 = 6;
     /// The command line or the agent configuration is wrong.
     pub(crate) const USAGE: i32 = 64;
 }
@@ -140,6 +143,8 @@ pub(crate) enum Error {
     Locked { path: PathBuf, waited_secs: u64 },
     /// An object of the local clone cannot be read (the clone is cloned again).
     Damaged(String),
+    /// The synced tip is not trusted (src/trust): nothing was applied.
+    Refused { commit: String, reason: String },
     /// Anything else, said in words.
     Other(String),
 }
@@ -152,6 +157,7 @@ impl Error {
             Error::Config { .. } => exit::USAGE,
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::Locked { .. } => exit::LOCKED,
+            Error::Refused { .. } => exit::REFUSED,
             _ => exit::ERROR,
         }
     }
@@ -220,6 +226,10 @@ impl fmt::Display for Error {
             Error::Damaged(message) => {
                 write!(f, "the local clone of the fleet repository is damaged: {message}")
             }
+            Error::Refused { commit, reason } => write!(
+                f,
+                "refused commit {commit}: {reason}; nothing was applied, the device stays on its last applied commit"
+            ),
             Error::Other(message) => f.write_str(message),
         }
     }

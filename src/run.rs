@@ -23,6 +23,7 @@ use crate::plan::{ChangeKind, Plan, ResourceState};
 use crate::resources::{self, DesiredState, Reserved};
 use crate::state::{self, RunOutcome, State};
 use crate::sync::{self, Synced};
+use crate::trust;
 
 /// What the command line asks for.
 pub(crate) struct Request<'a> {
@@ -67,6 +68,9 @@ pub(crate) struct Planned {
     pub(crate) release: crate::release::Recorded,
     /// The health checks that gate this configuration (`health:`).
     pub(crate) health: Option<crate::release::Health>,
+    /// With `[trust]` (or a working tree with `.fleet/allowed_signers`): the
+    /// signature status of what is planned.
+    pub(crate) signature: Option<String>,
 }
 
 impl Planned {
@@ -153,6 +157,14 @@ struct Run<'a> {
     applied: Option<crate::report::Applied>,
     /// The branch's tip when the run stays on another commit.
     tip: Option<String>,
+    /// With `[trust]`: the commit verified (or trusted before) and its signature.
+    trusted: Option<(String, String)>,
+    /// The signature status `plan` shows.
+    signature: Option<String>,
+    /// With `max_commit_age_secs`: why the feed is stale.
+    stale: Option<String>,
+    /// The refused tip and why, when the run converges to the last trusted commit.
+    refused: Option<(String, String)>,
     _lock: Option<RunLock>,
 }
 
@@ -370,6 +382,10 @@ impl<'a> Run<'a> {
             warnings: Vec::new(),
             applied: None,
             tip: None,
+            trusted: None,
+            signature: None,
+            stale: None,
+            refused: None,
             _lock: lock,
         })
     }
@@ -387,26 +403,15 @@ impl<'a> Run<'a> {
                     .canonicalize()
                     .map_err(|e| failed(Error::io("cannot open the fleet repository", dir, e)))?;
                 self.origin = dir.display().to_string();
+                self.signature = self.working_tree_signature(&dir);
                 Source::Dir(dir)
             }
             None => {
                 self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
-                let s = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        if let Error::Unreachable { message, .. } = &e {
-                            self.offline = Some(message.clone());
-                        }
-                        return Err(failed(e));
-                    }
-                };
-                self.commit = Some(s.commit.to_string());
-                self.branch = Some(self.config.branch.clone());
-                self.offline = s.offline.clone();
-                self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
+                let (s, commit) = self.sync_and_trust()?;
                 synced = Some(s);
                 let s = synced.as_ref().expect("just synced");
-                Source::commit(&s.repo, s.commit).map_err(failed)?
+                Source::commit(&s.repo, commit).map_err(failed)?
             }
         };
         let builtin = crate::fleet::builtin_roles(&self.config.roles_dir);
@@ -509,13 +514,14 @@ impl<'a> Run<'a> {
             against_this_machine: self.working_tree && self.host.is_live(),
             release: Default::default(),
             health: None,
+            signature: self.signature.clone(),
         })
     }
 
     /// The run's report and metrics, after everything it recorded.
     fn report(&self, started: std::time::SystemTime, done: &Result<Done>) {
         let (exit_code, error) = match done {
-            Ok(Done::Exit(code)) => (*code, None),
+            Ok(Done::Exit(code)) => (*code, self.refused.as_ref().map(|r| r.1.clone())),
             Ok(_) => (exit::OK, None),
             Err(e) => (e.exit_code(), Some(e.to_string())),
         };
@@ -566,6 +572,7 @@ impl<'a> Run<'a> {
                 s.offline = self.offline.is_some();
                 s.changes = 0;
                 s.warnings = self.warnings.clone();
+                s.stale = self.stale.clone();
             },
         );
         // A full disk may refuse the record too: the run's own error is the one to
@@ -660,6 +667,7 @@ impl<'a> Run<'a> {
                 None => record_applied(s, plan, self.commit.clone(), self.offline.clone()),
                 Some(m) => record_failed(s, plan, done, m),
             }
+            self.record_trust(s, failed.is_none());
         })?;
         self.health_gate(&planned, &mut recorded, result.is_ok(), done)?;
         if self.mode == Mode::Pull {
@@ -689,6 +697,23 @@ impl<'a> Run<'a> {
         Ok(self.applied_exit(&planned))
     }
 
+    /// What an applied run records of trust: freshness, the trusted commit; and after
+    /// converging to it having refused the tip, the refusal as the outcome and the
+    /// tip as the last commit looked at.
+    fn record_trust(&self, s: &mut State, converged: bool) {
+        s.stale = self.stale.clone();
+        if let Some((commit, signature)) = &self.trusted {
+            s.trusted_commit = Some(commit.clone());
+            s.trusted_branch = self.branch.clone();
+            s.signature = Some(signature.clone());
+        }
+        if let (Some((tip, why)), true) = (&self.refused, converged) {
+            s.outcome = Some(RunOutcome::Refused);
+            s.message = Some(why.clone());
+            s.last_commit = Some(tip.clone());
+        }
+    }
+
     /// The journal line of an applied run and its exit code.
     fn applied_exit(&self, planned: &Planned) -> i32 {
         let (plan, device) = (&planned.plan, &planned.desired.device_id);
@@ -698,6 +723,9 @@ impl<'a> Run<'a> {
         } else {
             let (c, m, r) = plan.counts();
             info!("{device}: applied {label}: {c} created, {m} changed, {r} removed");
+        }
+        if self.refused.is_some() {
+            return exit::REFUSED;
         }
         if let Some(why) = &self.offline {
             warn!("the fleet repository could not be reached ({why}); converged to the last fetched commit");
@@ -1133,4 +1161,185 @@ impl Retried {
         }
         said
     }
+}
+
+impl Run<'_> {
+    /// Syncs, then decides which commit to load: the tip when it is trusted (or
+    /// `[trust]` is off); after a refusal, the last trusted commit again for `pull` and
+    /// `apply` (it was verified, so re-applying it is safe and corrects drift), and
+    /// nothing for `plan` or a device without one.
+    fn sync_and_trust(&mut self) -> Result<(Synced, git2::Oid), Stopped> {
+        let failed = |e: Error| (RunOutcome::Failed, e);
+        let synced = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Error::Unreachable { message, .. } = &e {
+                    self.offline = Some(message.clone());
+                }
+                return Err(failed(e));
+            }
+        };
+        self.commit = Some(synced.commit.to_string());
+        self.branch = Some(self.config.branch.clone());
+        self.offline = synced.offline.clone();
+        self.origin = format!("{}#{}", redact(&self.config.repo), self.config.branch);
+        self.stale = freshness(self.host, &self.config, &synced);
+        match self.check_trust(&synced) {
+            Ok(()) => {
+                let tip = synced.commit;
+                Ok((synced, tip))
+            }
+            Err(e @ Error::Refused { .. }) => match self.fallback(&synced) {
+                Some(base) => {
+                    log::error!("{e}");
+                    self.refused = Some((synced.commit.to_string(), e.to_string()));
+                    self.commit = Some(base.to_string());
+                    Ok((synced, base))
+                }
+                None => Err((RunOutcome::Refused, e)),
+            },
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// The last trusted commit of this branch, when the run may converge to it again.
+    fn fallback(&mut self, synced: &Synced) -> Option<git2::Oid> {
+        let p = self.previous.as_ref()?;
+        if self.mode == Mode::Plan || p.trusted_branch.as_ref() != Some(&self.config.branch) {
+            return None;
+        }
+        let base = git2::Oid::from_str(p.trusted_commit.as_deref()?).ok()?;
+        synced.repo.find_commit(base).ok()?;
+        self.trusted = Some((base.to_string(), p.signature.clone().unwrap_or_default()));
+        Some(base)
+    }
+}
+
+impl Run<'_> {
+    /// With `[trust]`: the synced tip is applied only when trusted (src/trust). A tip
+    /// equal to the last trusted commit is not verified again.
+    fn check_trust(&mut self, synced: &Synced) -> Result<()> {
+        let Some(path) = self.config.trust.allowed_signers.clone() else {
+            return Ok(());
+        };
+        let tip = synced.commit.to_string();
+        let previous = self.previous.as_ref();
+        let base = previous.and_then(|p| p.trusted_commit.clone());
+        let same_branch =
+            previous.and_then(|p| p.trusted_branch.as_ref()) == Some(&self.config.branch);
+        if base.as_deref() == Some(tip.as_str()) && same_branch {
+            let signature = previous
+                .and_then(|p| p.signature.clone())
+                .unwrap_or_default();
+            log::debug!("trust: {} was verified before: {signature}", &tip[..12]);
+            self.signature = Some(signature.clone());
+            self.trusted = Some((tip, signature));
+            return Ok(());
+        }
+        let file = self.host.path(&path);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| Error::io("cannot read the trusted keys", &file, e))?;
+        let provisioned = trust::Signers::parse(&text);
+        for (line, why) in &provisioned.problems {
+            warn!("{}:{line}: {why}: this line trusts no key", path.display());
+        }
+        let base = base.and_then(|b| git2::Oid::from_str(&b).ok());
+        let verdict = match base {
+            Some(b) if !same_branch => {
+                info!("trust: branch {} is new to this device: its tip must be signed by a trusted key", self.config.branch);
+                trust::decide_other_branch(&synced.repo, synced.commit, b, &provisioned)
+            }
+            Some(b) => {
+                if synced.repo.find_commit(b).is_err() {
+                    sync::deepen(self.host, &self.config, &synced.repo)?;
+                }
+                trust::decide(&synced.repo, synced.commit, Some(b), &provisioned)
+            }
+            None => trust::decide(&synced.repo, synced.commit, None, &provisioned),
+        };
+        self.take_verdict(tip, verdict)
+    }
+
+    fn take_verdict(&mut self, tip: String, verdict: trust::Verdict) -> Result<()> {
+        match verdict {
+            trust::Verdict::Trusted {
+                signed,
+                rollback,
+                rotations,
+            } => {
+                info!("trust: {}: {signed}", &tip[..12]);
+                if let Some(to) = rollback {
+                    warn!(
+                        "trust: {} is a signed, explicit rollback to {to}",
+                        &tip[..12]
+                    );
+                }
+                if rotations > 0 {
+                    info!(
+                        "trust: followed {rotations} change(s) of {}",
+                        trust::REPO_SIGNERS
+                    );
+                }
+                self.signature = Some(signed.clone());
+                self.trusted = Some((tip, signed));
+                Ok(())
+            }
+            trust::Verdict::Refused(reason) => {
+                self.signature = Some(format!("refused: {reason}"));
+                Err(Error::Refused {
+                    commit: tip[..12].to_string(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// `plan --repo`: the signature of the working tree's HEAD, when the fleet signs
+    /// (agent.toml's keys, or the repository's `.fleet/allowed_signers`). The working
+    /// tree itself may differ from HEAD; that is said.
+    fn working_tree_signature(&self, dir: &Path) -> Option<String> {
+        let repo = git2::Repository::open(dir).ok()?;
+        let head = repo.head().ok()?.peel_to_commit().ok()?;
+        let provisioned = match &self.config.trust.allowed_signers {
+            Some(p) => trust::Signers::parse(&std::fs::read_to_string(self.host.path(p)).ok()?),
+            None if dir.join(trust::REPO_SIGNERS).exists() => trust::Signers::default(),
+            None => return None,
+        };
+        let keys = match head.parent(0) {
+            Ok(parent) => trust::keys_at(&repo, &parent, &provisioned).ok()?,
+            Err(_) => provisioned,
+        };
+        let short = &head.id().to_string()[..12];
+        Some(match trust::verify(&repo, &head, &keys) {
+            Ok(good) => format!("HEAD {short}: {good} (the working tree may differ from HEAD)"),
+            Err(why) => format!("HEAD {short}: not trusted: {why}"),
+        })
+    }
+}
+
+/// Where systemd-timesyncd says the clock was synchronized (it has no RTC otherwise).
+const CLOCK_SYNCHRONIZED: &str = "/run/systemd/timesync/synchronized";
+
+/// With `[trust] max_commit_age_secs`: why the tip is too old to be a live feed (a
+/// frozen mirror, a withheld push). Not judged while the clock is not synchronized: a
+/// Pi without a real-time clock boots with a time of its last shutdown or of its image.
+fn freshness(host: &Host, config: &Config, synced: &Synced) -> Option<String> {
+    let max = config.trust.max_commit_age_secs?;
+    if !host.path(Path::new(CLOCK_SYNCHRONIZED)).exists() {
+        log::debug!("freshness not checked: the clock is not synchronized ({CLOCK_SYNCHRONIZED} is missing)");
+        return None;
+    }
+    let commit = synced.repo.find_commit(synced.commit).ok()?;
+    let committed = u64::try_from(commit.committer().when().seconds()).unwrap_or(0);
+    let age = crate::time::now().saturating_sub(committed);
+    (age > max).then(|| {
+        let why = format!(
+            "the tip {} was committed {} ({}s ago), longer ago than max_commit_age_secs = {max}: the feed may be frozen",
+            &synced.commit.to_string()[..12],
+            crate::time::format_time(committed),
+            age
+        );
+        warn!("{why}");
+        why
+    })
 }

@@ -26,6 +26,8 @@ const VERSION: u32 = 1;
 pub(crate) enum RunOutcome {
     /// Changes were applied.
     Applied,
+    /// The tip was not trusted (signature, rollback, keys): nothing was applied.
+    Refused,
     /// Nothing to do: the device already matched.
     Unchanged,
     /// The fleet repository did not validate; nothing was applied.
@@ -35,11 +37,12 @@ pub(crate) enum RunOutcome {
 }
 
 impl RunOutcome {
-    pub(crate) const ALL: [RunOutcome; 4] = [
+    pub(crate) const ALL: [RunOutcome; 5] = [
         RunOutcome::Applied,
         RunOutcome::Unchanged,
         RunOutcome::Invalid,
         RunOutcome::Failed,
+        RunOutcome::Refused,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -48,6 +51,7 @@ impl RunOutcome {
             RunOutcome::Unchanged => "unchanged",
             RunOutcome::Invalid => "invalid",
             RunOutcome::Failed => "failed",
+            RunOutcome::Refused => "refused",
         }
     }
 }
@@ -59,6 +63,19 @@ pub(crate) struct State {
     pub(crate) rootfs: Option<String>,
     /// The commit last applied successfully.
     pub(crate) applied_commit: Option<String>,
+    /// With `[trust]`: the last commit whose signature and descent were verified and
+    /// that was applied; the next tip must descend from it (src/trust).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trusted_commit: Option<String>,
+    /// The branch of the trusted commit (descent is judged within one branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) trusted_branch: Option<String>,
+    /// With `[trust]`: git's line for the signature of the trusted commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) signature: Option<String>,
+    /// With `max_commit_age`: why the feed is stale (None when it is fresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) stale: Option<String>,
     /// The commit the last run looked at (may differ after a failure).
     pub(crate) last_commit: Option<String>,
     /// Where the fleet repository came from: URL and branch, or a directory.

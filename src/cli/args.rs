@@ -22,6 +22,8 @@ Exit codes:
   3   pull: the fleet repository could not be reached; the last fetched commit was used
   4   another run holds the lock and did not release it in time
   5   pull: a reboot was requested (an OS update or its rollback)
+  6   pull: the branch's tip is not trusted (signature, force-push, keys, see
+      docs/signing.md); nothing was applied
   64  wrong command line or agent.toml";
 
 #[derive(Parser, Debug)]

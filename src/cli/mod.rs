@@ -79,7 +79,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             let (path, state) = run::status(&host, &config_path)?;
             render::print(&render::status(&path, state.as_ref(), *json));
             Ok(match state.and_then(|s| s.outcome) {
-                Some(RunOutcome::Failed | RunOutcome::Invalid) => exit::ERROR,
+                Some(RunOutcome::Failed | RunOutcome::Invalid | RunOutcome::Refused) => exit::ERROR,
                 _ => exit::OK,
             })
         }

@@ -40,8 +40,13 @@ pub(super) fn plan_text(p: &Planned) -> String {
     } else {
         ""
     };
+    let signature = p
+        .signature
+        .as_ref()
+        .map(|s| format!("Signature: {s}\n"))
+        .unwrap_or_default();
     format!(
-        "{first}Device {} (type {}; groups: {}; roles: {})\nFleet repository {} at {}\n{}",
+        "{first}Device {} (type {}; groups: {}; roles: {})\nFleet repository {} at {}\n{signature}{}",
         d.device_id,
         d.device_type.as_deref().unwrap_or("unknown"),
         list(&d.groups),
@@ -118,7 +123,7 @@ pub(super) fn plan_json(p: &Planned) -> String {
             "summary": text,
         }),
     };
-    json(&serde_json::json!({
+    let mut v = serde_json::json!({
         "device": d.device_id,
         "device_type": d.device_type,
         "groups": d.groups,
@@ -128,7 +133,11 @@ pub(super) fn plan_json(p: &Planned) -> String {
         "changes": p.plan.changes,
         "notes": p.plan.notes,
         "os": os,
-    }))
+    });
+    if let Some(s) = &p.signature {
+        v["signature"] = serde_json::Value::String(s.clone());
+    }
+    json(&v)
 }
 
 /// `plan` for a branch that needs a newer agent: say so, install nothing.
@@ -218,6 +227,7 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
         Some(RunOutcome::Unchanged) => "unchanged (device already matched)",
         Some(RunOutcome::Invalid) => "invalid fleet repository: nothing applied",
         Some(RunOutcome::Failed) => "failed",
+        Some(RunOutcome::Refused) => "refused: the tip is not trusted, nothing applied",
         None => "unknown",
     };
     let mut out = String::new();
@@ -244,6 +254,15 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
     line("source:", s.source.as_deref().unwrap_or("unknown"));
     if let Some(b) = &s.branch {
         line("branch:", b);
+    }
+    if let Some(c) = &s.trusted_commit {
+        line("trusted commit:", c);
+    }
+    if let Some(sig) = &s.signature {
+        line("signature:", sig);
+    }
+    if let Some(stale) = &s.stale {
+        line("stale feed:", stale);
     }
     line("changes:", &s.changes.to_string());
     line("resources:", &s.resources.len().to_string());

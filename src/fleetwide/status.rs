@@ -104,7 +104,7 @@ pub(crate) fn device_status(
     missing: u64,
 ) -> DeviceStatus {
     let last_seen = crate::time::parse_time(&r.finished);
-    let failed = matches!(r.outcome.as_str(), "failed" | "invalid");
+    let failed = matches!(r.outcome.as_str(), "failed" | "invalid" | "refused");
     let standing = if last_seen.is_none_or(|t| now.saturating_sub(t) > limit) {
         Standing::NotSeen
     } else if failed {

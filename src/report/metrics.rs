@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::host::{write_atomic, Host};
 use crate::osupdate::OsPhase;
-use crate::report::{Report, SIGNATURE_UNSIGNED};
+use crate::report::{Report, SIGNATURE_REFUSED, SIGNATURE_UNSIGNED, SIGNATURE_VERIFIED};
 use crate::state::{RunOutcome, State};
 
 /// The file's name in the collector's directory.
@@ -201,7 +201,17 @@ fn run_metrics(o: &mut Out, r: &Report, s: &State) {
         "fleet_agent_signature_status",
         "gauge",
         "Whether the applied commit's signature was verified: 1 for the status it has.",
-        &stateset("status", &[SIGNATURE_UNSIGNED], &r.signature),
+        &stateset(
+            "status",
+            &[SIGNATURE_UNSIGNED, SIGNATURE_VERIFIED, SIGNATURE_REFUSED],
+            &r.signature,
+        ),
+    );
+    o.one(
+        "fleet_agent_feed_stale",
+        "gauge",
+        "1 when the tip is older than max_commit_age_secs (a frozen feed; docs/signing.md).",
+        u8::from(s.stale.is_some()),
     );
 }
 

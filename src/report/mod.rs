@@ -19,7 +19,7 @@ use crate::host::Host;
 use crate::osupdate::{OsPhase, OsState};
 use crate::plan::Plan;
 use crate::resources::DesiredState;
-use crate::state::{Counters, State};
+use crate::state::{Counters, RunOutcome, State};
 
 pub(crate) mod facts;
 mod journal;
@@ -32,8 +32,12 @@ pub(crate) use facts::{Facts, PathFact, ServiceFact};
 pub(crate) const SCHEMA: u32 = 1;
 /// The journal's MESSAGE_ID of every report entry (`journalctl MESSAGE_ID=...`).
 pub(crate) const MESSAGE_ID: &str = "12d25437cee5491ead203d61bd2aea51";
-/// What `signature` says until commits are verified (issue 15): the only value today.
+/// `signature`: agent.toml names no trusted keys (nothing is verified).
 pub(crate) const SIGNATURE_UNSIGNED: &str = "unsigned";
+/// `signature`: the applied commit was verified (docs/signing.md).
+pub(crate) const SIGNATURE_VERIFIED: &str = "verified";
+/// `signature`: the last run refused the tip.
+pub(crate) const SIGNATURE_REFUSED: &str = "refused";
 /// A run that changed nothing (outcome `unchanged`) carries no facts: the device is
 /// what the previous report said. Every this many runs (about a day at the timer's
 /// 15 minutes) a report carries them anyway, so that what changed beside the agent
@@ -289,7 +293,7 @@ fn build(f: &Finished, state: &State, with_facts: bool) -> Report {
     let mut errors: Vec<String> = Vec::new();
     if matches!(
         state.outcome.map(|o| o.as_str()),
-        Some("failed" | "invalid")
+        Some("failed" | "invalid" | "refused")
     ) {
         errors.extend(state.message.clone());
     }
@@ -330,9 +334,21 @@ fn build(f: &Finished, state: &State, with_facts: bool) -> Report {
         errors,
         os_update: OsReport::of(&state.os_update),
         reboot_required: reboot_required(f.host, &state.os_update),
-        signature: SIGNATURE_UNSIGNED.into(),
+        signature: signature_status(state).into(),
         facts: (with_facts && carries_facts(state))
             .then(|| facts::gather(f.host, &state.resources, services)),
+    }
+}
+
+/// The applied commit's signature status: refused by the last run, verified, or
+/// not checked.
+fn signature_status(state: &State) -> &'static str {
+    if state.outcome == Some(RunOutcome::Refused) {
+        SIGNATURE_REFUSED
+    } else if state.trusted_commit.is_some() && state.trusted_commit == state.applied_commit {
+        SIGNATURE_VERIFIED
+    } else {
+        SIGNATURE_UNSIGNED
     }
 }
 
@@ -529,6 +545,6 @@ mod tests {
             let counter = text.contains(&format!("# TYPE {n} counter"));
             assert_eq!(counter, n.ends_with("_total"), "{n}: _total for counters");
         }
-        assert_eq!(names.len(), 23);
+        assert_eq!(names.len(), 24);
     }
 }

@@ -54,6 +54,20 @@ pub(super) fn fetch(
     refname: &str,
     shallow: bool,
 ) -> Result<(), Failure> {
+    fetch_depth(repo, config, refname, if shallow { 1 } else { 0 })
+}
+
+/// libgit2's GIT_FETCH_DEPTH_UNSHALLOW: the whole history behind a shallow clone.
+pub(super) const UNSHALLOW: i32 = i32::MAX;
+
+/// Fetches the branch with `depth` (0: what the server has beyond the clone's
+/// commits; 1: the tip only; UNSHALLOW: the whole history).
+pub(super) fn fetch_depth(
+    repo: &Repository,
+    config: &Config,
+    refname: &str,
+    depth: i32,
+) -> Result<(), Failure> {
     if local::mirrors(&config.repo) {
         return local::fetch(repo, config, refname);
     }
@@ -62,13 +76,17 @@ pub(super) fn fetch(
         .map_err(|e| Failure::Local(e.message().to_string()))?;
     let mut options = FetchOptions::new();
     options.download_tags(AutotagOption::None);
-    if shallow {
-        options.depth(1);
+    if depth > 0 {
+        options.depth(depth);
     }
     let refspec = format!("+refs/heads/{}:{refname}", config.branch);
     log::debug!(
         "sync: fetching {refspec}{}",
-        if shallow { " (depth 1)" } else { "" }
+        match depth {
+            0 => "",
+            1 => " (depth 1)",
+            _ => " (the whole history)",
+        }
     );
     transport::with_deadline(deadline(config), || {
         remote.fetch(&[refspec.as_str()], Some(&mut options), None)

@@ -172,6 +172,27 @@ pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
     }
 }
 
+/// The whole history of the branch, for a clone that was cloned shallow again (after
+/// damage) and no longer holds the last trusted commit (src/trust walks from it). A
+/// file:// clone mirrors every object already.
+pub(crate) fn deepen(host: &Host, config: &Config, repo: &Repository) -> Result<()> {
+    setup_transports(host, config)?;
+    if local::mirrors(&config.repo) || !repo.is_shallow() {
+        return Ok(());
+    }
+    info!(
+        "fetching the whole history of branch {} (the clone is shallow)",
+        config.branch
+    );
+    fetch::fetch_depth(
+        repo,
+        config,
+        &tracking_ref(&config.branch),
+        fetch::UNSHALLOW,
+    )
+    .map_err(|f| f.into_error(config))
+}
+
 fn first_fetch(repo: Repository, config: &Config, refname: &str) -> Result<Synced, Failure> {
     fetch::fetch(&repo, config, refname, !fetch::is_local(&config.repo))?;
     let commit = fetched_tip(&repo, refname)?;
@@ -240,8 +261,13 @@ fn update(
         .graph_descendant_of(new_tip, local_tip)
         .unwrap_or(false)
     {
+        // With [trust], src/trust decides (against the last applied commit).
+        let then = match config.trust.allowed_signers {
+            Some(_) => "the trusted keys decide",
+            None => "following the server",
+        };
         warn!(
-            "branch {} was force-pushed: {} is not a descendant of {}; following the server",
+            "branch {} was force-pushed: {} is not a descendant of {}; {then}",
             config.branch,
             short(new_tip),
             short(local_tip)

@@ -17,6 +17,7 @@ mod pipeline;
 mod rollout;
 mod security;
 mod self_update;
+mod signing;
 mod sync;
 
 #[test]
