@@ -29,6 +29,8 @@ command -v mender >/dev/null || need+=(mender-client)
 [ -x /lib/systemd/systemd-journal-remote ] || need+=(systemd-journal-remote)
 # Signed commits (tests/integration/signing.rs, src/trust/tests.rs): keys from ssh-keygen.
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+# HTTPS trust (tests/integration/sync.rs): a private CA and a TLS server from openssl.
+command -v openssl >/dev/null || need+=(openssl)
 sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
 if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq

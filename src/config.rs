@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::error::{line_column, Error, Result};
+use crate::error::{Error, Result};
 use crate::host::Host;
 
 pub(crate) const DEFAULT_CONFIG: &str = "/etc/fleet-agent/agent.toml";
@@ -178,9 +178,9 @@ impl Config {
     /// (`plan --repo`, `validate`), in which case a missing file gives the defaults.
     pub(crate) fn load(path: &Path, host: &Host, required: bool) -> Result<Config> {
         let raw = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str::<RawConfig>(&text).map_err(|e| Error::Config {
+            Ok(text) => basic_toml::from_str::<RawConfig>(&text).map_err(|e| Error::Config {
                 path: path.to_owned(),
-                message: describe_toml_error(&text, &e),
+                message: describe_toml_error(&e),
             })?,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -265,14 +265,15 @@ fn check(raw: &RawConfig) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().to_string();
-    match e.span() {
-        Some(span) => {
-            let (line, column) = line_column(text, span.start);
-            format!("{line}:{column}: {message}")
-        }
-        None => message,
+/// basic-toml's message, `MESSAGE at line L column C`, as `L:C: MESSAGE`.
+fn describe_toml_error(e: &basic_toml::Error) -> String {
+    let said = e.to_string();
+    let Some((message, at)) = said.rsplit_once(" at line ") else {
+        return said;
+    };
+    match at.split_once(" column ") {
+        Some((line, column)) => format!("{line}:{column}: {message}"),
+        None => said,
     }
 }
 

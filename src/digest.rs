@@ -3,7 +3,49 @@
 
 use std::io::{Read, Write};
 
-use sha2::{Digest, Sha256};
+use ring::digest::{Context, SHA1_FOR_LEGACY_USE_ONLY, SHA256};
+
+/// An incremental SHA-256 (ring's, already in the binary for TLS).
+#[derive(Clone)]
+pub(crate) struct Sha256(Context);
+
+impl Sha256 {
+    pub(crate) fn new() -> Sha256 {
+        Sha256(Context::new(&SHA256))
+    }
+
+    pub(crate) fn update(&mut self, data: impl AsRef<[u8]>) {
+        self.0.update(data.as_ref());
+    }
+
+    pub(crate) fn finalize(self) -> Vec<u8> {
+        self.0.finish().as_ref().to_vec()
+    }
+
+    pub(crate) fn digest(data: impl AsRef<[u8]>) -> Vec<u8> {
+        ring::digest::digest(&SHA256, data.as_ref())
+            .as_ref()
+            .to_vec()
+    }
+}
+
+/// An incremental SHA-1, for git's object ids only (never for trust).
+#[derive(Clone)]
+pub(crate) struct Sha1(Context);
+
+impl Sha1 {
+    pub(crate) fn new() -> Sha1 {
+        Sha1(Context::new(&SHA1_FOR_LEGACY_USE_ONLY))
+    }
+
+    pub(crate) fn update(&mut self, data: impl AsRef<[u8]>) {
+        self.0.update(data.as_ref());
+    }
+
+    pub(crate) fn finalize(self) -> Vec<u8> {
+        self.0.finish().as_ref().to_vec()
+    }
+}
 
 /// Lowercase hex of bytes.
 pub(crate) fn hex(bytes: &[u8]) -> String {

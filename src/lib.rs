@@ -30,6 +30,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 mod time;
+mod tls;
 mod trust;
 
 pub use cli::main;

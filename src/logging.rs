@@ -4,7 +4,20 @@
 //! the sender's cgroup, which it cannot read once a short-lived process has exited, so
 //! `journalctl INVOCATION_ID=… + _SYSTEMD_INVOCATION_ID=…` finds all of a run's lines.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+/// `-vv`: the details (why each unchanged resource is left alone) are logged at debug
+/// level when this is set. A flag, not the trace level: release builds compile `trace!`
+/// out everywhere (log's `release_max_level_debug`), since rustls' and ureq's trace
+/// lines cost the arm binary's size budget.
+static VERY_VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// Whether `-vv` was given.
+pub(crate) fn very_verbose() -> bool {
+    VERY_VERBOSE.load(Ordering::Relaxed)
+}
 
 struct Stderr {
     level: LevelFilter,
@@ -34,14 +47,14 @@ impl Log for Stderr {
     fn flush(&self) {}
 }
 
-/// `verbosity`: 0 errors only (-q), 1 info (default), 2 debug (-v), 3 trace (-vv).
+/// `verbosity`: 0 errors only (-q), 1 info (default), 2 debug (-v), 3 details (-vv).
 pub(crate) fn init(verbosity: u8) {
     let level = match verbosity {
         0 => LevelFilter::Error,
         1 => LevelFilter::Info,
-        2 => LevelFilter::Debug,
-        _ => LevelFilter::Trace,
+        _ => LevelFilter::Debug,
     };
+    VERY_VERBOSE.store(verbosity >= 3, Ordering::Relaxed);
     // systemd sets JOURNAL_STREAM when stderr is connected to the journal.
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && systemd_journal_logger::connected_to_journal()

@@ -10,8 +10,8 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 
+use crate::digest::Sha1;
 use git2::Oid;
-use sha1::{Digest, Sha1};
 
 use crate::error::{Error, Result};
 

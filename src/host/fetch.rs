@@ -15,7 +15,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
+use crate::digest::Sha256;
 
 use crate::digest::{hex, sha256_copy};
 use crate::error::{Error, Result};
@@ -287,6 +287,7 @@ fn fetch(f: &Fetch, part: &Path) -> Result<String> {
     let failed = |e: String| Error::Other(format!("download {}: {e}", shown(f)));
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(crate::tls::config())
         .http_status_as_error(false)
         .timeout_connect(Some(f.timeout))
         .timeout_per_read(Some(f.timeout))

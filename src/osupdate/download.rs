@@ -61,6 +61,7 @@ fn download(
     let part = dir.join(format!(".{IMAGE_FILE}.part"));
     let shown = redact(&img.uri);
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(crate::tls::config())
         .http_status_as_error(false)
         .timeout_connect(Some(timeout))
         .timeout_per_read(Some(timeout))

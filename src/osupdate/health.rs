@@ -38,6 +38,7 @@ pub(crate) fn check(host: &Host, h: &Health, roles_failed: bool, deadline: u64) 
     }
     let left = deadline.saturating_sub(crate::time::now()).clamp(1, 10);
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(crate::tls::config())
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(left)))
         .build()

@@ -339,7 +339,10 @@ pub(super) fn plan_phase(commands: &[&Resource], p: &mut Planner) -> Result<()> 
     for r in commands {
         let Kind::Command(c) = &r.kind else { continue };
         let skip = |reason: &str| {
-            log::trace!(
+            if !crate::logging::very_verbose() {
+                return;
+            }
+            log::debug!(
                 "unchanged: command {} ({}, {}): {reason}",
                 c.name,
                 r.role,

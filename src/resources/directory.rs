@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use marked_yaml::Spanned;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::error::Result;
 use crate::host::accounts::Principal;
@@ -37,7 +36,7 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
-    pub(super) fn digest_into(&self, h: &mut sha2::Sha256) {
+    pub(super) fn digest_into(&self, h: &mut crate::digest::Sha256) {
         h.update(format!("{:o}:{}:{}", self.mode, self.owner, self.group));
     }
 }

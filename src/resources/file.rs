@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use marked_yaml::Spanned;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::content::{self, Content, DIFF_LIMIT};
 use crate::digest::sha256_hex;
@@ -64,7 +63,7 @@ impl File {
 
     /// Content in memory by its sha256; a file of the repository by its git blob id
     /// (known without reading it).
-    pub(super) fn digest_into(&self, h: &mut sha2::Sha256) {
+    pub(super) fn digest_into(&self, h: &mut crate::digest::Sha256) {
         // A secret's content is left out: the state and `status --json` never show a
         // digest from which it could be guessed (the plan compares the content itself).
         match &self.content {

@@ -12,9 +12,9 @@
 
 use std::path::Path;
 
+use crate::digest::Sha256;
 use marked_yaml::{Span, Spanned};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::content::Content;
 use crate::digest::hex;

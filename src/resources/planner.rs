@@ -85,8 +85,8 @@ pub(crate) fn plan(
                 .and_then(|prev| prev.get(&r.kind.id()))
                 .is_some_and(|s| s.created);
             let change = p.one(r)?;
-            if change.is_none() {
-                log::trace!(
+            if change.is_none() && crate::logging::very_verbose() {
+                log::debug!(
                     "unchanged: {} {} ({}, {}): {}",
                     r.kind.name(),
                     r.kind.subject(),

@@ -161,6 +161,7 @@ fn agent() -> &'static ureq::Agent {
     AGENT.get_or_init(|| {
         let timeout = Some(settings().timeout);
         ureq::Agent::config_builder()
+            .tls_config(crate::tls::config())
             .http_status_as_error(false)
             .timeout_connect(timeout)
             .timeout_per_read(timeout)

@@ -4,8 +4,8 @@
 //! verified with ring (already in the binary through rustls); SHA-512 or SHA-256 as
 //! the message hash (ring's SHA-512, sha2's SHA-256).
 
+use crate::digest::Sha256;
 use base64::Engine as _;
-use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8] = b"SSHSIG";
 const ARMOR_BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";

@@ -69,11 +69,11 @@ fn quiet_is_quiet_and_verbose_says_more() {
     assert_eq!(quiet.stderr, "", "-q prints nothing when all goes well");
     let v = dev.run(&["-v", "pull"]);
     assert!(v.stderr.contains("debug: sync: the clone is at"), "{v:?}");
-    assert!(!v.stderr.contains("trace:"), "{v:?}");
+    assert!(!v.stderr.contains("unchanged:"), "{v:?}");
     let vv = dev.run(&["-vv", "pull"]);
     assert!(
         vv.stderr
-            .contains("trace: unchanged: file /etc/web/motd (web, roles/web/role.yml:"),
+            .contains("debug: unchanged: file /etc/web/motd (web, roles/web/role.yml:"),
         "{vv:?}"
     );
 }

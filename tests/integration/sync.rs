@@ -1,6 +1,8 @@
 //! Git sync: file:// and smart HTTP on 127.0.0.1, no-op polls, force-push, damaged
 //! clones, an unreachable server, credentials, ssh through the ssh client, branch follow.
 
+use std::process::Command;
+
 use crate::support::*;
 
 /// A fleet repo served over smart HTTP, and a device pulling from it.
@@ -320,4 +322,138 @@ fn stale_git_lock_files_left_by_a_killed_fetch_are_removed() {
             assert!(!clone.join(lock).exists(), "{lock}");
         }
     }
+}
+
+/// HTTPS trusts the system's certificate authorities (src/tls.rs), or the PEM bundle
+/// that `SSL_CERT_FILE` names: a server whose certificate a private CA issued is refused
+/// (unknown issuer) until that CA is trusted, and then the TLS handshake succeeds (the
+/// stand-in server, `openssl s_server -WWW`, is no git server: the error comes after
+/// TLS). Nothing is compiled in.
+#[test]
+fn https_trusts_the_system_authorities_or_the_bundle_ssl_cert_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(d)
+            .args(args)
+            .output()
+            .expect("openssl (scripts/install-deps.sh installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=fleet test CA",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        d.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl")
+        .current_dir(d)
+        .args([
+            "s_server", "-quiet", "-WWW", "-cert", "leaf.pem", "-key", "leaf.key",
+        ])
+        .arg("-accept")
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "openssl s_server listens"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let dev = Device::new(
+        &format!("https://127.0.0.1:{port}/fleet.git"),
+        "pi-0001",
+        "",
+    );
+    let untrusted = to_run(
+        dev.command(&["pull"])
+            .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+            .output()
+            .unwrap(),
+    );
+    let trusted = to_run(
+        dev.command(&["pull"])
+            .env("SSL_CERT_FILE", d.join("ca.pem"))
+            .output()
+            .unwrap(),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        untrusted
+            .stderr
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{untrusted:?}"
+    );
+    assert!(
+        trusted.stderr.contains("not a smart-HTTP git server")
+            && !trusted.stderr.contains("certificate"),
+        "{trusted:?}"
+    );
 }
