@@ -930,18 +930,22 @@ impl Run<'_> {
             return Ok(());
         }
         let mut s = self.previous.clone().unwrap_or_default();
-        for id in triggered {
-            if let Some(r) = plan.resources.get(id) {
-                s.resources.insert(
-                    id.clone(),
-                    ResourceState {
-                        pending: true,
-                        ..r.clone()
-                    },
-                );
-            }
-        }
+        mark_pending(&mut s, plan, triggered.into_iter());
         s.save(&self.state_path)
+    }
+}
+
+/// Records these commands as pending: their trigger will not change again, so the
+/// next run must run them.
+fn mark_pending<'p>(s: &mut State, plan: &'p Plan, ids: impl Iterator<Item = &'p String>) {
+    for id in ids {
+        if let Some(r) = plan.resources.get(id) {
+            let pending = ResourceState {
+                pending: true,
+                ..r.clone()
+            };
+            s.resources.insert(id.clone(), pending);
+        }
     }
 }
 
@@ -996,17 +1000,7 @@ fn record_failed(s: &mut State, plan: &Plan, done: usize, message: &str) {
         .take(done)
         .filter_map(|c| c.resource_id.as_ref())
         .collect();
-    for id in triggered(plan).filter(|id| !ran.contains(id)) {
-        if let Some(r) = plan.resources.get(id) {
-            s.resources.insert(
-                id.clone(),
-                ResourceState {
-                    pending: true,
-                    ..r.clone()
-                },
-            );
-        }
-    }
+    mark_pending(s, plan, triggered(plan).filter(|id| !ran.contains(id)));
     for c in plan.changes.iter().take(done) {
         let Some(id) = &c.resource_id else { continue };
         match plan.resources.get(id) {

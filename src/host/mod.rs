@@ -397,11 +397,7 @@ impl Host {
         uid: u32,
         gid: u32,
     ) -> Result<()> {
-        let at = self
-            .at(device_path)
-            .map_err(|f| self.fail("cannot write", device_path, f))?;
-        write_at(&at, &mut &content[..], mode, Some((uid, gid)))
-            .map_err(|e| self.fail("cannot write", device_path, Fail::Io(e)))
+        self.write_file_from(device_path, &mut &content[..], mode, uid, gid)
     }
 
     /// Writes a file atomically from a stream (a file of the fleet repository, held
