@@ -53,8 +53,9 @@ expect "timer enabled" enabled dev systemctl is-enabled fleet-agent.timer
 expect "timer active" active dev systemctl is-active fleet-agent.timer
 expect "state dir" "drwx------ root:root" dev stat -c '%A %U:%G' /var/lib/fleet-agent
 expect "dpkg --verify" "" dev dpkg --verify fleet-agent
-conf=$(dev dpkg-query -W -f='${Conffiles}\n' fleet-agent | awk 'NF {print $1}')
-[ "$conf" = /etc/fleet-agent/agent.toml ] && ok "conffile: $conf" || bad "conffile: '$conf'"
+# The operator's files: agent.toml and the trusted signing keys (docs/signing.md).
+conf=$(dev dpkg-query -W -f='${Conffiles}\n' fleet-agent | awk 'NF {print $1}' | sort | tr '\n' ' ')
+[ "$conf" = "/etc/fleet-agent/agent.toml /etc/fleet-agent/allowed_signers " ] && ok "conffiles: $conf" || bad "conffiles: '$conf'"
 # Run reports are shipped off (docs/reporting.md): the uploader is installed, not enabled.
 expect "report uploader off" disabled dev systemctl is-enabled fleet-agent-upload.service
 
