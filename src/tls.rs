@@ -13,6 +13,15 @@ use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
 /// Debian's bundle of the system's certificate authorities.
 pub(crate) const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// The TLS settings of a client for plain http:// only: no certificate authority is
+/// loaded, so a redirect to https fails (unknown issuer) instead of costing every poll
+/// the bundle.
+pub(crate) fn none() -> TlsConfig {
+    TlsConfig::builder()
+        .root_certs(RootCerts::new_with_certs(&[]))
+        .build()
+}
+
 /// The TLS settings for an HTTPS client: the system's certificate authorities. A
 /// missing or unreadable bundle trusts nothing (every HTTPS request then fails with an
 /// unknown issuer; plain HTTP and file:// are unaffected).

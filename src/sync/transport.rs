@@ -156,12 +156,22 @@ struct HttpStream {
     response: Option<Box<dyn Read + Send>>,
 }
 
-fn agent() -> &'static ureq::Agent {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
+/// The client for `url`. Only an https:// repository loads the system's certificate
+/// authorities (about 1.5 ms of a no-op poll); a plain http:// one trusts none, so a
+/// redirect from it to https is refused (configure the https:// URL instead).
+fn agent(url: &str) -> &'static ureq::Agent {
+    static PLAIN: OnceLock<ureq::Agent> = OnceLock::new();
+    static TLS: OnceLock<ureq::Agent> = OnceLock::new();
+    let https = url.starts_with("https://");
+    let cell = if https { &TLS } else { &PLAIN };
+    cell.get_or_init(|| {
         let timeout = Some(settings().timeout);
+        let tls = match https {
+            true => crate::tls::config(),
+            false => crate::tls::none(),
+        };
         ureq::Agent::config_builder()
-            .tls_config(crate::tls::config())
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(timeout)
             .timeout_per_read(timeout)
@@ -184,7 +194,7 @@ impl HttpStream {
             .as_ref()
             .map(|a| format!("Basic {}", base64(a.as_bytes())));
         let result = if self.post {
-            let mut req = agent()
+            let mut req = agent(&self.url)
                 .post(&self.url)
                 .config()
                 .timeout_global(left)
@@ -199,7 +209,7 @@ impl HttpStream {
             }
             req.send(&self.body[..])
         } else {
-            let mut req = agent()
+            let mut req = agent(&self.url)
                 .get(&self.url)
                 .config()
                 .timeout_global(left)
