@@ -314,16 +314,10 @@ impl Host {
 
     /// A regular file's content.
     pub(crate) fn read(&self, device_path: &Path) -> Result<Vec<u8>> {
-        let fail = |f: Fail| self.fail("cannot read", device_path, f);
-        let at = self.at(device_path).map_err(fail)?;
-        let mut file = self.open_final(&at).map_err(|e| fail(e.into()))?;
-        let meta = file.metadata().map_err(|e| fail(Fail::Io(e)))?;
-        if !meta.is_file() {
-            return Err(fail(Fail::Io(std::io::Error::other("not a regular file"))));
-        }
-        let mut content = Vec::with_capacity(meta.len() as usize);
+        let mut file = self.open(device_path)?;
+        let mut content = Vec::new();
         file.read_to_end(&mut content)
-            .map_err(|e| fail(Fail::Io(e)))?;
+            .map_err(|e| self.fail("cannot read", device_path, Fail::Io(e)))?;
         Ok(content)
     }
 
