@@ -306,15 +306,26 @@ impl AbDevice {
         }
         // The invocation from systemd's own lines about the unit (the unit's
         // InvocationID property is gone once the oneshot run has ended).
-        let units = self.sh("journalctl --sync && journalctl -q -o json UNIT=fleet-agent.service");
-        let invocation = last_invocation(&units).unwrap_or_else(|| {
+        // Under load journald can be slow to answer `--sync` (which then fails): read the
+        // journal anyway, and again for a while until systemd's lines are there.
+        let mut invocation = None;
+        for _ in 0..40 {
+            let units =
+                self.sh("journalctl --sync; journalctl -q -o json UNIT=fleet-agent.service");
+            invocation = last_invocation(&units);
+            if invocation.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let invocation = invocation.unwrap_or_else(|| {
             panic!(
-                "{}: no run of fleet-agent.service in the journal",
+                "{}: no run of fleet-agent.service in the journal after 20 s",
                 self.name
             )
         });
         let journal = self.sh(&format!(
-            "journalctl --sync && journalctl -q -o short-monotonic {}",
+            "journalctl --sync; journalctl -q -o short-monotonic {}",
             invocation_match(&invocation, "")
         ));
         (code, journal)
