@@ -185,20 +185,7 @@ fn planned(desired: &DesiredState, facts: &Facts, old: Option<&DesiredState>) ->
     .unwrap()
 }
 
-fn summary(p: &Plan) -> Vec<String> {
-    p.changes
-        .iter()
-        .map(|c| {
-            format!(
-                "{:?} {} {}: {}",
-                c.action,
-                c.kind,
-                c.subject,
-                c.details.join("; ")
-            )
-        })
-        .collect()
-}
+use crate::tests::planner::summary;
 
 #[test]
 fn a_device_whose_report_matches_the_declaration_plans_nothing() {

@@ -80,7 +80,7 @@ pub(super) fn planned_with(
     (p, commands)
 }
 
-pub(super) fn summary(p: &Plan) -> Vec<String> {
+pub(crate) fn summary(p: &Plan) -> Vec<String> {
     p.changes
         .iter()
         .map(|c| {
