@@ -377,7 +377,9 @@ cmd_start() {
       PID=
     fi
     if [ -n "$PID" ]; then
-      state=$(timeout 5 env -i PATH="$device_path" nsenter -t "$PID" -a -- \
+      # 20 s per probe: under load (two suites and a CPU-heavy job on 2 cores) systemctl
+      # has been seen to need more than 5 s to answer.
+      state=$(timeout 20 env -i PATH="$device_path" nsenter -t "$PID" -a -- \
         systemctl is-system-running --wait 2>"$dir/boot-wait.err") || true
       [ -n "${FLEET_DEVICE_DEBUG:-}" ] && log "boot: is-system-running: '$state' at $(now_ms) $(head -c 300 "$dir/boot-wait.err")"
       case "$state" in
@@ -385,7 +387,8 @@ cmd_start() {
         maintenance | stopping | offline | unknown | initializing | starting | "") ;;
       esac
     fi
-    [ "$(date +%s)" -lt "$deadline" ] || die "$name did not boot within $timeout s (last state: ${state:-none})"
+    [ "$(date +%s)" -lt "$deadline" ] ||
+      die "$name did not boot within $timeout s (last state: ${state:-none}; init pid: ${PID:-not found}; systemctl said: $(head -c 300 "$dir/boot-wait.err" 2>/dev/null | tr '\n' ' '))"
     sleep 0.05
   done
   t_boot=$(now_ms)
