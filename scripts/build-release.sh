@@ -6,9 +6,14 @@
 #      armv7-unknown-linux-musleabihf    Pi 2/3 with a 32-bit OS           (.deb: armhf)
 #      arm-unknown-linux-musleabihf      Pi 1 / Zero (ARMv6)     (binary; or the armhf .deb)
 #      x86_64-unknown-linux-musl         tests and x86 devices             (.deb: amd64)
-#    A target whose standard library rustup cannot install (the armv7 and armv6 ones on
-#    the mirror of this kind of machine) is built with std from source (rust-src,
-#    -Zbuild-std, and -C link-self-contained=no so that zig supplies musl's crt files).
+#    The arm targets are built with std from source (rust-src, -Zbuild-std through
+#    RUSTC_BOOTSTRAP=1 on the pinned stable toolchain, and -C link-self-contained=no so
+#    that zig supplies musl's crt files), with std's `optimize_for_size` feature: std is
+#    then compiled with the binary's own profile (opt-level "z", LTO through std) and
+#    its size-optimized code paths, which makes the aarch64 binary 348 KB smaller
+#    (4,192,504 -> 3,844,008 bytes measured) with the same behaviour and panic messages.
+#    For armv7 and armv6 it is also the only way: the mirror of this kind of machine
+#    has no std for them. x86_64 (tests, amd64 .deb) uses rustup's std.
 #  - the .debs with cargo-deb from those binaries (dist/fleet-agent_<version>_<arch>.deb),
 #  - checks: the aarch64 binary within the 4 MiB budget, lintian clean on every .deb.
 # Installs what is missing (Rust targets, rust-src, ziglang, cargo-zigbuild, cargo-deb,
@@ -100,8 +105,9 @@ for t in $targets; do
   have_std "$t" || rustup target add "$t" >/dev/null 2>&1 || true
 done
 installed_targets=$(rustup target list --installed)
+std_from_source() { [[ "$1" != x86_64-* ]] || ! have_std "$1"; }
 for t in $targets; do
-  if ! have_std "$t"; then
+  if std_from_source "$t"; then
     rustup component list --installed | grep -q '^rust-src' || step rust-src rustup component add rust-src
     break
   fi
@@ -121,13 +127,14 @@ fi
 binary() { echo "$CARGO_TARGET_DIR/$1/release/fleet-agent"; }
 
 for t in $targets; do
-  if have_std "$t"; then
+  if ! std_from_source "$t"; then
     step "build-$t" cargo zigbuild --release --locked --target "$t"
   else
     # std from source; musl's crt1.o etc. from zig instead of rustc's self-contained copy.
     var="CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUSTFLAGS"
     step "build-$t" env RUSTC_BOOTSTRAP=1 "$var=-C link-self-contained=no" \
-      cargo zigbuild --release --locked --target "$t" -Zbuild-std=std,panic_abort
+      cargo zigbuild --release --locked --target "$t" -Zbuild-std=std,panic_abort \
+      -Zbuild-std-features=optimize_for_size
   fi
 done
 
