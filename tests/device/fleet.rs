@@ -12,8 +12,19 @@ use crate::reporting::{fleet_agent, reporting_device, root_device, seq, state, R
 use crate::support::{git, FleetRepo, GitHttpServer};
 use crate::{timed, SERVICE_UNIT};
 
-/// How long ago a report makes a device "not seen" in this test.
-const NOT_SEEN: u64 = 10;
+/// The pause between the pulls of C1 and those of C2: the devices that do not pull C2
+/// are then at least this much older than the oldest report of a C2 pull. The "not
+/// seen" bound is set between the two at the time of `fleet status` (however long the
+/// pulls took on a loaded machine): FRESH seconds above the age of the oldest C2 pull.
+const GAP: u64 = 15;
+const FRESH: u64 = 8;
+
+fn epoch_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
 
 fn root_ids() -> Vec<String> {
     (0..47).map(|i| format!("d-{i:02}")).collect()
@@ -189,7 +200,7 @@ fn fleet_status_and_plan_all_on_50_devices() {
     });
     assert!(codes.values().all(|c| *c == 0), "{codes:?}");
     // Some devices will not be seen again for a while.
-    std::thread::sleep(Duration::from_secs(NOT_SEEN + 5));
+    std::thread::sleep(Duration::from_secs(GAP));
 
     // C2: shop-a's greeting, and a device whose host_vars name a role that does not exist.
     let c2 = repo.commit(
@@ -214,6 +225,7 @@ fn fleet_status_and_plan_all_on_50_devices() {
         .into_iter()
         .filter(|d| !not_seen.contains(d.as_str()))
         .collect();
+    let c2_pulls = epoch_now();
     let codes = timed("pulls after C2", || {
         pull_booted(&booted, &BOOTED);
         pull_roots(&hub, &again)
@@ -231,6 +243,7 @@ fn fleet_status_and_plan_all_on_50_devices() {
     });
 
     // fleet status against every device's own state.
+    let not_seen = epoch_now() - c2_pulls + FRESH;
     let out = fleet_agent(&[
         "fleet",
         "status",
@@ -239,14 +252,11 @@ fn fleet_status_and_plan_all_on_50_devices() {
         "--repo",
         repo.work.to_str().unwrap(),
         "--not-seen-for",
-        &format!("{NOT_SEEN}s"),
+        &format!("{not_seen}s"),
     ]);
     eprintln!("[fleet status]\n{}", out.stdout);
     assert_eq!(out.code, 1, "a device failed: exit 1\n{out:?}");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = epoch_now();
     let json = fleet_agent(&[
         "fleet",
         "status",
@@ -256,13 +266,13 @@ fn fleet_status_and_plan_all_on_50_devices() {
         "--repo",
         repo.work.to_str().unwrap(),
         "--not-seen-for",
-        &format!("{NOT_SEEN}s"),
+        &format!("{not_seen}s"),
     ]);
     let status: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     check_status(
         &fleet,
         &status,
-        now,
+        (now, not_seen),
         &[("main", &c2), ("canary", &canary_tip)],
     );
     assert_eq!(status["never_seen"], serde_json::json!(["spare-1"]));
@@ -349,7 +359,12 @@ fn fleet_status_and_plan_all_on_50_devices() {
 }
 
 /// Each device's standing in `fleet status` is what its state file says.
-fn check_status(fleet: &Fleet, status: &serde_json::Value, now: u64, tips: &[(&str, &str)]) {
+fn check_status(
+    fleet: &Fleet,
+    status: &serde_json::Value,
+    (now, not_seen): (u64, u64),
+    tips: &[(&str, &str)],
+) {
     let mut seen = 0;
     for b in status["branches"].as_array().unwrap() {
         let branch = b["branch"].as_str().unwrap();
@@ -361,7 +376,7 @@ fn check_status(fleet: &Fleet, status: &serde_json::Value, now: u64, tips: &[(&s
             let st = fleet.state(id);
             let time = st["time"].as_u64().unwrap();
             let outcome = st["outcome"].as_str().unwrap();
-            let want = if now.saturating_sub(time) > NOT_SEEN {
+            let want = if now.saturating_sub(time) > not_seen {
                 "not-seen"
             } else if outcome == "failed" || outcome == "invalid" {
                 "failed"

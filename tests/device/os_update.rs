@@ -350,20 +350,40 @@ fn os_update_two_boots_without_commit_fall_back() {
     excerpt("fall-back: journal", &os_lines(&journal));
 }
 
+/// The device's clock, in seconds since the epoch.
+fn dev_now(dev: &AbDevice) -> u64 {
+    dev.sh("date +%s").trim().parse::<u64>().unwrap()
+}
+
 #[test]
 fn os_update_failed_download_and_bad_artifact_back_off() {
+    // Delays of 10 s and 20 s (not the other tests' 3 s): "a second pull inside the
+    // backoff" must still be inside it on a loaded machine, where a run takes seconds.
+    let slow = |os: String| {
+        let retry = "initial_seconds: 3\n    max_seconds: 8\n";
+        assert!(os.contains(retry));
+        os.replace(retry, "initial_seconds: 10\n    max_seconds: 40\n")
+    };
     let w = World::new(
         "fa-os-backoff",
         |w| {
-            os_yaml(
+            slow(os_yaml(
                 "fleet-os-2",
                 &format!("http://127.0.0.1:{}/missing.mender", w.port),
                 None,
                 "now",
-            )
+            ))
         },
         "",
     );
+    // Waits until the device's clock reaches the backoff's `after`.
+    let wait_out = |after: u64| loop {
+        let now = dev_now(&w.dev);
+        if now >= after {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(after - now));
+    };
     let dev = &w.dev;
     let (code, j) = dev.pull();
     assert_ne!(code, 0, "a failed download fails the run: {j}");
@@ -376,31 +396,31 @@ fn os_update_failed_download_and_bad_artifact_back_off() {
     assert!(j.contains("retrying after a failed download"), "{j}");
 
     // A corrupt artifact (served, no sha256 declared): the client refuses it; attempt 2
-    // after the first delay (3 s), the next delay doubles.
+    // after the first delay (10 s), the next delay doubles.
     w.declare(
-        &os_yaml("fleet-os-2", &w.url("garbage.mender"), None, "now"),
+        &slow(os_yaml("fleet-os-2", &w.url("garbage.mender"), None, "now")),
         "garbage artifact",
     );
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    wait_out(b["after"].as_u64().unwrap());
     // The delay counts from the failure, some time during the run: bracket it by the
     // clock before and after the run (a loaded machine can take seconds per run).
-    let before = dev.sh("date +%s").parse::<u64>().unwrap();
+    let before = dev_now(dev);
     let (code, j) = dev.pull();
     assert_ne!(code, 0, "{j}");
     let b = dev.os()["backoff"].clone();
     assert_eq!(b["attempts"], 2, "{b}");
-    let now = dev.sh("date +%s").parse::<u64>().unwrap();
+    let now = dev_now(dev);
     let after = b["after"].as_u64().unwrap();
     assert!(
-        after >= before + 6 && after <= now + 6,
-        "second delay 6 s: {b} (run between {before} and {now})"
+        after >= before + 20 && after <= now + 20,
+        "second delay 20 s: {b} (run between {before} and {now})"
     );
     assert_eq!(dev.env("upgrade_available"), "0");
     assert_eq!(dev.parts(), [2]);
 
     // The fixed URL after the backoff: installed.
     w.declare(&w.os("fleet-os-2", "now"), "fixed URL");
-    std::thread::sleep(std::time::Duration::from_secs(6));
+    wait_out(after);
     let (part, _) = dev.pull_rebooting();
     assert_eq!(part, 3);
     w.done();
