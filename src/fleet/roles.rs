@@ -36,6 +36,8 @@ pub(super) struct RoleDef {
     pub(super) includes: Vec<RoleRef>,
     /// Each resource with the position of its kind (`- file:`) and its `when:`.
     pub(super) resources: Vec<(Pos, Option<When>, Spec)>,
+    /// The role's own `health:` checks, added to the fleet's or group's.
+    pub(super) health: Option<crate::release::Health>,
 }
 
 /// A role, or why it cannot be used.
@@ -140,6 +142,8 @@ impl Fleet<'_> {
             Some(n) => read_role_refs(&file, n, &mut problems),
             None => vec![],
         };
+        let health = (map.iter().find(|(k, _)| k.as_str() == "health"))
+            .and_then(|(k, v)| super::brakes::health(&file, k.span(), v, &mut problems));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -150,6 +154,7 @@ impl Fleet<'_> {
             builtin,
             params,
             includes,
+            health,
             resources: positions
                 .into_iter()
                 .zip(whens)

@@ -52,6 +52,28 @@ pub(crate) struct Health {
     pub(crate) urls: Vec<String>,
 }
 
+/// The checks of the strongest layer and of every role applied, together: each check
+/// once, and the longest bound (the checks are polled together until all pass).
+pub(crate) fn combine(layer: Option<Health>, roles: &[Health]) -> Option<Health> {
+    let mut all = layer.clone().into_iter().chain(roles.iter().cloned());
+    let mut h = all.next()?;
+    for r in all {
+        h.timeout_seconds = h.timeout_seconds.max(r.timeout_seconds);
+        for (mine, theirs) in [
+            (&mut h.units, r.units),
+            (&mut h.commands, r.commands),
+            (&mut h.urls, r.urls),
+        ] {
+            for c in theirs {
+                if !mine.contains(&c) {
+                    mine.push(c);
+                }
+            }
+        }
+    }
+    Some(h)
+}
+
 /// What the strongest layers declare for one device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Brakes {
