@@ -815,7 +815,9 @@ impl Run<'_> {
                 crate::host::systemd::systemctl(self.host, verb, unit)
             }),
             Some(why) => {
-                let (deferred, mut handlers) = release::defer(&mut planned.plan, &why);
+                let records = (self.previous_here.as_ref()).map(|p| p.resources.clone());
+                let (deferred, mut handlers) =
+                    release::defer(&mut planned.plan, &why, &records.unwrap_or_default());
                 for h in carried {
                     if !handlers.contains(&h) {
                         let due = format!("{} {} (due since an earlier run)", h.verb, h.unit);

@@ -231,7 +231,7 @@ impl<'f, 'a> Expander<'f, 'a> {
         if self.templates.exhausted() {
             return Ok(());
         }
-        for (pos, when, spec) in &def.resources {
+        for (pos, (when, disruptive), spec) in &def.resources {
             // The template steps are used up: a problem says where; nothing more renders.
             if self.templates.exhausted() {
                 break;
@@ -268,6 +268,7 @@ impl<'f, 'a> Expander<'f, 'a> {
                     self.problems.push(p);
                 }
                 self.resources.push(Resource {
+                    disruptive: *disruptive,
                     role: def.name.clone(),
                     declared_at: pos.clone(),
                     kind,

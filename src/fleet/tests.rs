@@ -543,6 +543,14 @@ invalid!(
     "host_vars/pi-1.yml:1:1: `health` belongs in fleet.yml, group_vars or a role's role.yml"
 );
 invalid!(
+    disruptive_is_true_or_false,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/x, content: x}\n    disruptive: later\n"
+    )],
+    "roles/web/role.yml:3:17: expected `disruptive:` as true or false"
+);
+invalid!(
     a_window_is_hh_mm_to_hh_mm,
     [("group_vars/shop.yml", "maintenance: {window: \"2:00-04:00\"}\n")],
     "group_vars/shop.yml:1:23: expected a window as `HH:MM-HH:MM` in device-local time, such as `02:00-04:00`, not `2:00-04:00`"

@@ -186,7 +186,7 @@ fn only_disruptive_changes_are_deferred_and_handlers_are_carried() {
             vec![systemctl("try-restart", "kiosk.service")],
         ),
     ];
-    let (deferred, handlers) = defer(&mut plan, "deferred until 02:00");
+    let (deferred, handlers) = defer(&mut plan, "deferred until 02:00", &Default::default());
     let kept: Vec<&str> = plan.changes.iter().map(|c| c.subject.as_str()).collect();
     assert_eq!(kept, ["/etc/app.conf", "apt update", "app.service"]);
     assert_eq!(

@@ -58,6 +58,8 @@ pub(crate) struct Resource {
     pub(crate) role: String,
     pub(crate) declared_at: Pos,
     pub(crate) kind: Kind,
+    /// `disruptive: true`: its changes wait for the maintenance window and the hold file.
+    pub(crate) disruptive: bool,
 }
 
 impl Resource {
@@ -80,6 +82,8 @@ impl Resource {
             secret: false,
             creates: false,
             resource_id: Some(self.kind.id()),
+            disruptive: self.disruptive,
+            triggered_by: vec![],
             ops,
         }
     }
