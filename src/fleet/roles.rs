@@ -298,9 +298,15 @@ fn take_whens(file: &str, node: &mut Node, problems: &mut Vec<Invalid>) -> Vec<M
         let when = (map.remove("when")).and_then(|w| When::read(file, &w, problems));
         let disruptive = match map.remove("disruptive") {
             None => false,
-            Some(Node::Scalar(s)) if ["true", "false"].contains(&s.as_str()) => s.as_str() == "true",
+            Some(Node::Scalar(s)) if ["true", "false"].contains(&s.as_str()) => {
+                s.as_str() == "true"
+            }
             Some(n) => {
-                problems.push(Invalid::at(file, n.span(), "expected `disruptive:` as true or false"));
+                problems.push(Invalid::at(
+                    file,
+                    n.span(),
+                    "expected `disruptive:` as true or false",
+                ));
                 false
             }
         };

@@ -1031,7 +1031,8 @@ fn a_group_overrides_the_fleet_rollout_and_window() {
 #[test]
 fn a_role_health_joins_the_group_one() {
     let reads = std::sync::Arc::new(crate::fleet::facts::Fixed::default());
-    let shop = "vars: {greeting: hi}\nhealth: {timeout_seconds: 10, units: [a.service, web.service]}\n";
+    let shop =
+        "vars: {greeting: hi}\nhealth: {timeout_seconds: 10, units: [a.service, web.service]}\n";
     let web = "include:\n  - role: extra\n    when: \"false\"\nresources: []\nhealth:\n  timeout_seconds: 30\n  units: [web.service]\n  urls: [\"http://127.0.0.1:8080/health\"]\n";
     let extra = "resources: []\nhealth: {commands: [\"false\"]}\n";
     let files = [
@@ -1039,7 +1040,11 @@ fn a_role_health_joins_the_group_one() {
         ("roles/web/role.yml", web),
         ("roles/extra/role.yml", extra),
     ];
-    let h = for_device(&files, reads.clone()).unwrap().brakes.health.unwrap();
+    let h = for_device(&files, reads.clone())
+        .unwrap()
+        .brakes
+        .health
+        .unwrap();
     assert_eq!(h.timeout_seconds, 30);
     assert_eq!(h.units, ["a.service", "web.service"]);
     assert_eq!(h.urls, ["http://127.0.0.1:8080/health"]);
@@ -1047,5 +1052,8 @@ fn a_role_health_joins_the_group_one() {
     // Without the group's: the role's alone.
     let files = [("roles/web/role.yml", web), ("roles/extra/role.yml", extra)];
     let h = for_device(&files, reads).unwrap().brakes.health.unwrap();
-    assert_eq!((h.timeout_seconds, h.units), (30, vec!["web.service".to_string()]));
+    assert_eq!(
+        (h.timeout_seconds, h.units),
+        (30, vec!["web.service".to_string()])
+    );
 }

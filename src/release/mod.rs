@@ -287,10 +287,16 @@ pub(crate) fn defer(
         if let Some(id) = &c.resource_id {
             // Its trigger will not change again (unless it was deferred too, when the
             // command is due again with it).
-            let triggered = c.details.first().is_some_and(|d| d.contains(command::TRIGGERED));
+            let triggered = c
+                .details
+                .first()
+                .is_some_and(|d| d.contains(command::TRIGGERED));
             let pending = (plan.resources.get(id))
                 .filter(|_| triggered && is_disruptive(&c))
-                .map(|r| ResourceState { pending: true, ..r.clone() });
+                .map(|r| ResourceState {
+                    pending: true,
+                    ..r.clone()
+                });
             match pending.or_else(|| previous.get(id).cloned()) {
                 Some(r) => plan.resources.insert(id.clone(), r),
                 None => plan.resources.remove(id),

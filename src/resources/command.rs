@@ -424,14 +424,22 @@ fn triggered(c: &Command, r: &Resource, p: &Planner) -> Option<(String, Vec<Stri
         .map(|reference| reference.id.clone())
         .collect();
     if !by.is_empty() {
-        let shown: Vec<&str> = by.iter().map(|i| i.strip_prefix("path:").unwrap_or(i)).collect();
+        let shown: Vec<&str> = by
+            .iter()
+            .map(|i| i.strip_prefix("path:").unwrap_or(i))
+            .collect();
         return Some((format!("{} changes {TRIGGERED}", shown.join(", ")), by));
     }
     let id = r.kind.id();
     p.previous
         .and_then(|prev| prev.get(&id))
         .filter(|s| s.pending)
-        .map(|_| (format!("its last run for a change did not finish {TRIGGERED}"), vec![]))
+        .map(|_| {
+            (
+                format!("its last run for a change did not finish {TRIGGERED}"),
+                vec![],
+            )
+        })
 }
 
 /// Whether a change of the plan changes the resource `id`: its own change, or the

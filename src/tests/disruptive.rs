@@ -35,7 +35,10 @@ fn a_disruptive_resource_waits_with_the_commands_it_triggers() {
     let (p, _) = planned_with(ROLE, r.path(), Scripted::new(), false, None, &options());
     let mut p = p.unwrap();
     assert_eq!(p.changes.len(), 5, "planned as usual: {:#?}", summary(&p));
-    let previous = [("path:/etc/app.conf".to_string(), record("/etc/app.conf", "v1"))];
+    let previous = [(
+        "path:/etc/app.conf".to_string(),
+        record("/etc/app.conf", "v1"),
+    )];
     let (deferred, handlers) = defer(&mut p, "deferred until 02:00", &previous.into());
     assert_eq!(
         summary(&p),
@@ -49,13 +52,22 @@ fn a_disruptive_resource_waits_with_the_commands_it_triggers() {
         ["file /etc/app.conf", "command reload", "command flush"],
         "reload follows a deferred file; flush is itself disruptive"
     );
-    assert_eq!(p.notes, deferred.iter().map(|d| format!("{d}: deferred until 02:00")).collect::<Vec<_>>());
+    assert_eq!(
+        p.notes,
+        deferred
+            .iter()
+            .map(|d| format!("{d}: deferred until 02:00"))
+            .collect::<Vec<_>>()
+    );
     assert!(handlers.is_empty());
     // The state records what is on the machine: the old file; flush's trigger applied
     // now and will not change again, so flush stays due; reload comes with its file.
     assert_eq!(p.resources["path:/etc/app.conf"].digest, "v1");
     assert!(p.resources["command:flush"].pending);
-    assert!(!p.resources.contains_key("command:reload"), "no record before: none now");
+    assert!(
+        !p.resources.contains_key("command:reload"),
+        "no record before: none now"
+    );
 }
 
 #[test]

@@ -152,3 +152,54 @@ fn a_working_tree_and_a_new_device_are_never_held_back() {
     assert_eq!(dev.read("/etc/app/release"), "2\n");
     assert_eq!(dev.state()["release"]["rollout"]["held_back"], true);
 }
+
+/// A resource a role marks `disruptive: true` waits for the maintenance window and
+/// for the hold file to go; the rest of the commit applies at once.
+#[test]
+fn a_disruptive_resource_waits_for_the_window_and_the_hold_file() {
+    let hour: u32 = (std::process::Command::new("date").arg("+%H").output())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().parse().unwrap())
+        .unwrap();
+    // A window that does not hold now, judged by the clock as it is.
+    let (start, end) = ((hour + 2) % 24, (hour + 3) % 24);
+    let window = format!(
+        "maintenance: {{window: \"{start:02}:00-{end:02}:00\", unsynchronized_clock: trust}}\n"
+    );
+    let role = "resources:\n  - file: {path: /etc/app/release, content: \"2\\n\"}\n  - file: {path: /etc/app/engine.conf, content: \"fast\\n\"}\n    disruptive: true\n";
+    let repo = FleetRepo::new(&[("README", "disruptive\n")]);
+    let fleet = format!("format: 1\nroles: [app]\n{window}");
+    repo.commit(
+        &[("fleet.yml", fleet.as_str()), ("roles/app/role.yml", role)],
+        "a disruptive file",
+    );
+    let dev = Device::new(&repo.url(), "shop-00", "");
+    let plan = dev.run(&["plan"]);
+    let line = format!("note: file /etc/app/engine.conf: deferred until {start:02}:00");
+    assert!(plan.stdout.contains(&line), "{line}\n{plan:?}");
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.read("/etc/app/release"), "2\n");
+    assert!(!dev.path("/etc/app/engine.conf").exists());
+    let deferred = &dev.state()["release"]["deferred"];
+    assert_eq!(deferred[0], "file /etc/app/engine.conf", "{deferred}");
+
+    // No window, the hold file present: still deferred; removed: applied.
+    let fleet = "format: 1\nroles: [app]\n";
+    repo.commit(&[("fleet.yml", fleet)], "no window");
+    std::fs::create_dir_all(dev.path("/run/fleet-agent")).unwrap();
+    std::fs::write(dev.path("/run/fleet-agent/hold"), "").unwrap();
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert!(!dev.path("/etc/app/engine.conf").exists());
+    let plan = dev.run(&["plan"]);
+    let line = "note: file /etc/app/engine.conf: deferred while /run/fleet-agent/hold exists";
+    assert!(plan.stdout.contains(line), "{plan:?}");
+    std::fs::remove_file(dev.path("/run/fleet-agent/hold")).unwrap();
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.read("/etc/app/engine.conf"), "fast\n");
+    assert!(dev
+        .state()
+        .get("release")
+        .is_none_or(|r| r.get("deferred").is_none()));
+}
