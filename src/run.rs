@@ -1139,6 +1139,42 @@ pub(crate) fn os_retry(host: &Host, config_path: &Path, wait: Duration) -> Resul
     Ok(retried)
 }
 
+/// `release retry`: forget that `commit` (a prefix of 7 or more hex digits; every
+/// commit when None) failed its health checks, under the run lock. None: no state yet;
+/// else the commits cleared. A rollback under way is left to finish.
+pub(crate) fn release_retry(
+    host: &Host,
+    config_path: &Path,
+    commit: Option<&str>,
+    wait: Duration,
+) -> Result<Option<Vec<String>>> {
+    let config = Config::load(config_path, host, false)?;
+    let path = State::path(host, &config.state_dir);
+    let _lock = RunLock::acquire(&host.path(&config.state_dir), wait)?;
+    let Some(mut state) = State::load(&path) else {
+        return Ok(None);
+    };
+    let Some(rel) = state.release.as_mut().filter(|r| !r.failed.is_empty()) else {
+        return Ok(Some(vec![]));
+    };
+    let failed = std::mem::take(&mut rel.failed);
+    // A prefix shorter than git's shortest abbreviation could name several commits.
+    let c = commit.map(str::to_ascii_lowercase).filter(|c| c.len() >= 7);
+    let (cleared, kept): (Vec<String>, Vec<String>) = (failed.into_iter())
+        .partition(|f| commit.is_none() || c.as_ref().is_some_and(|c| f.starts_with(c)));
+    if cleared.is_empty() {
+        return Err(Error::Other(format!(
+            "`{}` is not a commit that failed its health checks here (7 to 40 hex digits; failed: {})",
+            commit.unwrap_or_default(),
+            kept.join(", ")
+        )));
+    }
+    rel.failed = kept;
+    state.save(&path)?;
+    log::info!("release: retry: allowed again: {}", cleared.join(", "));
+    Ok(Some(cleared))
+}
+
 impl Retried {
     /// What was cleared, a line each.
     pub(crate) fn summary(&self) -> String {

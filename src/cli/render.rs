@@ -286,8 +286,26 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
                 .collect();
             line("deferred:", &format!("{} ({why})", what.join(", ")));
         }
+        release_health(r, &mut line);
     }
     out
+}
+
+/// The health lines of `status`: the last outcome, a rollback under way, and each
+/// commit that failed here with the command that takes it again.
+fn release_health(r: &crate::release::Recorded, line: &mut impl FnMut(&str, &str)) {
+    if let Some(h) = &r.health {
+        line("health:", h);
+    }
+    if let Some(rb) = &r.rollback {
+        let said = format!("from {} to {}: the next run finishes it", rb.from, rb.to);
+        line("rolling back:", &said);
+    }
+    for f in &r.failed {
+        let short = f.get(..12).unwrap_or(f);
+        let said = format!("{f} (failed its health checks here: skipped until a newer commit; `fleet-agent release retry {short}` takes it again)");
+        line("failed commit:", &said);
+    }
 }
 
 /// The state as JSON with its times (seconds since the epoch in state.json) in ISO 8601.

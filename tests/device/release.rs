@@ -248,6 +248,20 @@ fn a_commit_that_fails_its_health_checks_is_rolled_back_and_skipped() {
         "{plan:?}"
     );
     assert_eq!(sha(&dev), good_digest);
+    // The operator's retry: the same commit is taken and checked again (and fails
+    // again, so it is rolled back again and marked failed again).
+    let retry = dev.agent(&["release", "retry", &c2[..12]]);
+    assert_eq!(retry.code, 0, "{retry:?}");
+    assert!(state(&dev)["release"].get("failed").is_none());
+    let pull = dev.agent(&["pull"]);
+    assert_eq!(pull.code, 1, "taken and checked again: {pull:?}");
+    assert!(
+        pull.stderr
+            .contains(&format!("health checks of {c2} failed")),
+        "{pull:?}"
+    );
+    assert_eq!(state(&dev)["release"]["failed"][0], c2.as_str());
+    assert_eq!(sha(&dev), good_digest);
     commit(&repo, &health_fleet("good", "three"), "fixed");
     let c3 = crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
     assert_eq!(dev.agent(&["pull"]).code, 0);

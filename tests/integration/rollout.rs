@@ -203,3 +203,56 @@ fn a_disruptive_resource_waits_for_the_window_and_the_hold_file() {
         .get("release")
         .is_none_or(|r| r.get("deferred").is_none()));
 }
+
+/// `release retry` forgets that a commit failed its health checks here, under the lock;
+/// `status` names the failed commits and the command.
+#[test]
+fn release_retry_forgets_a_failed_commit() {
+    let repo = FleetRepo::new(&[("README", "retry\n")]);
+    commit(&repo, &fleet("1", None), "release 1");
+    let dev = Device::new(&repo.url(), "shop-00", "");
+    let (good, bad, worse) = (
+        "1".repeat(40),
+        "53e4ecd2".to_string() + &"a".repeat(32),
+        "b".repeat(40),
+    );
+    let none = dev.run(&["release", "retry"]);
+    assert_eq!(
+        (none.code, none.stdout.as_str()),
+        (0, "no run recorded yet: nothing to retry\n"),
+        "{none:?}"
+    );
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    let mut state = dev.state();
+    state["release"] = serde_json::json!({"good": good, "failed": [bad, worse]});
+    let path = dev.path("/var/lib/fleet-agent/state.json");
+    std::fs::write(&path, state.to_string()).unwrap();
+
+    let status = dev.run(&["status"]);
+    let line = format!("failed commit:  {bad} (failed its health checks here: skipped until a newer commit; `fleet-agent release retry 53e4ecd2aaaa` takes it again)\n");
+    assert!(status.stdout.contains(&line), "{status:?}");
+
+    let wrong = dev.run(&["release", "retry", "53e4"]);
+    assert_eq!(wrong.code, 1, "a prefix shorter than 7: {wrong:?}");
+    assert!(
+        wrong
+            .stderr
+            .contains("`53e4` is not a commit that failed its health checks here"),
+        "{wrong:?}"
+    );
+    let one = dev.run(&["release", "retry", "53E4ECD2"]);
+    assert_eq!(one.code, 0, "{one:?}");
+    assert_eq!(
+        one.stdout,
+        format!("allowed again: {bad} (the next pull takes it when it is the branch's tip)\n")
+    );
+    assert_eq!(dev.state()["release"]["failed"], serde_json::json!([worse]));
+    assert_eq!(dev.state()["release"]["good"], good.as_str());
+    assert_eq!(dev.run(&["release", "retry"]).code, 0);
+    assert!(dev.state()["release"].get("failed").is_none());
+    let nothing = dev.run(&["release", "retry"]);
+    assert_eq!(
+        nothing.stdout,
+        "no commit failed its health checks here: nothing to retry\n"
+    );
+}
