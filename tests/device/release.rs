@@ -158,11 +158,13 @@ const HEALTH_UNIT: &str = "[Unit]\nDescription=Fleet health demo\n\n[Service]\nE
 
 /// A unit that runs only with `mode: good`, health-checked; `slow` seconds of a command
 /// on every change of its configuration (so that a rollback can be killed half way).
+/// The command check makes the outcome certain: the unit is `active` for the moment
+/// between its start and its shell's exit, which a first poll can catch.
 fn health_fleet(mode: &str, note: &str) -> Vec<(String, String)> {
     vec![
         (
             "fleet.yml".into(),
-            format!("format: 1\nvars: {{mode: {mode}, note: {note}}}\nroles: [app]\nhealth:\n  timeout_seconds: 5\n  units: [fleet-health.service]\n"),
+            format!("format: 1\nvars: {{mode: {mode}, note: {note}}}\nroles: [app]\nhealth:\n  timeout_seconds: 5\n  units: [fleet-health.service]\n  commands: [\"grep -qx good /etc/fleet-health.conf\"]\n"),
         ),
         ("roles/app/files/fleet-health.service".into(), HEALTH_UNIT.into()),
         (
