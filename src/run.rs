@@ -439,9 +439,22 @@ impl<'a> Run<'a> {
             loaded = load(self, &old_source, Some(&builtin), &old_file).map_err(invalid)?;
             self.commit = Some(old.to_string());
         }
+        // A rollback leaves the packages apt can no longer put back as they are.
+        let rolling_back = (self.previous.as_ref().and_then(|p| p.release.as_ref()))
+            .and_then(|r| r.rollback.as_ref())
+            .is_some_and(|rb| Some(&rb.to) == self.commit.as_ref());
+        let not_undone = rolling_back
+            .then(|| crate::release::undo::unpin_unavailable(self.host, &mut loaded.desired));
         let mut planned =
             (self.plan(loaded.desired, &loaded.settings, loaded.os_declared)).map_err(failed)?;
         self.brake(&mut planned, &brakes, standing);
+        if let Some(said) = not_undone {
+            planned
+                .plan
+                .notes
+                .extend(said.iter().map(|n| format!("health: {n}")));
+            planned.release.not_undone = said;
+        }
         Ok(Loaded::Planned(Box::new(planned)))
     }
 
@@ -856,8 +869,13 @@ impl Run<'_> {
             }
         }
         let r = &mut planned.release;
-        (r.good, r.failed, r.rollback, r.health) =
-            (prev.good, prev.failed, prev.rollback, prev.health);
+        (r.good, r.failed, r.rollback, r.health, r.not_undone) = (
+            prev.good,
+            prev.failed,
+            prev.rollback,
+            prev.health,
+            prev.not_undone,
+        );
     }
 
     /// After a pull that changed something under `health:`: the checks, polled until
@@ -883,6 +901,16 @@ impl Run<'_> {
                 rb.from
             );
             warn!("health: {said}");
+            let left = crate::release::undo::left_installed(
+                self.host,
+                &rb.from,
+                &rb.packages,
+                &planned.desired,
+            );
+            rel.not_undone.extend(left);
+            for n in &rel.not_undone {
+                warn!("health: not undone: {n}");
+            }
             (rel.rollback, rel.health) = (None, Some(said));
             return recorded.save(&self.state_path);
         }
@@ -902,6 +930,7 @@ impl Run<'_> {
         if problems.is_empty() {
             info!("health: {commit} passed its checks");
             (rel.good, rel.health) = (Some(commit.clone()), Some(format!("{commit} passed")));
+            rel.not_undone.clear();
             return recorded.save(&self.state_path);
         }
         let why = problems.join("; ");
@@ -916,6 +945,7 @@ impl Run<'_> {
             to: good.clone(),
             problems,
             at: crate::time::now(),
+            packages: crate::release::undo::installed(self.host, &planned.desired),
         });
         recorded.save(&self.state_path)?;
         Err(Error::Other(format!(

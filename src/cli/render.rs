@@ -301,6 +301,9 @@ fn release_health(r: &crate::release::Recorded, line: &mut impl FnMut(&str, &str
         let said = format!("from {} to {}: the next run finishes it", rb.from, rb.to);
         line("rolling back:", &said);
     }
+    for n in &r.not_undone {
+        line("not undone:", n);
+    }
     for f in &r.failed {
         let short = f.get(..12).unwrap_or(f);
         let said = format!("{f} (failed its health checks here: skipped until a newer commit; `fleet-agent release retry {short}` takes it again)");

@@ -14,6 +14,7 @@ use crate::resources::command;
 
 #[cfg(test)]
 mod tests;
+pub(crate) mod undo;
 
 /// Buckets a device can fall in: a percentage is counted in hundredths (basis points).
 pub(crate) const BUCKETS: u32 = 10_000;
@@ -96,6 +97,10 @@ pub(crate) struct Rollback {
     pub(crate) problems: Vec<String>,
     /// When the checks failed (seconds since the epoch).
     pub(crate) at: u64,
+    /// The failed commit's packages as installed when its checks failed (name →
+    /// version): those the good commit does not declare are said to stay.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) packages: BTreeMap<String, String>,
 }
 
 /// The device's stable bucket for a rollout: the first 8 bytes of
@@ -374,6 +379,9 @@ pub(crate) struct Recorded {
     /// The last health outcome, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) health: Option<String>,
+    /// What the last rollback could not undo, in words (until a commit passes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) not_undone: Vec<String>,
 }
 
 impl Recorded {

@@ -238,6 +238,7 @@ fn a_rollback_under_way_or_a_failed_tip_keeps_the_device_on_its_good_commit() {
         to: "c1".into(),
         problems: vec!["x.service is not active".into()],
         at: 0,
+        packages: Default::default(),
     });
     assert_eq!(
         health_target(&r, Some("c3")).as_deref(),

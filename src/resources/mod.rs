@@ -38,6 +38,7 @@ mod symlink;
 mod user;
 
 pub(crate) use checks::Reserved;
+pub(crate) use package::PackageState;
 #[cfg(test)]
 pub(crate) use planner::Previous;
 pub(crate) use planner::{plan, Options};

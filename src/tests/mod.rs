@@ -7,3 +7,4 @@ mod device_reads;
 mod disruptive;
 mod paths;
 pub(crate) mod planner;
+mod undo;
