@@ -292,3 +292,52 @@ fn a_commit_that_fails_its_health_checks_is_rolled_back_and_skipped() {
     assert!(s["release"]["rollback"].is_null(), "{s}");
     assert_eq!(s["release"]["failed"][1], c4.as_str());
 }
+
+/// The health checks of the device fleet: the configuration says hello.
+const HELLO_HEALTH: &str =
+    "health:\n  timeout_seconds: 3\n  commands: [\"grep -qx greeting=hello /etc/fleet-demo.conf\"]\n";
+
+/// A rollback puts back the version the good commit pins when apt still has it (a
+/// downgrade), and lists the package the failed commit added, which stays.
+#[test]
+fn a_rollback_downgrades_what_apt_can_and_lists_what_stays() {
+    let (dev, repo, _git, apt) = timed("setup", || setup("fa-undo"));
+    let version = |dev: &Booted| dev.sh("dpkg-query -W -f '${Version}' fleet-test-hello");
+    commit(&repo, &fleet_with(apt.port, "hello", HELLO_HEALTH), "good");
+    let pull = timed("good pull", || dev.agent(&["pull"]));
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(version(&dev), "1.0");
+    assert!(!installed(&dev, "fleet-test-manual"));
+
+    let packages = "  - package: {name: fleet-test-hello, version: \"1.1\"}\n  - package: {name: fleet-test-service}\n  - package: {name: fleet-test-manual}\n";
+    let mut bad = device_fleet(apt.port, "broken", packages);
+    bad[0].1.push_str(HELLO_HEALTH);
+    commit(
+        &repo,
+        &bad,
+        "hello 1.1 and a new package, and a broken greeting",
+    );
+    let c2 = crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
+    let pull = timed("failing pull and its rollback", || dev.agent(&["pull"]));
+    eprintln!("[undo] pull:\n{}", pull.stderr);
+    assert_eq!(pull.code, 1, "{pull:?}");
+    assert_eq!(version(&dev), "1.0", "apt still has 1.0: rolled back");
+    assert!(installed(&dev, "fleet-test-manual"), "never removed");
+    let said = format!("package fleet-test-manual 1.0 installed by {} stays (not declared by the good commit; packages are never removed)", &c2[..8]);
+    let rel = release(&dev);
+    eprintln!(
+        "[undo] release: {}",
+        serde_json::to_string_pretty(&rel).unwrap()
+    );
+    assert_eq!(rel["not_undone"], serde_json::json!([said]));
+    assert!(rel["rollback"].is_null());
+    let status = dev.agent(&["status"]);
+    assert!(
+        status.stdout.contains(&format!("not undone:     {said}\n")),
+        "{status:?}"
+    );
+    assert!(
+        pull.stderr.contains(&format!("not undone: {said}")),
+        "{pull:?}"
+    );
+}
