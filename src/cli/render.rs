@@ -569,6 +569,17 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
         "devices that change: {}",
         list_or_none(&names(&changing))
     );
+    let held: Vec<&str> = (p.devices.iter())
+        .filter(|d| d.held_back.is_some())
+        .map(|d| d.device.as_str())
+        .collect();
+    if !held.is_empty() {
+        let said = held.join(", ");
+        let _ = writeln!(
+            out,
+            "held back by the rollout (stay on their commit): {said}"
+        );
+    }
     for d in &failing {
         let _ = writeln!(
             out,
@@ -583,6 +594,9 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
     if detail {
         for d in &p.devices {
             let _ = writeln!(out, "\n== {} ({})", d.device, facts_of(d));
+            if let Some(h) = &d.held_back {
+                let _ = writeln!(out, "{h}");
+            }
             match &d.outcome {
                 Outcome::Planned { plan, os_line } => {
                     out.push_str(&changes(plan));
@@ -602,7 +616,8 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
 /// Each resource that changes, with how many devices, and the restarts.
 fn fleet_plan_resources(out: &mut String, p: &FleetPlan) {
     let mut by: Vec<((char, String, String), usize)> = Vec::new();
-    for d in &p.devices {
+    // A device the rollout holds back does not take the tree now.
+    for d in p.devices.iter().filter(|d| d.held_back.is_none()) {
         let Outcome::Planned { plan, .. } = &d.outcome else {
             continue;
         };
@@ -697,6 +712,7 @@ pub(super) fn fleet_plan_json(p: &FleetPlan) -> String {
                 "facts_report": d.facts_seq,
                 "facts_time": d.facts_time,
                 "changes_pending": d.changes(),
+                "held_back": d.held_back,
                 "fails": d.fails().then(|| failure(d)),
                 "changes": changes,
                 "notes": notes,
