@@ -614,6 +614,21 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
 }
 
 /// Each resource that changes, with how many devices, and the restarts.
+/// The devices the working tree's rollout holds back, when there are any.
+fn held_back_line(out: &mut String, p: &FleetPlan) {
+    let held: Vec<&str> = (p.devices.iter())
+        .filter(|d| d.held_back.is_some())
+        .map(|d| d.device.as_str())
+        .collect();
+    if !held.is_empty() {
+        let said = held.join(", ");
+        let _ = writeln!(
+            out,
+            "held back by the rollout (stay on their commit): {said}"
+        );
+    }
+}
+
 fn fleet_plan_resources(out: &mut String, p: &FleetPlan) {
     let mut by: Vec<((char, String, String), usize)> = Vec::new();
     // A device the rollout holds back does not take the tree now.

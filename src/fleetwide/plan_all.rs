@@ -89,15 +89,9 @@ pub(crate) fn plan_device(
         outcome: Outcome::NoFacts,
         held_back: None,
     };
-    if let Some(req) = fleet_file.requirement() {
-        let running = crate::fleet::gate::Version::parse_prefix(&latest.agent_version);
-        if running.is_none_or(|v| v < req.min) {
-            dp.outcome = Outcome::NeedsAgent(format!(
-                "the branch needs fleet-agent >= {} ({}); the device runs {}",
-                req.min, req.pos, latest.agent_version
-            ));
-            return dp;
-        }
+    if let Some(why) = needs_agent(fleet_file, latest) {
+        dp.outcome = Outcome::NeedsAgent(why);
+        return dp;
     }
     // A report carries no facts of the machine (os-release, model) and never a secret:
     // templates see validate's stand-ins (docs/reporting.md).
@@ -157,6 +151,18 @@ pub(crate) fn plan_device(
         Err(e) => Outcome::PlanFails(e.to_string()),
     };
     dp
+}
+
+/// Why the branch needs a newer agent than the device reported, if it does.
+fn needs_agent(fleet_file: &FleetFile, latest: &Report) -> Option<String> {
+    let req = fleet_file.requirement()?;
+    let running = crate::fleet::gate::Version::parse_prefix(&latest.agent_version);
+    running.is_none_or(|v| v < req.min).then(|| {
+        format!(
+            "the branch needs fleet-agent >= {} ({}); the device runs {}",
+            req.min, req.pos, latest.agent_version
+        )
+    })
 }
 
 /// The rollout's line for a device it holds back, as the device's `plan` says it: a
