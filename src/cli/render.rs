@@ -569,17 +569,7 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
         "devices that change: {}",
         list_or_none(&names(&changing))
     );
-    let held: Vec<&str> = (p.devices.iter())
-        .filter(|d| d.held_back.is_some())
-        .map(|d| d.device.as_str())
-        .collect();
-    if !held.is_empty() {
-        let said = held.join(", ");
-        let _ = writeln!(
-            out,
-            "held back by the rollout (stay on their commit): {said}"
-        );
-    }
+    held_back_line(&mut out, p);
     for d in &failing {
         let _ = writeln!(
             out,
