@@ -97,10 +97,10 @@ pub(crate) struct Rollback {
     pub(crate) problems: Vec<String>,
     /// When the checks failed (seconds since the epoch).
     pub(crate) at: u64,
-    /// The failed commit's packages as installed when its checks failed (name →
-    /// version): those the good commit does not declare are said to stay.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub(crate) packages: BTreeMap<String, String>,
+    /// The failed commit's packages as installed when its checks failed ("name
+    /// version"): those the good commit does not declare are said to stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) packages: Vec<String>,
 }
 
 /// The device's stable bucket for a rollout: the first 8 bytes of

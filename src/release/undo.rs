@@ -5,22 +5,23 @@
 //! in any repository. Reads dpkg's status and apt's lists through the host, changes
 //! nothing: the planner and apply do the rest.
 
-use std::collections::BTreeMap;
-
 use crate::host::{apt, Host};
 use crate::resources::{DesiredState, Kind, PackageState};
 
-/// The packages a commit declares present, as installed now (name → version):
+/// The packages a commit declares present, as installed now ("name version" each):
 /// recorded with the rollback when the commit fails its checks.
-pub(crate) fn installed(host: &Host, desired: &DesiredState) -> BTreeMap<String, String> {
+pub(crate) fn installed(host: &Host, desired: &DesiredState) -> Vec<String> {
     let status = apt::dpkg_status(host).unwrap_or_default();
-    packages(desired)
-        .filter(|(_, state, _)| *state != PackageState::Absent)
-        .filter_map(|(name, _, _)| {
-            let s = status.get(name).filter(|s| s.is_installed())?;
-            Some((name.to_string(), s.version.clone()))
-        })
-        .collect()
+    let mut found = Vec::new();
+    for (name, state, _) in packages(desired) {
+        match status.get(name) {
+            Some(s) if s.is_installed() && state != PackageState::Absent => {
+                found.push(format!("{name} {}", s.version));
+            }
+            _ => {}
+        }
+    }
+    found
 }
 
 fn packages(d: &DesiredState) -> impl Iterator<Item = (&str, PackageState, Option<&str>)> {
@@ -64,16 +65,18 @@ pub(crate) fn unpin_unavailable(host: &Host, desired: &mut DesiredState) -> Vec<
 pub(crate) fn left_installed(
     host: &Host,
     from: &str,
-    failed: &BTreeMap<String, String>,
+    failed: &[String],
     good: &DesiredState,
 ) -> Vec<String> {
     let status = apt::dpkg_status(host).unwrap_or_default();
     let short = from.get(..8).unwrap_or(from);
-    (failed.iter())
-        .filter(|(name, _)| !packages(good).any(|(n, _, _)| n == name.as_str()))
-        .filter(|(name, _)| status.get(*name).is_some_and(|s| s.is_installed()))
-        .map(|(name, version)| {
-            format!("package {name} {version} installed by {short} stays (not declared by the good commit; packages are never removed)")
-        })
-        .collect()
+    let mut said = Vec::new();
+    for entry in failed {
+        let name = entry.split(' ').next().unwrap_or_default();
+        let declared = packages(good).any(|(n, _, _)| n == name);
+        if !declared && status.get(name).is_some_and(|s| s.is_installed()) {
+            said.push(format!("package {entry} installed by {short} stays (not declared by the good commit; packages are never removed)"));
+        }
+    }
+    said
 }
