@@ -293,17 +293,21 @@ fn a_commit_that_fails_its_health_checks_is_rolled_back_and_skipped() {
     assert_eq!(s["release"]["failed"][1], c4.as_str());
 }
 
-/// The health checks of the device fleet: the configuration says hello.
+/// The health checks of the device fleet's role: the configuration says hello.
 const HELLO_HEALTH: &str =
     "health:\n  timeout_seconds: 3\n  commands: [\"grep -qx greeting=hello /etc/fleet-demo.conf\"]\n";
 
 /// A rollback puts back the version the good commit pins when apt still has it (a
-/// downgrade), and lists the package the failed commit added, which stays.
+/// downgrade), and lists the package the failed commit added, which stays. The health
+/// checks are declared by the role.
 #[test]
 fn a_rollback_downgrades_what_apt_can_and_lists_what_stays() {
     let (dev, repo, _git, apt) = timed("setup", || setup("fa-undo"));
     let version = |dev: &Booted| dev.sh("dpkg-query -W -f '${Version}' fleet-test-hello");
-    commit(&repo, &fleet_with(apt.port, "hello", HELLO_HEALTH), "good");
+    // The checks are the role's own (role.yml `health:`).
+    let mut good = device_fleet(apt.port, "hello", PACKAGES);
+    good[2].1.push_str(HELLO_HEALTH);
+    commit(&repo, &good, "good");
     let pull = timed("good pull", || dev.agent(&["pull"]));
     assert_eq!(pull.code, 0, "{pull:?}");
     assert_eq!(version(&dev), "1.0");
@@ -311,7 +315,7 @@ fn a_rollback_downgrades_what_apt_can_and_lists_what_stays() {
 
     let packages = "  - package: {name: fleet-test-hello, version: \"1.1\"}\n  - package: {name: fleet-test-service}\n  - package: {name: fleet-test-manual}\n";
     let mut bad = device_fleet(apt.port, "broken", packages);
-    bad[0].1.push_str(HELLO_HEALTH);
+    bad[2].1.push_str(HELLO_HEALTH);
     commit(
         &repo,
         &bad,
