@@ -241,8 +241,8 @@ pub(crate) enum ReleaseCommand {
     /// Forget that a commit failed its health checks here, so that the next pull takes
     /// it again (when it is still the branch's tip) and checks it again.
     Retry {
-        /// The failed commit (a unique prefix of at least 7 hex digits); every failed
-        /// commit when left out.
+        /// The failed commit, or a prefix of at least 7 hex digits (every failed commit
+        /// it starts); every failed commit when left out.
         commit: Option<String>,
         #[command(flatten)]
         lock: Lock,
