@@ -232,6 +232,18 @@ fn release_retry_forgets_a_failed_commit() {
     let line = format!("failed commit:  {bad} (failed its health checks here: skipped until a newer commit; `fleet-agent release retry 53e4ecd2aaaa` takes it again)\n");
     assert!(status.stdout.contains(&line), "{status:?}");
 
+    // Under the run lock: another run holding it makes retry wait or give up (exit 4).
+    let file = std::fs::File::create(dev.path("/var/lib/fleet-agent/lock")).unwrap();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let busy = dev.run(&["release", "retry"]);
+    assert_eq!(busy.code, 4, "{busy:?}");
+    assert_eq!(
+        dev.state()["release"]["failed"].as_array().unwrap().len(),
+        2
+    );
+    drop(lock);
     let wrong = dev.run(&["release", "retry", "53e4"]);
     assert_eq!(wrong.code, 1, "a prefix shorter than 7: {wrong:?}");
     assert!(
