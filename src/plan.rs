@@ -192,6 +192,13 @@ pub(crate) struct Change {
     /// The state's id of the resource this changes (None for runs such as apt update).
     #[serde(skip)]
     pub(crate) resource_id: Option<String>,
+    /// Its resource is marked `disruptive: true` (src/release defers it).
+    #[serde(skip)]
+    pub(crate) disruptive: bool,
+    /// A command that `on_change` makes due: the ids of the resources whose changes in
+    /// this plan make it due (it is deferred with them).
+    #[serde(skip)]
+    pub(crate) triggered_by: Vec<String>,
     #[serde(skip)]
     pub(crate) ops: Vec<Op>,
 }
@@ -217,6 +224,8 @@ impl Change {
             secret: false,
             creates: false,
             resource_id: None,
+            disruptive: false,
+            triggered_by: vec![],
             ops,
         }
     }

@@ -439,9 +439,22 @@ impl<'a> Run<'a> {
             loaded = load(self, &old_source, Some(&builtin), &old_file).map_err(invalid)?;
             self.commit = Some(old.to_string());
         }
+        // A rollback leaves the packages apt can no longer put back as they are.
+        let rolling_back = (self.previous.as_ref().and_then(|p| p.release.as_ref()))
+            .and_then(|r| r.rollback.as_ref())
+            .is_some_and(|rb| Some(&rb.to) == self.commit.as_ref());
+        let not_undone = rolling_back
+            .then(|| crate::release::undo::unpin_unavailable(self.host, &mut loaded.desired));
         let mut planned =
             (self.plan(loaded.desired, &loaded.settings, loaded.os_declared)).map_err(failed)?;
         self.brake(&mut planned, &brakes, standing);
+        if let Some(said) = not_undone {
+            planned
+                .plan
+                .notes
+                .extend(said.iter().map(|n| format!("health: {n}")));
+            planned.release.not_undone = said;
+        }
         Ok(Loaded::Planned(Box::new(planned)))
     }
 
@@ -815,7 +828,9 @@ impl Run<'_> {
                 crate::host::systemd::systemctl(self.host, verb, unit)
             }),
             Some(why) => {
-                let (deferred, mut handlers) = release::defer(&mut planned.plan, &why);
+                let records = (self.previous_here.as_ref()).map(|p| p.resources.clone());
+                let (deferred, mut handlers) =
+                    release::defer(&mut planned.plan, &why, &records.unwrap_or_default());
                 for h in carried {
                     if !handlers.contains(&h) {
                         let due = format!("{} {} (due since an earlier run)", h.verb, h.unit);
@@ -854,8 +869,13 @@ impl Run<'_> {
             }
         }
         let r = &mut planned.release;
-        (r.good, r.failed, r.rollback, r.health) =
-            (prev.good, prev.failed, prev.rollback, prev.health);
+        (r.good, r.failed, r.rollback, r.health, r.not_undone) = (
+            prev.good,
+            prev.failed,
+            prev.rollback,
+            prev.health,
+            prev.not_undone,
+        );
     }
 
     /// After a pull that changed something under `health:`: the checks, polled until
@@ -881,6 +901,16 @@ impl Run<'_> {
                 rb.from
             );
             warn!("health: {said}");
+            let left = crate::release::undo::left_installed(
+                self.host,
+                &rb.from,
+                &rb.packages,
+                &planned.desired,
+            );
+            rel.not_undone.extend(left);
+            for n in &rel.not_undone {
+                warn!("health: not undone: {n}");
+            }
             (rel.rollback, rel.health) = (None, Some(said));
             return recorded.save(&self.state_path);
         }
@@ -900,6 +930,7 @@ impl Run<'_> {
         if problems.is_empty() {
             info!("health: {commit} passed its checks");
             (rel.good, rel.health) = (Some(commit.clone()), Some(format!("{commit} passed")));
+            rel.not_undone.clear();
             return recorded.save(&self.state_path);
         }
         let why = problems.join("; ");
@@ -914,6 +945,7 @@ impl Run<'_> {
             to: good.clone(),
             problems,
             at: crate::time::now(),
+            packages: crate::release::undo::installed(self.host, &planned.desired),
         });
         recorded.save(&self.state_path)?;
         Err(Error::Other(format!(
@@ -1135,6 +1167,42 @@ pub(crate) fn os_retry(host: &Host, config_path: &Path, wait: Duration) -> Resul
     };
     log::info!(OS_STATE = state.os_update.phase.as_str(); "OS update: retry: {}", retried.summary().trim_end().replace('\n', "; "));
     Ok(retried)
+}
+
+/// `release retry`: forget that `commit` (a prefix of 7 or more hex digits; every
+/// commit when None) failed its health checks, under the run lock. None: no state yet;
+/// else the commits cleared. A rollback under way is left to finish.
+pub(crate) fn release_retry(
+    host: &Host,
+    config_path: &Path,
+    commit: Option<&str>,
+    wait: Duration,
+) -> Result<Option<Vec<String>>> {
+    let config = Config::load(config_path, host, false)?;
+    let path = State::path(host, &config.state_dir);
+    let _lock = RunLock::acquire(&host.path(&config.state_dir), wait)?;
+    let Some(mut state) = State::load(&path) else {
+        return Ok(None);
+    };
+    let Some(rel) = state.release.as_mut().filter(|r| !r.failed.is_empty()) else {
+        return Ok(Some(vec![]));
+    };
+    let failed = std::mem::take(&mut rel.failed);
+    // A prefix shorter than git's shortest abbreviation could name several commits.
+    let c = commit.map(str::to_ascii_lowercase).filter(|c| c.len() >= 7);
+    let (cleared, kept): (Vec<String>, Vec<String>) = (failed.into_iter())
+        .partition(|f| commit.is_none() || c.as_ref().is_some_and(|c| f.starts_with(c)));
+    if cleared.is_empty() {
+        return Err(Error::Other(format!(
+            "`{}` is not a commit that failed its health checks here (7 to 40 hex digits; failed: {})",
+            commit.unwrap_or_default(),
+            kept.join(", ")
+        )));
+    }
+    rel.failed = kept;
+    state.save(&path)?;
+    log::info!("release: retry: allowed again: {}", cleared.join(", "));
+    Ok(Some(cleared))
 }
 
 impl Retried {

@@ -116,6 +116,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: OsCommand,
     },
+    /// The brakes of a release (docs/rollouts.md): `retry` to take a commit that
+    /// failed its health checks on this device again.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
     /// The fleet from its stored run reports (docs/reporting.md): `status`.
     Fleet {
         #[command(subcommand)]
@@ -225,6 +231,19 @@ pub(crate) enum OsCommand {
     },
     /// Allow failed artifacts again and forget the download/install backoff.
     Retry {
+        #[command(flatten)]
+        lock: Lock,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ReleaseCommand {
+    /// Forget that a commit failed its health checks here, so that the next pull takes
+    /// it again (when it is still the branch's tip) and checks it again.
+    Retry {
+        /// The failed commit, or a prefix of at least 7 hex digits (every failed commit
+        /// it starts); every failed commit when left out.
+        commit: Option<String>,
         #[command(flatten)]
         lock: Lock,
     },

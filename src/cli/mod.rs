@@ -16,7 +16,7 @@ use crate::state::RunOutcome;
 pub(crate) mod args;
 mod render;
 
-use args::{Cli, Command, FleetArgs, FleetCommand, OsCommand, Target};
+use args::{Cli, Command, FleetArgs, FleetCommand, OsCommand, ReleaseCommand, Target};
 
 /// Entry point: returns the process exit code.
 pub fn main() -> i32 {
@@ -84,6 +84,23 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             })
         }
         Command::Fleet { command } => fleet(command),
+        Command::Release {
+            command: ReleaseCommand::Retry { commit, lock },
+        } => {
+            let wait = Duration::from_secs(lock.wait);
+            let cleared = run::release_retry(&host, &config_path, commit.as_deref(), wait)?;
+            render::print(&match cleared {
+                None => "no run recorded yet: nothing to retry\n".into(),
+                Some(c) if c.is_empty() => {
+                    "no commit failed its health checks here: nothing to retry\n".into()
+                }
+                Some(c) => format!(
+                    "allowed again: {} (the next pull takes it when it is the branch's tip)\n",
+                    c.join(", ")
+                ),
+            });
+            Ok(exit::OK)
+        }
         Command::Os { command } => match command {
             OsCommand::Status { json } => {
                 let (_, state) = run::status(&host, &config_path)?;

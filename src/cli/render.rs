@@ -286,8 +286,29 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
                 .collect();
             line("deferred:", &format!("{} ({why})", what.join(", ")));
         }
+        release_health(r, &mut line);
     }
     out
+}
+
+/// The health lines of `status`: the last outcome, a rollback under way, and each
+/// commit that failed here with the command that takes it again.
+fn release_health(r: &crate::release::Recorded, line: &mut impl FnMut(&str, &str)) {
+    if let Some(h) = &r.health {
+        line("health:", h);
+    }
+    if let Some(rb) = &r.rollback {
+        let said = format!("from {} to {}: the next run finishes it", rb.from, rb.to);
+        line("rolling back:", &said);
+    }
+    for n in &r.not_undone {
+        line("not undone:", n);
+    }
+    for f in &r.failed {
+        let short = f.get(..12).unwrap_or(f);
+        let said = format!("{f} (failed its health checks here: skipped until a newer commit; `fleet-agent release retry {short}` takes it again)");
+        line("failed commit:", &said);
+    }
 }
 
 /// The state as JSON with its times (seconds since the epoch in state.json) in ISO 8601.
@@ -548,6 +569,7 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
         "devices that change: {}",
         list_or_none(&names(&changing))
     );
+    held_back_line(&mut out, p);
     for d in &failing {
         let _ = writeln!(
             out,
@@ -562,6 +584,9 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
     if detail {
         for d in &p.devices {
             let _ = writeln!(out, "\n== {} ({})", d.device, facts_of(d));
+            if let Some(h) = &d.held_back {
+                let _ = writeln!(out, "{h}");
+            }
             match &d.outcome {
                 Outcome::Planned { plan, os_line } => {
                     out.push_str(&changes(plan));
@@ -579,9 +604,25 @@ pub(super) fn fleet_plan(p: &FleetPlan, detail: bool) -> String {
 }
 
 /// Each resource that changes, with how many devices, and the restarts.
+/// The devices the working tree's rollout holds back, when there are any.
+fn held_back_line(out: &mut String, p: &FleetPlan) {
+    let held: Vec<&str> = (p.devices.iter())
+        .filter(|d| d.held_back.is_some())
+        .map(|d| d.device.as_str())
+        .collect();
+    if !held.is_empty() {
+        let said = held.join(", ");
+        let _ = writeln!(
+            out,
+            "held back by the rollout (stay on their commit): {said}"
+        );
+    }
+}
+
 fn fleet_plan_resources(out: &mut String, p: &FleetPlan) {
     let mut by: Vec<((char, String, String), usize)> = Vec::new();
-    for d in &p.devices {
+    // A device the rollout holds back does not take the tree now.
+    for d in p.devices.iter().filter(|d| d.held_back.is_none()) {
         let Outcome::Planned { plan, .. } = &d.outcome else {
             continue;
         };
@@ -676,6 +717,7 @@ pub(super) fn fleet_plan_json(p: &FleetPlan) -> String {
                 "facts_report": d.facts_seq,
                 "facts_time": d.facts_time,
                 "changes_pending": d.changes(),
+                "held_back": d.held_back,
                 "fails": d.fails().then(|| failure(d)),
                 "changes": changes,
                 "notes": notes,

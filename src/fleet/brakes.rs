@@ -155,8 +155,14 @@ struct HealthDoc {
     urls: Vec<String>,
 }
 
-/// `health: {timeout_seconds: 60, units: [...], commands: [...], urls: [...]}`.
-fn health(file: &str, key: &Span, node: &Node, problems: &mut Vec<Invalid>) -> Option<Health> {
+/// `health: {timeout_seconds: 60, units: [...], commands: [...], urls: [...]}` of
+/// fleet.yml, a group_vars file or a role's role.yml. The values are not templates.
+pub(super) fn health(
+    file: &str,
+    key: &Span,
+    node: &Node,
+    problems: &mut Vec<Invalid>,
+) -> Option<Health> {
     let doc = match crate::fleet::yaml::typed::<HealthDoc>(file, node) {
         Ok(d) => d,
         Err(p) => {
@@ -173,6 +179,12 @@ fn health(file: &str, key: &Span, node: &Node, problems: &mut Vec<Invalid>) -> O
         Some("health.timeout_seconds: expected a whole number of seconds above 0".to_string())
     } else if doc.units.is_empty() && doc.commands.is_empty() && doc.urls.is_empty() {
         Some("health: expected at least one check: units, commands or urls".into())
+    } else if let Some(t) =
+        (doc.units.iter().chain(&doc.commands).chain(&doc.urls)).find(|c| c.contains("{{"))
+    {
+        Some(format!(
+            "health: checks are not templates: expected the value itself, not `{t}`"
+        ))
     } else {
         bad_url.map(|u| format!("health.urls: expected an http:// or https:// URL, not `{u}`"))
     };

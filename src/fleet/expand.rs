@@ -28,6 +28,8 @@ pub(super) struct Expander<'f, 'a> {
     claimed: HashMap<String, Pos>,
     pub(super) resources: Vec<Resource>,
     pub(super) roles: Vec<String>,
+    /// The `health:` checks of the roles applied.
+    pub(super) health: Vec<crate::release::Health>,
     pub(super) problems: Vec<Invalid>,
     /// The bytes of the device's file contents so far (max_total_file_bytes).
     file_bytes: u64,
@@ -52,6 +54,7 @@ impl<'f, 'a> Expander<'f, 'a> {
             claimed: HashMap::new(),
             resources: Vec::new(),
             roles: Vec::new(),
+            health: Vec::new(),
             problems,
             file_bytes: 0,
         }
@@ -127,6 +130,7 @@ impl<'f, 'a> Expander<'f, 'a> {
         stack.pop();
 
         self.roles.push(def.name.clone());
+        self.health.extend(def.health.clone());
         self.add_resources(&def, &ctx)
     }
 
@@ -227,7 +231,7 @@ impl<'f, 'a> Expander<'f, 'a> {
         if self.templates.exhausted() {
             return Ok(());
         }
-        for (pos, when, spec) in &def.resources {
+        for (pos, (when, disruptive), spec) in &def.resources {
             // The template steps are used up: a problem says where; nothing more renders.
             if self.templates.exhausted() {
                 break;
@@ -264,6 +268,7 @@ impl<'f, 'a> Expander<'f, 'a> {
                     self.problems.push(p);
                 }
                 self.resources.push(Resource {
+                    disruptive: *disruptive,
                     role: def.name.clone(),
                     declared_at: pos.clone(),
                     kind,

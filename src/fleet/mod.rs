@@ -221,7 +221,7 @@ impl<'a> Fleet<'a> {
         layers.extend(host_layer.as_ref());
         let (mut vars, role_refs) = merge(&layers);
         let os_image = layers.iter().rev().find_map(|l| l.os_image.clone());
-        let brakes = crate::release::Brakes {
+        let mut brakes = crate::release::Brakes {
             rollout: layers.iter().rev().find_map(|l| l.brakes.rollout.clone()),
             window: layers.iter().rev().find_map(|l| l.brakes.window.clone()),
             health: layers.iter().rev().find_map(|l| l.brakes.health.clone()),
@@ -248,6 +248,7 @@ impl<'a> Fleet<'a> {
         if !expander.problems.is_empty() {
             return Err(Error::Invalid(expander.problems));
         }
+        brakes.health = crate::release::combine(brakes.health, &expander.health);
         Ok(ForDevice {
             desired: DesiredState {
                 device_id: device.id.clone(),

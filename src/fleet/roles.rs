@@ -34,8 +34,11 @@ pub(super) struct RoleDef {
     pub(super) builtin: bool,
     pub(super) params: Vec<ParamDef>,
     pub(super) includes: Vec<RoleRef>,
-    /// Each resource with the position of its kind (`- file:`) and its `when:`.
-    pub(super) resources: Vec<(Pos, Option<When>, Spec)>,
+    /// Each resource with the position of its kind (`- file:`), its `when:` and
+    /// whether it is disruptive (deferred by a maintenance window or the hold file).
+    pub(super) resources: Vec<(Pos, Marks, Spec)>,
+    /// The role's own `health:` checks, added to the fleet's or group's.
+    pub(super) health: Option<crate::release::Health>,
 }
 
 /// A role, or why it cannot be used.
@@ -140,6 +143,8 @@ impl Fleet<'_> {
             Some(n) => read_role_refs(&file, n, &mut problems),
             None => vec![],
         };
+        let health = (map.iter().find(|(k, _)| k.as_str() == "health"))
+            .and_then(|(k, v)| super::brakes::health(&file, k.span(), v, &mut problems));
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -150,11 +155,12 @@ impl Fleet<'_> {
             builtin,
             params,
             includes,
+            health,
             resources: positions
                 .into_iter()
                 .zip(whens)
                 .zip(doc.resources)
-                .map(|((pos, when), spec)| (pos, when, spec))
+                .map(|((pos, marks), spec)| (pos, marks, spec))
                 .collect(),
         }))
     }
@@ -273,9 +279,9 @@ fn read_params(file: &str, map: &MarkedMappingNode, problems: &mut Vec<Invalid>)
     params
 }
 
-/// Takes each resource's `when:` out of its mapping (a resource is otherwise one key, its
-/// kind), in resource order.
-fn take_whens(file: &str, node: &mut Node, problems: &mut Vec<Invalid>) -> Vec<Option<When>> {
+/// Takes each resource's `when:` and `disruptive:` out of its mapping (a resource is
+/// otherwise one key, its kind), in resource order.
+fn take_whens(file: &str, node: &mut Node, problems: &mut Vec<Invalid>) -> Vec<Marks> {
     let Some(items) = node
         .as_mapping_mut()
         .and_then(|m| m.get_mut("resources"))
@@ -283,14 +289,34 @@ fn take_whens(file: &str, node: &mut Node, problems: &mut Vec<Invalid>) -> Vec<O
     else {
         return vec![];
     };
-    items
-        .iter_mut()
-        .map(|item| {
-            let when = item.as_mapping_mut()?.remove("when")?;
-            When::read(file, &when, problems)
-        })
-        .collect()
+    let mut marks = Vec::new();
+    for item in items.iter_mut() {
+        let Some(map) = item.as_mapping_mut() else {
+            marks.push((None, false));
+            continue;
+        };
+        let when = (map.remove("when")).and_then(|w| When::read(file, &w, problems));
+        let disruptive = match map.remove("disruptive") {
+            None => false,
+            Some(Node::Scalar(s)) if ["true", "false"].contains(&s.as_str()) => {
+                s.as_str() == "true"
+            }
+            Some(n) => {
+                problems.push(Invalid::at(
+                    file,
+                    n.span(),
+                    "expected `disruptive:` as true or false",
+                ));
+                false
+            }
+        };
+        marks.push((when, disruptive));
+    }
+    marks
 }
+
+/// A resource's `when:` and whether it is marked `disruptive: true`.
+type Marks = (Option<When>, bool);
 
 /// Each resource is a mapping with one key, its kind, and its settings under it. The
 /// commonest slip (from Ansible's task syntax) writes the settings at the level of the

@@ -43,7 +43,7 @@ impl FileKind {
                 "health",
             ],
             FileKind::HostVars => &["vars", "roles", "branch", "device_type", "os_image"],
-            FileKind::Role => &["description", "params", "include", "resources"],
+            FileKind::Role => &["description", "params", "include", "resources", "health"],
         }
     }
 }
@@ -59,7 +59,8 @@ fn home(key: &str) -> Option<&'static str> {
             "group_vars or host_vars (fleet.yml declares images per device type under `os.images`)"
         }
         "params" | "include" | "resources" => "a role's role.yml",
-        "rollout" | "maintenance" | "health" => "fleet.yml or group_vars",
+        "rollout" | "maintenance" => "fleet.yml or group_vars",
+        "health" => "fleet.yml, group_vars or a role's role.yml",
         _ => return None,
     })
 }
@@ -224,6 +225,9 @@ pub(super) struct RoleDoc {
     params: Option<IgnoredAny>,
     #[allow(dead_code)]
     include: Option<IgnoredAny>,
+    // Read by `brakes::health`.
+    #[allow(dead_code)]
+    health: Option<IgnoredAny>,
     #[serde(default)]
     pub(super) resources: Vec<Spec>,
 }

@@ -520,6 +520,37 @@ invalid!(
     "fleet.yml:4:1: health.urls: expected an http:// or https:// URL, not `localhost:80`"
 );
 invalid!(
+    a_role_health_is_checked_like_the_fleet_one,
+    [(
+        "roles/web/role.yml",
+        "resources: []\nhealth:\n  units: [web.service]\n  urls: [\"localhost:80\"]\n"
+    )],
+    "roles/web/role.yml:2:1: health.urls: expected an http:// or https:// URL, not `localhost:80`"
+);
+invalid!(
+    a_role_health_has_known_keys,
+    [("roles/web/role.yml", "resources: []\nhealth: {unit: [web.service]}\n")],
+    "roles/web/role.yml:2:10: unknown key `unit`, expected one of: timeout_seconds, units, commands, urls"
+);
+invalid!(
+    health_checks_are_not_templates,
+    [("group_vars/shop.yml", "health: {urls: [\"http://localhost:{{ port }}/\"]}\n")],
+    "group_vars/shop.yml:1:1: health: checks are not templates: expected the value itself, not `http://localhost:{{ port }}/`"
+);
+invalid!(
+    health_is_not_per_device,
+    [("host_vars/pi-1.yml", "health: {units: [a.service]}\n")],
+    "host_vars/pi-1.yml:1:1: `health` belongs in fleet.yml, group_vars or a role's role.yml"
+);
+invalid!(
+    disruptive_is_true_or_false,
+    [(
+        "roles/web/role.yml",
+        "resources:\n  - file: {path: /etc/x, content: x}\n    disruptive: later\n"
+    )],
+    "roles/web/role.yml:3:17: expected `disruptive:` as true or false"
+);
+invalid!(
     a_window_is_hh_mm_to_hh_mm,
     [("group_vars/shop.yml", "maintenance: {window: \"2:00-04:00\"}\n")],
     "group_vars/shop.yml:1:23: expected a window as `HH:MM-HH:MM` in device-local time, such as `02:00-04:00`, not `2:00-04:00`"
@@ -993,4 +1024,36 @@ fn a_group_overrides_the_fleet_rollout_and_window() {
     .brakes;
     assert_eq!(b.rollout.map(|r| r.basis_points), Some(5000));
     assert_eq!(b.window.map(|w| w.label()), Some("23:30-01:00".into()));
+}
+
+/// A role's checks join the strongest layer's: each check once, the longest bound; a
+/// role a `when:` leaves out adds none.
+#[test]
+fn a_role_health_joins_the_group_one() {
+    let reads = std::sync::Arc::new(crate::fleet::facts::Fixed::default());
+    let shop =
+        "vars: {greeting: hi}\nhealth: {timeout_seconds: 10, units: [a.service, web.service]}\n";
+    let web = "include:\n  - role: extra\n    when: \"false\"\nresources: []\nhealth:\n  timeout_seconds: 30\n  units: [web.service]\n  urls: [\"http://127.0.0.1:8080/health\"]\n";
+    let extra = "resources: []\nhealth: {commands: [\"false\"]}\n";
+    let files = [
+        ("group_vars/shop.yml", shop),
+        ("roles/web/role.yml", web),
+        ("roles/extra/role.yml", extra),
+    ];
+    let h = for_device(&files, reads.clone())
+        .unwrap()
+        .brakes
+        .health
+        .unwrap();
+    assert_eq!(h.timeout_seconds, 30);
+    assert_eq!(h.units, ["a.service", "web.service"]);
+    assert_eq!(h.urls, ["http://127.0.0.1:8080/health"]);
+    assert!(h.commands.is_empty());
+    // Without the group's: the role's alone.
+    let files = [("roles/web/role.yml", web), ("roles/extra/role.yml", extra)];
+    let h = for_device(&files, reads).unwrap().brakes.health.unwrap();
+    assert_eq!(
+        (h.timeout_seconds, h.units),
+        (30, vec!["web.service".to_string()])
+    );
 }

@@ -42,11 +42,17 @@ pub(crate) struct DevicePlan {
     pub(crate) facts_seq: Option<u64>,
     pub(crate) facts_time: Option<String>,
     pub(crate) outcome: Outcome,
+    /// The working tree's rollout holds the device back: it stays on the commit it
+    /// last applied (the plan is what it would do once it takes the tree).
+    pub(crate) held_back: Option<String>,
 }
 
 impl DevicePlan {
     /// Whether the device would change (its OS update included).
     pub(crate) fn changes(&self) -> bool {
+        if self.held_back.is_some() {
+            return false;
+        }
         match &self.outcome {
             Outcome::Planned { plan, os_line } => {
                 !plan.is_empty() || os_line.as_ref().is_some_and(|(_, p)| *p)
@@ -81,22 +87,20 @@ pub(crate) fn plan_device(
         facts_seq: with_facts.map(|r| r.seq),
         facts_time: with_facts.map(|r| r.finished.clone()),
         outcome: Outcome::NoFacts,
+        held_back: None,
     };
-    if let Some(req) = fleet_file.requirement() {
-        let running = crate::fleet::gate::Version::parse_prefix(&latest.agent_version);
-        if running.is_none_or(|v| v < req.min) {
-            dp.outcome = Outcome::NeedsAgent(format!(
-                "the branch needs fleet-agent >= {} ({}); the device runs {}",
-                req.min, req.pos, latest.agent_version
-            ));
-            return dp;
-        }
+    if let Some(why) = needs_agent(fleet_file, latest) {
+        dp.outcome = Outcome::NeedsAgent(why);
+        return dp;
     }
     // A report carries no facts of the machine (os-release, model) and never a secret:
     // templates see validate's stand-ins (docs/reporting.md).
     let device = crate::fleet::stand_in(&latest.device, latest.device_type.clone());
     let (desired, os_image) = match fleet.for_device(&device) {
-        Ok(d) => (d.desired, d.os_image),
+        Ok(d) => {
+            dp.held_back = held_back(d.brakes.rollout.as_ref(), latest);
+            (d.desired, d.os_image)
+        }
         Err(Error::Invalid(problems)) => {
             dp.outcome = Outcome::LoadFails(problems.iter().map(|p| p.to_string()).collect());
             return dp;
@@ -147,6 +151,30 @@ pub(crate) fn plan_device(
         Err(e) => Outcome::PlanFails(e.to_string()),
     };
     dp
+}
+
+/// Why the branch needs a newer agent than the device reported, if it does.
+fn needs_agent(fleet_file: &FleetFile, latest: &Report) -> Option<String> {
+    let req = fleet_file.requirement()?;
+    let running = crate::fleet::gate::Version::parse_prefix(&latest.agent_version);
+    running.is_none_or(|v| v < req.min).then(|| {
+        format!(
+            "the branch needs fleet-agent >= {} ({}); the device runs {}",
+            req.min, req.pos, latest.agent_version
+        )
+    })
+}
+
+/// The rollout's line for a device it holds back, as the device's `plan` says it: a
+/// device that applied nothing yet takes the tree whatever its bucket.
+fn held_back(rollout: Option<&crate::release::Rollout>, r: &Report) -> Option<String> {
+    let s = crate::release::standing(rollout?, &r.device);
+    let on = r.applied_commit.as_deref().filter(|_| s.held_back)?;
+    Some(format!(
+        "{}: staying on {}",
+        s.line(),
+        on.get(..12).unwrap_or(on)
+    ))
 }
 
 /// The OS update as the report says it is.

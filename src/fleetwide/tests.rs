@@ -282,3 +282,33 @@ fn a_secret_changes_only_when_its_declaration_does() {
     // Without the applied commit, a secret's content is unknown: a change.
     assert!(!planned(&secret("abc"), &facts, None).is_empty());
 }
+
+/// `plan --all` with the working tree's rollout: at 0 % every device that applied a
+/// commit is held back (and does not count as changing), a device that applied
+/// nothing takes the tree; at 100 % none is held back.
+#[test]
+fn plan_all_says_which_devices_the_rollout_holds_back() {
+    use crate::fleet::{Fleet, FleetFile};
+    let plan_at = |percent: u32, r: &Report| {
+        let fleet_yml = format!("format: 1\nvars: {{port: 80, greeting: hi}}\nroles: [web]\nrollout: {{id: r1, percent: {percent}}}\n");
+        let src = crate::fleet::tests::source(&[("fleet.yml", fleet_yml.as_str())]);
+        let file = FleetFile::read(&src).unwrap();
+        let fleet = Fleet::load(&src, None, &file, crate::fleet::tests::reserved()).unwrap();
+        crate::fleetwide::plan_all::plan_device(&fleet, &file, r, None, &|_, _| None)
+    };
+    let applied = report("pi-1", 1, "id1");
+    let held = plan_at(0, &applied).held_back.unwrap();
+    let b = crate::release::bucket("pi-1", "r1");
+    assert_eq!(
+        held,
+        format!("held back: bucket {b} ≥ 0 (rollout `r1` at 0 %): staying on c1")
+    );
+    let mut new = report("pi-2", 1, "id2");
+    new.applied_commit = None;
+    assert_eq!(
+        plan_at(0, &new).held_back,
+        None,
+        "nothing applied yet: takes the tree"
+    );
+    assert_eq!(plan_at(100, &applied).held_back, None);
+}

@@ -7,10 +7,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::{Change, ChangeKind, Op, Plan, RunPhase};
+use std::collections::BTreeMap;
+
+use crate::plan::{Change, ChangeKind, Op, Plan, ResourceState, RunPhase};
+use crate::resources::command;
 
 #[cfg(test)]
 mod tests;
+pub(crate) mod undo;
 
 /// Buckets a device can fall in: a percentage is counted in hundredths (basis points).
 pub(crate) const BUCKETS: u32 = 10_000;
@@ -52,6 +56,28 @@ pub(crate) struct Health {
     pub(crate) urls: Vec<String>,
 }
 
+/// The checks of the strongest layer and of every role applied, together: each check
+/// once, and the longest bound (the checks are polled together until all pass).
+pub(crate) fn combine(layer: Option<Health>, roles: &[Health]) -> Option<Health> {
+    let mut all = layer.clone().into_iter().chain(roles.iter().cloned());
+    let mut h = all.next()?;
+    for r in all {
+        h.timeout_seconds = h.timeout_seconds.max(r.timeout_seconds);
+        for (mine, theirs) in [
+            (&mut h.units, r.units),
+            (&mut h.commands, r.commands),
+            (&mut h.urls, r.urls),
+        ] {
+            for c in theirs {
+                if !mine.contains(&c) {
+                    mine.push(c);
+                }
+            }
+        }
+    }
+    Some(h)
+}
+
 /// What the strongest layers declare for one device.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Brakes {
@@ -71,6 +97,10 @@ pub(crate) struct Rollback {
     pub(crate) problems: Vec<String>,
     /// When the checks failed (seconds since the epoch).
     pub(crate) at: u64,
+    /// The failed commit's packages as installed when its checks failed ("name
+    /// version"): those the good commit does not declare are said to stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) packages: Vec<String>,
 }
 
 /// The device's stable bucket for a rollout: the first 8 bytes of
@@ -205,9 +235,12 @@ pub(crate) fn deferral(
     (!w.contains(minutes)).then(|| format!("deferred until {}", hhmm(w.start)))
 }
 
-/// Package transactions, service starts, stops and restarts: what a window or the hold
-/// file defers.
+/// Package transactions, service starts, stops and restarts, and the changes of a
+/// resource marked `disruptive: true`: what a window or the hold file defers.
 pub(crate) fn is_disruptive(c: &Change) -> bool {
+    if c.disruptive {
+        return true;
+    }
     match c.kind {
         ChangeKind::Restart | ChangeKind::Reload => true,
         ChangeKind::Apt => c.ops.iter().any(|o| matches!(o, Op::Apt { .. })),
@@ -230,18 +263,50 @@ pub(crate) struct Handler {
     pub(crate) verb: String,
 }
 
-/// Removes the disruptive changes from the plan, each with a note saying why; returns
-/// what was deferred ("apt packages", "restart kiosk.service") and the handlers among it.
-pub(crate) fn defer(plan: &mut Plan, reason: &str) -> (Vec<String>, Vec<Handler>) {
-    let (held, kept): (Vec<Change>, Vec<Change>) = std::mem::take(&mut plan.changes)
-        .into_iter()
-        .partition(is_disruptive);
-    plan.changes = kept;
+/// Removes the disruptive changes from the plan, each with a note saying why, and the
+/// commands that `on_change` makes due by one of them (they run after it); returns
+/// what was deferred ("apt packages", "restart kiosk.service") and the handlers among
+/// it. The state keeps the previous record of a deferred resource (`previous`), and a
+/// deferred command made due by a change that did apply is recorded pending.
+pub(crate) fn defer(
+    plan: &mut Plan,
+    reason: &str,
+    previous: &BTreeMap<String, ResourceState>,
+) -> (Vec<String>, Vec<Handler>) {
+    let mut held: Vec<Change> = Vec::new();
+    // In plan order: what makes a command due comes before it.
+    for c in std::mem::take(&mut plan.changes) {
+        let by_held = |id: &String| held.iter().any(|h| command::changes(h, id));
+        let after_held = c.triggered_by.iter().any(by_held);
+        if is_disruptive(&c) || after_held {
+            held.push(c);
+        } else {
+            plan.changes.push(c);
+        }
+    }
     let mut said = Vec::new();
     let mut handlers = Vec::new();
     for c in held {
         let what = format!("{} {}", c.kind, c.subject);
         plan.notes.push(format!("{what}: {reason}"));
+        if let Some(id) = &c.resource_id {
+            // Its trigger will not change again (unless it was deferred too, when the
+            // command is due again with it).
+            let triggered = c
+                .details
+                .first()
+                .is_some_and(|d| d.contains(command::TRIGGERED));
+            let pending = (plan.resources.get(id))
+                .filter(|_| triggered && is_disruptive(&c))
+                .map(|r| ResourceState {
+                    pending: true,
+                    ..r.clone()
+                });
+            match pending.or_else(|| previous.get(id).cloned()) {
+                Some(r) => plan.resources.insert(id.clone(), r),
+                None => plan.resources.remove(id),
+            };
+        }
         if matches!(c.kind, ChangeKind::Restart | ChangeKind::Reload) {
             let verb = if c.kind == ChangeKind::Restart {
                 "try-restart"
@@ -314,6 +379,9 @@ pub(crate) struct Recorded {
     /// The last health outcome, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) health: Option<String>,
+    /// What the last rollback could not undo, in words (until a commit passes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) not_undone: Vec<String>,
 }
 
 impl Recorded {

@@ -186,7 +186,7 @@ fn only_disruptive_changes_are_deferred_and_handlers_are_carried() {
             vec![systemctl("try-restart", "kiosk.service")],
         ),
     ];
-    let (deferred, handlers) = defer(&mut plan, "deferred until 02:00");
+    let (deferred, handlers) = defer(&mut plan, "deferred until 02:00", &Default::default());
     let kept: Vec<&str> = plan.changes.iter().map(|c| c.subject.as_str()).collect();
     assert_eq!(kept, ["/etc/app.conf", "apt update", "app.service"]);
     assert_eq!(
@@ -238,6 +238,7 @@ fn a_rollback_under_way_or_a_failed_tip_keeps_the_device_on_its_good_commit() {
         to: "c1".into(),
         problems: vec!["x.service is not active".into()],
         at: 0,
+        packages: Default::default(),
     });
     assert_eq!(
         health_target(&r, Some("c3")).as_deref(),

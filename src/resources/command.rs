@@ -350,9 +350,13 @@ pub(super) fn plan_phase(commands: &[&Resource], p: &mut Planner) -> Result<()> 
             )
         };
         let mut why = Vec::new();
+        let mut triggered_by = Vec::new();
         if !c.on_change.is_empty() {
             match triggered(c, r, p) {
-                Some(because) => why.push(because),
+                Some((because, by)) => {
+                    why.push(because);
+                    triggered_by = by;
+                }
                 None => {
                     skip("none of its on_change resources changes");
                     continue;
@@ -388,6 +392,7 @@ pub(super) fn plan_phase(commands: &[&Resource], p: &mut Planner) -> Result<()> 
         details.push(how.join(", "));
         let mut change = r.change(ChangeAction::Run, details, vec![Op::Exec(Box::new(run))]);
         change.secret = c.secret;
+        change.triggered_by = triggered_by;
         p.changes.push(change);
     }
     Ok(())
@@ -411,31 +416,35 @@ fn user_arrives(c: &Command, r: &Resource, p: &Planner) -> Result<bool> {
     )))
 }
 
-/// Why `on_change` makes the command due: which resources change in this run, or a
-/// triggered run that did not finish. None: it is not due.
-fn triggered(c: &Command, r: &Resource, p: &Planner) -> Option<String> {
-    let changed: Vec<&str> = c
-        .on_change
-        .iter()
+/// Why `on_change` makes the command due: which resources change in this run (and
+/// their ids), or a triggered run that did not finish. None: it is not due.
+fn triggered(c: &Command, r: &Resource, p: &Planner) -> Option<(String, Vec<String>)> {
+    let by: Vec<String> = (c.on_change.iter())
         .filter(|reference| p.changes.iter().any(|ch| changes(ch, &reference.id)))
-        .map(|reference| {
-            let id = reference.id.as_str();
-            id.strip_prefix("path:").unwrap_or(id)
-        })
+        .map(|reference| reference.id.clone())
         .collect();
-    if !changed.is_empty() {
-        return Some(format!("{} changes {TRIGGERED}", changed.join(", ")));
+    if !by.is_empty() {
+        let shown: Vec<&str> = by
+            .iter()
+            .map(|i| i.strip_prefix("path:").unwrap_or(i))
+            .collect();
+        return Some((format!("{} changes {TRIGGERED}", shown.join(", ")), by));
     }
     let id = r.kind.id();
     p.previous
         .and_then(|prev| prev.get(&id))
         .filter(|s| s.pending)
-        .map(|_| format!("its last run for a change did not finish {TRIGGERED}"))
+        .map(|_| {
+            (
+                format!("its last run for a change did not finish {TRIGGERED}"),
+                vec![],
+            )
+        })
 }
 
 /// Whether a change of the plan changes the resource `id`: its own change, or the
 /// package transaction installing, upgrading or removing the package.
-fn changes(ch: &Change, id: &str) -> bool {
+pub(crate) fn changes(ch: &Change, id: &str) -> bool {
     if ch.resource_id.as_deref() == Some(id) {
         return true;
     }

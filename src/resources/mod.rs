@@ -38,6 +38,7 @@ mod symlink;
 mod user;
 
 pub(crate) use checks::Reserved;
+pub(crate) use package::PackageState;
 #[cfg(test)]
 pub(crate) use planner::Previous;
 pub(crate) use planner::{plan, Options};
@@ -58,6 +59,8 @@ pub(crate) struct Resource {
     pub(crate) role: String,
     pub(crate) declared_at: Pos,
     pub(crate) kind: Kind,
+    /// `disruptive: true`: its changes wait for the maintenance window and the hold file.
+    pub(crate) disruptive: bool,
 }
 
 impl Resource {
@@ -80,6 +83,8 @@ impl Resource {
             secret: false,
             creates: false,
             resource_id: Some(self.kind.id()),
+            disruptive: self.disruptive,
+            triggered_by: vec![],
             ops,
         }
     }

@@ -272,6 +272,8 @@ impl<'h> Planner<'h> {
                 secret: false,
                 creates: false,
                 resource_id: Some(format!("path:{}", s.path.display())),
+                disruptive: false,
+                triggered_by: vec![],
                 ops: vec![Op::Remove {
                     path: s.path.clone(),
                 }],

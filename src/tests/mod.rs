@@ -4,5 +4,7 @@
 
 mod commands;
 mod device_reads;
+mod disruptive;
 mod paths;
 pub(crate) mod planner;
+mod undo;

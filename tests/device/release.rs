@@ -158,11 +158,13 @@ const HEALTH_UNIT: &str = "[Unit]\nDescription=Fleet health demo\n\n[Service]\nE
 
 /// A unit that runs only with `mode: good`, health-checked; `slow` seconds of a command
 /// on every change of its configuration (so that a rollback can be killed half way).
+/// The command check makes the outcome certain: the unit is `active` for the moment
+/// between its start and its shell's exit, which a first poll can catch.
 fn health_fleet(mode: &str, note: &str) -> Vec<(String, String)> {
     vec![
         (
             "fleet.yml".into(),
-            format!("format: 1\nvars: {{mode: {mode}, note: {note}}}\nroles: [app]\nhealth:\n  timeout_seconds: 5\n  units: [fleet-health.service]\n"),
+            format!("format: 1\nvars: {{mode: {mode}, note: {note}}}\nroles: [app]\nhealth:\n  timeout_seconds: 5\n  units: [fleet-health.service]\n  commands: [\"grep -qx good /etc/fleet-health.conf\"]\n"),
         ),
         ("roles/app/files/fleet-health.service".into(), HEALTH_UNIT.into()),
         (
@@ -248,6 +250,20 @@ fn a_commit_that_fails_its_health_checks_is_rolled_back_and_skipped() {
         "{plan:?}"
     );
     assert_eq!(sha(&dev), good_digest);
+    // The operator's retry: the same commit is taken and checked again (and fails
+    // again, so it is rolled back again and marked failed again).
+    let retry = dev.agent(&["release", "retry", &c2[..12]]);
+    assert_eq!(retry.code, 0, "{retry:?}");
+    assert!(state(&dev)["release"].get("failed").is_none());
+    let pull = dev.agent(&["pull"]);
+    assert_eq!(pull.code, 1, "taken and checked again: {pull:?}");
+    assert!(
+        pull.stderr
+            .contains(&format!("health checks of {c2} failed")),
+        "{pull:?}"
+    );
+    assert_eq!(state(&dev)["release"]["failed"][0], c2.as_str());
+    assert_eq!(sha(&dev), good_digest);
     commit(&repo, &health_fleet("good", "three"), "fixed");
     let c3 = crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
     assert_eq!(dev.agent(&["pull"]).code, 0);
@@ -275,4 +291,57 @@ fn a_commit_that_fails_its_health_checks_is_rolled_back_and_skipped() {
     let s = state(&dev);
     assert!(s["release"]["rollback"].is_null(), "{s}");
     assert_eq!(s["release"]["failed"][1], c4.as_str());
+}
+
+/// The health checks of the device fleet's role: the configuration says hello.
+const HELLO_HEALTH: &str =
+    "health:\n  timeout_seconds: 3\n  commands: [\"grep -qx greeting=hello /etc/fleet-demo.conf\"]\n";
+
+/// A rollback puts back the version the good commit pins when apt still has it (a
+/// downgrade), and lists the package the failed commit added, which stays. The health
+/// checks are declared by the role.
+#[test]
+fn a_rollback_downgrades_what_apt_can_and_lists_what_stays() {
+    let (dev, repo, _git, apt) = timed("setup", || setup("fa-undo"));
+    let version = |dev: &Booted| dev.sh("dpkg-query -W -f '${Version}' fleet-test-hello");
+    // The checks are the role's own (role.yml `health:`).
+    let mut good = device_fleet(apt.port, "hello", PACKAGES);
+    good[2].1.push_str(HELLO_HEALTH);
+    commit(&repo, &good, "good");
+    let pull = timed("good pull", || dev.agent(&["pull"]));
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(version(&dev), "1.0");
+    assert!(!installed(&dev, "fleet-test-manual"));
+
+    let packages = "  - package: {name: fleet-test-hello, version: \"1.1\"}\n  - package: {name: fleet-test-service}\n  - package: {name: fleet-test-manual}\n";
+    let mut bad = device_fleet(apt.port, "broken", packages);
+    bad[2].1.push_str(HELLO_HEALTH);
+    commit(
+        &repo,
+        &bad,
+        "hello 1.1 and a new package, and a broken greeting",
+    );
+    let c2 = crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
+    let pull = timed("failing pull and its rollback", || dev.agent(&["pull"]));
+    eprintln!("[undo] pull:\n{}", pull.stderr);
+    assert_eq!(pull.code, 1, "{pull:?}");
+    assert_eq!(version(&dev), "1.0", "apt still has 1.0: rolled back");
+    assert!(installed(&dev, "fleet-test-manual"), "never removed");
+    let said = format!("package fleet-test-manual 1.0 installed by {} stays (not declared by the good commit; packages are never removed)", &c2[..8]);
+    let rel = release(&dev);
+    eprintln!(
+        "[undo] release: {}",
+        serde_json::to_string_pretty(&rel).unwrap()
+    );
+    assert_eq!(rel["not_undone"], serde_json::json!([said]));
+    assert!(rel["rollback"].is_null());
+    let status = dev.agent(&["status"]);
+    assert!(
+        status.stdout.contains(&format!("not undone:     {said}\n")),
+        "{status:?}"
+    );
+    assert!(
+        pull.stderr.contains(&format!("not undone: {said}")),
+        "{pull:?}"
+    );
 }

@@ -152,3 +152,119 @@ fn a_working_tree_and_a_new_device_are_never_held_back() {
     assert_eq!(dev.read("/etc/app/release"), "2\n");
     assert_eq!(dev.state()["release"]["rollout"]["held_back"], true);
 }
+
+/// A resource a role marks `disruptive: true` waits for the maintenance window and
+/// for the hold file to go; the rest of the commit applies at once.
+#[test]
+fn a_disruptive_resource_waits_for_the_window_and_the_hold_file() {
+    let hour: u32 = (std::process::Command::new("date").arg("+%H").output())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().parse().unwrap())
+        .unwrap();
+    // A window that does not hold now, judged by the clock as it is.
+    let (start, end) = ((hour + 2) % 24, (hour + 3) % 24);
+    let window = format!(
+        "maintenance: {{window: \"{start:02}:00-{end:02}:00\", unsynchronized_clock: trust}}\n"
+    );
+    let role = "resources:\n  - file: {path: /etc/app/release, content: \"2\\n\"}\n  - file: {path: /etc/app/engine.conf, content: \"fast\\n\"}\n    disruptive: true\n";
+    let repo = FleetRepo::new(&[("README", "disruptive\n")]);
+    let fleet = format!("format: 1\nroles: [app]\n{window}");
+    repo.commit(
+        &[("fleet.yml", fleet.as_str()), ("roles/app/role.yml", role)],
+        "a disruptive file",
+    );
+    let dev = Device::new(&repo.url(), "shop-00", "");
+    let plan = dev.run(&["plan"]);
+    let line = format!("note: file /etc/app/engine.conf: deferred until {start:02}:00");
+    assert!(plan.stdout.contains(&line), "{line}\n{plan:?}");
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.read("/etc/app/release"), "2\n");
+    assert!(!dev.path("/etc/app/engine.conf").exists());
+    let deferred = &dev.state()["release"]["deferred"];
+    assert_eq!(deferred[0], "file /etc/app/engine.conf", "{deferred}");
+
+    // No window, the hold file present: still deferred; removed: applied.
+    let fleet = "format: 1\nroles: [app]\n";
+    repo.commit(&[("fleet.yml", fleet)], "no window");
+    std::fs::create_dir_all(dev.path("/run/fleet-agent")).unwrap();
+    std::fs::write(dev.path("/run/fleet-agent/hold"), "").unwrap();
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert!(!dev.path("/etc/app/engine.conf").exists());
+    let plan = dev.run(&["plan"]);
+    let line = "note: file /etc/app/engine.conf: deferred while /run/fleet-agent/hold exists";
+    assert!(plan.stdout.contains(line), "{plan:?}");
+    std::fs::remove_file(dev.path("/run/fleet-agent/hold")).unwrap();
+    let pull = dev.run(&["pull"]);
+    assert_eq!(pull.code, 0, "{pull:?}");
+    assert_eq!(dev.read("/etc/app/engine.conf"), "fast\n");
+    assert!(dev
+        .state()
+        .get("release")
+        .is_none_or(|r| r.get("deferred").is_none()));
+}
+
+/// `release retry` forgets that a commit failed its health checks here, under the lock;
+/// `status` names the failed commits and the command.
+#[test]
+fn release_retry_forgets_a_failed_commit() {
+    let repo = FleetRepo::new(&[("README", "retry\n")]);
+    commit(&repo, &fleet("1", None), "release 1");
+    let dev = Device::new(&repo.url(), "shop-00", "");
+    let (good, bad, worse) = (
+        "1".repeat(40),
+        "53e4ecd2".to_string() + &"a".repeat(32),
+        "b".repeat(40),
+    );
+    let none = dev.run(&["release", "retry"]);
+    assert_eq!(
+        (none.code, none.stdout.as_str()),
+        (0, "no run recorded yet: nothing to retry\n"),
+        "{none:?}"
+    );
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    let mut state = dev.state();
+    state["release"] = serde_json::json!({"good": good, "failed": [bad, worse]});
+    let path = dev.path("/var/lib/fleet-agent/state.json");
+    std::fs::write(&path, state.to_string()).unwrap();
+
+    let status = dev.run(&["status"]);
+    let line = format!("failed commit:  {bad} (failed its health checks here: skipped until a newer commit; `fleet-agent release retry 53e4ecd2aaaa` takes it again)\n");
+    assert!(status.stdout.contains(&line), "{status:?}");
+
+    // Under the run lock: another run holding it makes retry wait or give up (exit 4).
+    let file = std::fs::File::create(dev.path("/var/lib/fleet-agent/lock")).unwrap();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let busy = dev.run(&["release", "retry"]);
+    assert_eq!(busy.code, 4, "{busy:?}");
+    assert_eq!(
+        dev.state()["release"]["failed"].as_array().unwrap().len(),
+        2
+    );
+    drop(lock);
+    let wrong = dev.run(&["release", "retry", "53e4"]);
+    assert_eq!(wrong.code, 1, "a prefix shorter than 7: {wrong:?}");
+    assert!(
+        wrong
+            .stderr
+            .contains("`53e4` is not a commit that failed its health checks here"),
+        "{wrong:?}"
+    );
+    let one = dev.run(&["release", "retry", "53E4ECD2"]);
+    assert_eq!(one.code, 0, "{one:?}");
+    assert_eq!(
+        one.stdout,
+        format!("allowed again: {bad} (the next pull takes it when it is the branch's tip)\n")
+    );
+    assert_eq!(dev.state()["release"]["failed"], serde_json::json!([worse]));
+    assert_eq!(dev.state()["release"]["good"], good.as_str());
+    assert_eq!(dev.run(&["release", "retry"]).code, 0);
+    assert!(dev.state()["release"].get("failed").is_none());
+    let nothing = dev.run(&["release", "retry"]);
+    assert_eq!(
+        nothing.stdout,
+        "no commit failed its health checks here: nothing to retry\n"
+    );
+}
