@@ -10,8 +10,8 @@ Scenarios, for each protocol (the server speaking v2, or v0 only) and each ref c
 (1 branch, or 5,000 refs: 2,500 branches and 2,500 tags besides it):
   steady   no-op polls for STEADY minutes: server CPU time per poll, bytes on the wire
            per poll, poll latency (p50/p99, the agent's wall time), server peak memory
-           (the sum of the proportional set sizes of nginx, fcgiwrap and the git
-           processes, sampled every 50 ms);
+           (CPU and memory from the server's cgroups, which hold nginx, fcgiwrap and
+           every git process they start: scripts/git-server.sh usage);
   commit   a commit is pushed: the time until every device has applied it;
   outage   (1 ref only) the server stops for OUTAGE minutes while a commit is pushed,
            then comes back: the peak request rate after its return (1 s and 1-minute
@@ -37,7 +37,6 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER = os.path.join(HERE, "git-server.sh")
-CLK = os.sysconf("SC_CLK_TCK")
 
 
 def sh(*args, **kw):
@@ -61,46 +60,11 @@ class Server:
     def pids(self):
         return [int(p) for p in sh(SERVER, "pids", self.dir).split()]
 
-    def cpu(self):
-        """CPU seconds of the server's long-lived processes and the children they reaped."""
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += sum(int(f) for f in fields[11:15])
-        return total / CLK
-
-    def tree(self):
-        roots = set(self.pids())
-        parent = {}
-        for d in os.listdir("/proc"):
-            if d.isdigit():
-                try:
-                    parent[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-                except OSError:
-                    pass
-        found = set(roots)
-        changed = True
-        while changed:
-            changed = False
-            for pid, pp in parent.items():
-                if pp in found and pid not in found:
-                    found.add(pid)
-                    changed = True
-        return found
-
-    def pss_kib(self):
-        total = 0
-        for pid in self.tree():
-            try:
-                for line in open(f"/proc/{pid}/smaps_rollup"):
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1])
-            except OSError:
-                pass
-        return total
+    def usage(self, reset=False):
+        """CPU seconds and peak memory (bytes) of the server's cgroups: nginx, fcgiwrap
+        and every git process they started, also those that have exited."""
+        out = sh(SERVER, "usage", self.dir, *(["reset"] if reset else [])).split()
+        return (int(out[0]) / 1e9, int(out[1])) if len(out) == 2 else (float("nan"), 0)
 
     def requests(self, since, until=1e18):
         out = []
@@ -212,9 +176,8 @@ class Fleet:
                 d["next"] += d["period"]
         queue = [(d["next"], i) for i, d in enumerate(self.devices)]
         heapq.heapify(queue)
-        running, runs, peak = {}, [], 0
+        running, runs = {}, []
         reached = {}
-        next_sample = 0
         while time.time() - start < seconds:
             now = time.time()
             if on_tick:
@@ -245,18 +208,13 @@ class Fleet:
                     reached[i] = end
             if want is not None and len(reached) == len(self.devices):
                 break
-            if now >= next_sample:
-                peak = max(peak, self.server.pss_kib() if self.server_up else 0)
-                next_sample = now + 0.05
             time.sleep(0.003)
         for p in list(running):
             try:
                 os.waitpid(p, 0)
             except ChildProcessError:
                 pass
-        return runs, reached, peak
-
-    server_up = True
+        return runs, reached
 
 
 def pct(values, p):
@@ -266,9 +224,9 @@ def pct(values, p):
 
 def steady(fleet, server, label, results):
     m = fleet.m
-    t0, cpu0 = time.time(), server.cpu()
-    runs, _, peak = fleet.run(fleet.args.steady * m)
-    t1, cpu1 = time.time(), server.cpu()
+    t0, (cpu0, _) = time.time(), server.usage(reset=True)
+    runs, _ = fleet.run(fleet.args.steady * m)
+    t1, (cpu1, peak) = time.time(), server.usage()
     reqs = server.requests(t0, t1 + 1)
     polls = sum(1 for r in reqs if r[7])
     served = [r[6] * 1000 for r in reqs]
@@ -286,7 +244,7 @@ def steady(fleet, server, label, results):
         "server_request_ms_p50": round(pct(served, 50), 1),
         "server_request_ms_p99": round(pct(served, 99), 1),
         "agent_cpu_ms_per_poll": round(sum(c for *_, c, _ in runs) * 1000 / max(len(runs), 1), 2),
-        "server_peak_pss_kib": peak,
+        "server_peak_memory_kib": peak // 1024,
         "polls_per_s": round(polls / (t1 - t0), 1),
         "failed_runs": sum(1 for _, _, code, _, _ in runs if code != 0),
     }
@@ -297,7 +255,7 @@ def steady(fleet, server, label, results):
 def propagate(fleet, label, results, version):
     push_version(fleet.args.work, version)
     t0 = time.time()
-    _, reached, _ = fleet.run(4 * 20 * fleet.m, want=version)
+    _, reached = fleet.run(4 * 20 * fleet.m, want=version)
     done = len(reached) == len(fleet.devices)
     secs = max(reached.values()) - t0 if done else float("nan")
     r = {"reached": len(reached), "of": len(fleet.devices), "seconds": round(secs, 1),
@@ -326,20 +284,18 @@ def outage(fleet, server, proto, label, results, version):
     def tick(elapsed):
         if not state["down"] and state["up_at"] is None and elapsed >= 2 * m:
             server.stop()
-            fleet.server_up = False
             state["down"] = True
             push_version(fleet.args.work, version)
         elif state["down"] and elapsed >= 2 * m + down_for:
             server.start(proto)
-            fleet.server_up = True
             state["down"] = False
             state["up_at"] = time.time()
 
     t0 = time.time()
     # The outage, then until every device has the commit (at most 4 periods after).
-    runs, _, _ = fleet.run(2 * m + down_for, on_tick=tick)
+    runs, _ = fleet.run(2 * m + down_for, on_tick=tick)
     tick(2 * m + down_for)
-    _, reached, _ = fleet.run(4 * 20 * m, want=version)
+    _, reached = fleet.run(4 * 20 * m, want=version)
     up = state["up_at"]
     reqs = server.requests(up, time.time() + 1)
     during = server.requests(t0 + 2 * m, up)

@@ -15,6 +15,11 @@
 #       maintenance); 429: nginx's limit_req lets RATE requests per second through
 #       (burst 2 x RATE) and answers the rest 429 with Retry-After: SECS.
 #   scripts/git-server.sh pids DIR      the server's processes (nginx, fcgiwrap)
+#   scripts/git-server.sh usage DIR [reset]
+#       CPU nanoseconds and peak memory bytes of the server and every process it
+#       started (nginx, fcgiwrap, each git http-backend and upload-pack, also those
+#       that have exited): the cgroup (v1 cpuacct and memory) the server runs in;
+#       `reset` restarts the peak. Empty when the machine has no such cgroups.
 #
 # The access log (DIR/access.log) has one line per request:
 #   msec method uri status request_length bytes_sent request_time git_protocol
@@ -80,17 +85,54 @@ http {
 EOF
 }
 
+# The cgroups the server runs in (cgroup v1 cpuacct and memory, below this shell's
+# own), written to DIR/cgroups; none when they cannot be made.
+cgroups() { # dir
+  local dir=$1 name own
+  name=fleet-git-server-$(echo "$dir" | md5sum | cut -c1-8)
+  : > "$dir/cgroups"
+  for c in cpuacct memory; do
+    own=$(awk -F: -v c="$c" '$2 == c {print $3}' /proc/self/cgroup)
+    [ -d "/sys/fs/cgroup/$c" ] || continue
+    mkdir -p "/sys/fs/cgroup/$c${own%/}/$name" 2>/dev/null &&
+      echo "/sys/fs/cgroup/$c${own%/}/$name" >> "$dir/cgroups"
+  done
+}
+
+# Runs a command inside the server's cgroups.
+in_cgroups() { # dir command...
+  local dir=$1
+  shift
+  sh -c 'for g in $(cat "$0/cgroups"); do echo $$ > "$g/cgroup.procs"; done; exec "$@"' "$dir" "$@"
+}
+
+usage() { # dir [reset]
+  local dir=$1 cpu="" mem=""
+  [ -f "$dir/cgroups" ] || { echo; return; }
+  while read -r g; do
+    case $g in
+      */cpuacct/*) cpu=$(cat "$g/cpuacct.usage") ;;
+      */memory/*)
+        [ "${2:-}" = reset ] && echo 0 > "$g/memory.max_usage_in_bytes"
+        mem=$(cat "$g/memory.max_usage_in_bytes") ;;
+    esac
+  done < "$dir/cgroups"
+  echo "$cpu $mem"
+}
+
 start() { # dir root port [proto]
   local dir=$1 root=$2 port=$3 proto=${4:-v2}
   need
   root=$(cd "$root" && pwd)
   write_conf "$dir" "$root" "$port" "$proto"
   rm -f "$dir/fcgiwrap.sock"
-  setsid /usr/sbin/fcgiwrap -c "${GIT_SERVER_WORKERS:-4}" -s "unix:$dir/fcgiwrap.sock" \
+  cgroups "$dir"
+  in_cgroups "$dir" setsid /usr/sbin/fcgiwrap -c "${GIT_SERVER_WORKERS:-4}" -s "unix:$dir/fcgiwrap.sock" \
     </dev/null >>"$dir/fcgiwrap.log" 2>&1 &
-  echo $! > "$dir/fcgiwrap.pid"
   for _ in $(seq 50); do [ -S "$dir/fcgiwrap.sock" ] && break; sleep 0.1; done
-  /usr/sbin/nginx -c "$dir/nginx.conf" -e "$dir/error.log"
+  # Its pid: setsid forks when started from a shell with job control.
+  pgrep -o -f -- "-s unix:$dir/fcgiwrap.sock" > "$dir/fcgiwrap.pid"
+  in_cgroups "$dir" /usr/sbin/nginx -c "$dir/nginx.conf" -e "$dir/error.log"
   for _ in $(seq 50); do
     curl -fsS -o /dev/null "http://127.0.0.1:$port/" 2>/dev/null && break
     # http-backend answers 404 for /, which means the server is up.
@@ -108,9 +150,14 @@ stop() { # dir
   fi
   if [ -f "$dir/fcgiwrap.pid" ]; then
     pid=$(cat "$dir/fcgiwrap.pid")
-    # fcgiwrap's workers are its children; the group was started with setsid.
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    # fcgiwrap and its workers (its children).
+    # shellcheck disable=SC2046
+    kill -TERM "$pid" $(pgrep -P "$pid") 2>/dev/null || true
     rm -f "$dir/fcgiwrap.pid" "$dir/fcgiwrap.sock"
+  fi
+  if [ -f "$dir/cgroups" ]; then
+    sleep 0.5
+    while read -r g; do rmdir "$g" 2>/dev/null || true; done < "$dir/cgroups"
   fi
 }
 
@@ -152,5 +199,6 @@ case $cmd in
   stop) stop "$@" ;;
   overload) overload "$@" ;;
   pids) pids "$@" ;;
+  usage) usage "$@" ;;
   *) sed -n '2,20p' "$0" >&2; exit 2 ;;
 esac

@@ -1,8 +1,9 @@
 //! Politeness towards a server that is down or overloaded: after a failed poll (the
 //! server could not be reached, or answered 429 or 503) the next polls wait. The wait
 //! is the server's `Retry-After` when it sent one, plus a random time in [0, window]
-//! ("full jitter"), where the window starts at `[http] backoff_base_secs` and doubles
-//! with each failure up to `backoff_max_secs`. The timer restarts the process, so the
+//! ("full jitter"). The first failure has no window (a blip: the timer's next run asks
+//! again, as it always did); from the second failure in a row the window is
+//! `[http] backoff_base_secs`, doubling with each failure up to `backoff_max_secs`. The timer restarts the process, so the
 //! wait is kept in the state directory (`backoff`: failures and the time before which
 //! no poll is made, seconds since the epoch); a run within it uses the last fetched
 //! commit without asking the server. A successful poll removes the file.
@@ -38,8 +39,10 @@ pub(super) fn waiting(host: &Host, config: &Config) -> Option<String> {
 
 /// The wait after the `failures`-th failure in a row.
 fn delay(failures: u32, retry_after: Option<u64>, http: &Http, random: u64) -> u64 {
-    let doubled = http.backoff_base_secs.max(1) << failures.saturating_sub(1).min(32);
-    let window = doubled.min(http.backoff_max_secs.max(1));
+    let window = match failures {
+        0 | 1 => 0,
+        n => (http.backoff_base_secs << (n - 2).min(32)).min(http.backoff_max_secs),
+    };
     retry_after.unwrap_or(0).min(MOST_RETRY_AFTER) + random % (window + 1)
 }
 
@@ -88,17 +91,19 @@ mod tests {
         let c = config(60, 900);
         // The largest random number reaches the window's end, zero its start.
         let top = |n| delay(n, None, &c, u64::MAX - (u64::MAX % 1000));
-        assert_eq!(delay(1, None, &c, 0), 0);
-        assert_eq!(delay(1, None, &c, 60), 60);
-        assert_eq!(delay(1, None, &c, 61), 0);
-        assert_eq!(delay(2, None, &c, 120), 120);
-        assert_eq!(delay(4, None, &c, 480), 480);
-        assert_eq!(delay(5, None, &c, 900), 900, "capped: 960 > 900");
+        // The first failure: no wait.
+        assert_eq!(delay(1, None, &c, 12345), 0);
+        assert_eq!(delay(2, None, &c, 0), 0);
+        assert_eq!(delay(2, None, &c, 60), 60);
+        assert_eq!(delay(2, None, &c, 61), 0);
+        assert_eq!(delay(3, None, &c, 120), 120);
+        assert_eq!(delay(5, None, &c, 480), 480);
+        assert_eq!(delay(6, None, &c, 900), 900, "capped: 960 > 900");
         assert_eq!(delay(60, None, &c, 900), 900);
         assert!(top(64) <= 900);
         // Retry-After is a floor, with the jitter on top; absurd values are a day.
-        assert_eq!(delay(1, Some(120), &c, 0), 120);
-        assert_eq!(delay(1, Some(120), &c, 30), 150);
+        assert_eq!(delay(1, Some(120), &c, 7), 120);
+        assert_eq!(delay(2, Some(120), &c, 30), 150);
         assert_eq!(delay(1, Some(u64::MAX), &c, 0), MOST_RETRY_AFTER);
     }
 }

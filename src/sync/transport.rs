@@ -328,7 +328,11 @@ pub(crate) fn http_tip(base: &str, branch: &str) -> std::io::Result<Option<git2:
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).map(|_| answer)
     };
-    let advertised = request(false, format!("{base}/info/refs?service=git-upload-pack"), vec![])?;
+    let advertised = request(
+        false,
+        format!("{base}/info/refs?service=git-upload-pack"),
+        vec![],
+    )?;
     let lines = pkt_lines(&advertised)?;
     let refs = match lines.iter().any(|l| *l == b"version 2") {
         false => lines,
@@ -337,7 +341,9 @@ pub(crate) fn http_tip(base: &str, branch: &str) -> std::io::Result<Option<git2:
             for line in ["command=ls-refs\n", "", &format!("ref-prefix {wanted}\n")] {
                 match line.is_empty() {
                     true => body.extend_from_slice(b"0001"),
-                    false => body.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes()),
+                    false => {
+                        body.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes())
+                    }
                 }
             }
             body.extend_from_slice(b"0000");
@@ -355,7 +361,9 @@ fn find_ref(lines: &[&[u8]], wanted: &str) -> std::io::Result<Option<git2::Oid>>
         let mut words = line.split(|b| *b == b' ');
         let (id, name) = (words.next().unwrap_or(b""), words.next());
         if name == Some(wanted.as_bytes()) {
-            let id = std::str::from_utf8(id).ok().and_then(|i| git2::Oid::from_str(i).ok());
+            let id = std::str::from_utf8(id)
+                .ok()
+                .and_then(|i| git2::Oid::from_str(i).ok());
             return id.map(Some).ok_or_else(|| bad_answer("a ref's id"));
         }
     }
@@ -363,7 +371,9 @@ fn find_ref(lines: &[&[u8]], wanted: &str) -> std::io::Result<Option<git2::Oid>>
 }
 
 fn bad_answer(what: &str) -> std::io::Error {
-    std::io::Error::other(format!("the server's answer is not git's pkt-line format ({what})"))
+    std::io::Error::other(format!(
+        "the server's answer is not git's pkt-line format ({what})"
+    ))
 }
 
 /// The lines of a pkt-line stream without their newline; a flush or delimiter packet is
