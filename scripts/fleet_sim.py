@@ -254,15 +254,23 @@ def steady(fleet, server, label, results):
 
 def propagate(fleet, label, results, version):
     push_version(fleet.args.work, version)
-    t0 = time.time()
-    _, reached = fleet.run(4 * 20 * fleet.m, want=version)
+    t0, (cpu0, _) = time.time(), fleet.server.usage(reset=True)
+    runs, reached = fleet.run(4 * 20 * fleet.m, want=version)
+    cpu1, peak = fleet.server.usage()
     done = len(reached) == len(fleet.devices)
     secs = max(reached.values()) - t0 if done else float("nan")
+    reqs = fleet.server.requests(t0, time.time() + 1)
+    # A fetch: libgit2's own refs request and its POST (no Git-Protocol header).
+    fetches = [r for r in reqs if r[1] == "POST" and not r[7] and r[2].endswith("upload-pack")]
+    fetch_ms = [(e - s) * 1000 for s, e, code, _, i in runs if i in reached and e == reached[i]]
     r = {"reached": len(reached), "of": len(fleet.devices), "seconds": round(secs, 1),
-         "timer_minutes": round(secs / fleet.m, 1)}
+         "timer_minutes": round(secs / fleet.m, 1), "fetches": len(fetches),
+         "polls": sum(1 for r in reqs if r[7]), "server_cpu_s": round(cpu1 - cpu0, 3),
+         "pack_bytes_per_fetch": round(sum(f[5] for f in fetches) / max(len(fetches), 1)),
+         "updating_run_ms_p50": round(pct(fetch_ms, 50), 1),
+         "server_peak_memory_kib": peak // 1024}
     results[label + " commit"] = r
-    print(f"{label} commit: every device applied it after {r['seconds']} s "
-          f"({r['timer_minutes']} timer minutes), {len(reached)}/{len(fleet.devices)}", flush=True)
+    print(f"{label} commit: " + ", ".join(f"{k} {v}" for k, v in r.items()), flush=True)
     return done
 
 
