@@ -89,10 +89,11 @@ for proto in file http; do
   root=$scratch/root-$proto
   device "$root" "$url"
   "$agent" --root "$root" -q pull
-  measure "$proto noop pull" "true" "$agent --root $root -q pull"
+  measure "$proto noop pull" "/bin/true" "$agent --root $root -q pull"
   fresh=$scratch/fresh-$proto
-  measure "$proto first converge" "rm -rf $fresh && mkdir -p $fresh/etc/fleet-agent && cp $root/etc/fleet-agent/agent.toml $fresh/etc/fleet-agent/" \
-    "$agent --root $fresh -q pull"
+  printf 'rm -rf %s && mkdir -p %s/etc/fleet-agent && cp %s/etc/fleet-agent/agent.toml %s/etc/fleet-agent/\n' \
+    "$fresh" "$fresh" "$root" "$fresh" > "$scratch/fresh-$proto.sh"
+  measure "$proto first converge" "bash $scratch/fresh-$proto.sh" "$agent --root $fresh -q pull"
 done
 # One file changes upstream; both devices plan it (the first plan fetches it).
 echo "echo changed" >> "$src/roles/app/files/lib1.sh"
@@ -100,5 +101,5 @@ git -C "$src" -c user.name=bench -c user.email=bench@example.com commit -qam "on
 git -C "$src" push -q origin main
 for proto in file http; do
   root=$scratch/root-$proto
-  measure "$proto plan, 1 change" "true" "$agent --root $root -q plan"
+  measure "$proto plan, 1 change" "/bin/true" "$agent --root $root -q plan"
 done

@@ -74,7 +74,8 @@ class Server:
                 t = float(w[0])
                 if since <= t < until:
                     poll = w[2].endswith("/info/refs") and w[7] == '"version=2"'
-                    out.append((t, w[1], w[2], int(w[3]), int(w[4]), int(w[5]), float(w[6]), poll))
+                    out.append((t, w[1], w[2], int(w[3]), int(w[4]), int(w[5]), float(w[6]), poll,
+                                w[7] == '"version=2"'))
         return out
 
 
@@ -261,12 +262,18 @@ def propagate(fleet, label, results, version):
     secs = max(reached.values()) - t0 if done else float("nan")
     reqs = fleet.server.requests(t0, time.time() + 1)
     # A fetch: libgit2's own refs request and its POST (no Git-Protocol header).
-    fetches = [r for r in reqs if r[1] == "POST" and not r[7] and r[2].endswith("upload-pack")]
+    fetches = [r for r in reqs if r[1] == "POST" and not r[8]]
+    polls = sum(1 for r in reqs if r[7])
+    noop_ms = results[label + " steady"]["server_cpu_ms_per_poll"]
     fetch_ms = [(e - s) * 1000 for s, e, code, _, i in runs if i in reached and e == reached[i]]
     r = {"reached": len(reached), "of": len(fleet.devices), "seconds": round(secs, 1),
          "timer_minutes": round(secs / fleet.m, 1), "fetches": len(fetches),
-         "polls": sum(1 for r in reqs if r[7]), "server_cpu_s": round(cpu1 - cpu0, 3),
-         "pack_bytes_per_fetch": round(sum(f[5] for f in fetches) / max(len(fetches), 1)),
+         "polls": polls, "server_cpu_s": round(cpu1 - cpu0, 3),
+         # What a fetch adds to its poll: libgit2's refs request and the pack.
+         "server_cpu_ms_per_fetch": round(((cpu1 - cpu0) * 1000 - polls * noop_ms)
+                                          / max(len(fetches), 1), 2),
+         "bytes_per_fetch": round(sum(r[4] + r[5] for r in reqs if not r[8])
+                                  / max(len(fetches), 1)),
          "updating_run_ms_p50": round(pct(fetch_ms, 50), 1),
          "server_peak_memory_kib": peak // 1024}
     results[label + " commit"] = r
