@@ -55,10 +55,6 @@ pub(super) fn failed(host: &Host, config: &Config, retry_after: Option<u64>) {
         .build_hasher()
         .finish();
     let until = now() + delay(failures, retry_after, &config.http, random);
-    log::info!(
-        "backing off: no poll before {} ({failures} failed polls)",
-        format_time(until)
-    );
     let written = std::fs::create_dir_all(&dir).and_then(|()| {
         let tmp = dir.join(".backoff.tmp");
         std::fs::write(&tmp, format!("{failures} {until}\n"))?;

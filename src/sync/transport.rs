@@ -364,16 +364,14 @@ fn find_ref(lines: &[&[u8]], wanted: &str) -> std::io::Result<Option<git2::Oid>>
             let id = std::str::from_utf8(id)
                 .ok()
                 .and_then(|i| git2::Oid::from_str(i).ok());
-            return id.map(Some).ok_or_else(|| bad_answer("a ref's id"));
+            return id.map(Some).ok_or_else(bad_answer);
         }
     }
     Ok(None)
 }
 
-fn bad_answer(what: &str) -> std::io::Error {
-    std::io::Error::other(format!(
-        "the server's answer is not git's pkt-line format ({what})"
-    ))
+fn bad_answer() -> std::io::Error {
+    std::io::Error::other("the server's answer is not in git's pkt-line format")
 }
 
 /// The lines of a pkt-line stream without their newline; a flush or delimiter packet is
@@ -384,10 +382,10 @@ fn pkt_lines(mut data: &[u8]) -> std::io::Result<Vec<&[u8]>> {
         let len = std::str::from_utf8(&data[..data.len().min(4)])
             .ok()
             .and_then(|h| usize::from_str_radix(h, 16).ok())
-            .ok_or_else(|| bad_answer("a length"))?;
+            .ok_or_else(bad_answer)?;
         let line = match len {
             0..=3 => &data[..0],
-            _ => data.get(4..len).ok_or_else(|| bad_answer("a short line"))?,
+            _ => data.get(4..len).ok_or_else(bad_answer)?,
         };
         lines.push(line.strip_suffix(b"\n").unwrap_or(line));
         data = &data[len.max(4)..];
