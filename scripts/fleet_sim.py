@@ -140,7 +140,7 @@ class Fleet:
                         f'device_id = "sim-{i:04d}"\ndevice_type = "sim"\n'
                         f"[http]\ntimeout_secs = 20\ndeadline_secs = 60\n"
                         f"backoff_base_secs = {max(1, round(self.m))}\n"
-                        f"backoff_max_secs = {max(1, round(15 * self.m))}\n")
+                        f"backoff_max_secs = {max(1, round(10 * self.m))}\n")
             self.devices.append({"root": root, "period": (10 + 10 * rnd.random()) * self.m})
         self.rnd = rnd
 

@@ -78,7 +78,7 @@ impl Default for Http {
             deadline_secs: 600,
             download_deadline_secs: 1800,
             backoff_base_secs: 60,
-            backoff_max_secs: 900,
+            backoff_max_secs: 600,
         }
     }
 }
