@@ -10,7 +10,8 @@
 //! bases"), is cloned again beside it and swapped in. A full disk or a permission
 //! problem is a failure of the run, never "unreachable". Submodules: the fetch over
 //! libgit2 and its failures (fetch.rs), file:// as a mirror of object files (local.rs),
-//! the clone's life cycle (clone.rs), the transports (transport.rs).
+//! the clone's life cycle (clone.rs), the transports (transport.rs), and the backoff
+//! after failed polls, kept across runs (backoff.rs).
 
 use std::path::PathBuf;
 use std::time::Duration;
