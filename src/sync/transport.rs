@@ -337,17 +337,13 @@ pub(crate) fn http_tip(base: &str, branch: &str) -> std::io::Result<Option<git2:
     let refs = match lines.iter().any(|l| *l == b"version 2") {
         false => lines,
         true => {
-            let mut body = Vec::new();
-            for line in ["command=ls-refs\n", "", &format!("ref-prefix {wanted}\n")] {
-                match line.is_empty() {
-                    true => body.extend_from_slice(b"0001"),
-                    false => {
-                        body.extend_from_slice(format!("{:04x}{line}", line.len() + 4).as_bytes())
-                    }
-                }
-            }
-            body.extend_from_slice(b"0000");
-            let listed = request(true, format!("{base}/git-upload-pack"), body)?;
+            // command=ls-refs, a delimiter, the prefix, a flush.
+            let prefix = format!("ref-prefix {wanted}\n");
+            let body = format!(
+                "0014command=ls-refs\n0001{:04x}{prefix}0000",
+                prefix.len() + 4
+            );
+            let listed = request(true, format!("{base}/git-upload-pack"), body.into_bytes())?;
             return find_ref(&pkt_lines(&listed)?, &wanted);
         }
     };
