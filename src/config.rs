@@ -64,6 +64,11 @@ pub(crate) struct Http {
     pub(crate) deadline_secs: u64,
     /// The most the download of an OS image may take.
     pub(crate) download_deadline_secs: u64,
+    /// After a failed poll the next one waits a random time up to this, doubled with
+    /// each further failure (src/sync/backoff.rs)...
+    pub(crate) backoff_base_secs: u64,
+    /// ...up to this.
+    pub(crate) backoff_max_secs: u64,
 }
 
 impl Default for Http {
@@ -72,6 +77,8 @@ impl Default for Http {
             timeout_secs: 30,
             deadline_secs: 600,
             download_deadline_secs: 1800,
+            backoff_base_secs: 60,
+            backoff_max_secs: 600,
         }
     }
 }

@@ -20,13 +20,25 @@ fn deadline(config: &Config) -> Duration {
     Duration::from_secs(config.http.deadline_secs)
 }
 
-/// The server's tip of the branch: a refs-only request.
+/// The server's tip of the branch: a refs-only request (over HTTP(S), the agent's own
+/// protocol v2 `ls-refs` for that one branch, transport.rs).
 pub(super) fn remote_tip(repo: &Repository, config: &Config) -> Result<Oid, Failure> {
     if local::mirrors(&config.repo) {
         return local::remote_tip(config);
     }
     let url = &config.repo;
     let shown = redact(url);
+    if url.starts_with("http://") || url.starts_with("https://") {
+        let tip = transport::with_deadline(deadline(config), || {
+            transport::http_tip(url, &config.branch)
+        });
+        return match tip {
+            Ok(tip) => tip.ok_or(Failure::NoBranch),
+            Err(e) => Err(Failure::Unreachable(format!(
+                "cannot reach the fleet repository {shown}: {e}"
+            ))),
+        };
+    }
     transport::with_deadline(deadline(config), || {
         let mut remote = repo
             .remote_anonymous(url)

@@ -10,7 +10,8 @@
 //! bases"), is cloned again beside it and swapped in. A full disk or a permission
 //! problem is a failure of the run, never "unreachable". Submodules: the fetch over
 //! libgit2 and its failures (fetch.rs), file:// as a mirror of object files (local.rs),
-//! the clone's life cycle (clone.rs), the transports (transport.rs).
+//! the clone's life cycle (clone.rs), the transports (transport.rs), and the backoff
+//! after failed polls, kept across runs (backoff.rs).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::fleet::source::short;
 use crate::host::Host;
 
+mod backoff;
 mod clone;
 mod fetch;
 mod local;
@@ -140,7 +142,37 @@ fn bound_libgit2_memory() {
     }
 }
 
+/// Syncs, unless a failed poll's backoff (backoff.rs) still runs: then the last
+/// fetched commit is used without asking the server. file:// is never backed off.
 pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
+    if fetch::is_local(&config.repo) {
+        return sync_now(host, config);
+    }
+    if let Some(why) = backoff::waiting(host, config) {
+        warn!("{why}");
+        let opened = clone::open(&clone_dir(host, config), &tracking_ref(&config.branch));
+        return match opened {
+            Ok((repo, Some(commit))) => Ok(Synced {
+                repo,
+                commit,
+                offline: Some(why),
+            }),
+            _ => Err(Failure::Unreachable(why).into_error(config)),
+        };
+    }
+    transport::take_retry_after();
+    let synced = sync_now(host, config);
+    match &synced {
+        Ok(Synced { offline: None, .. }) => backoff::succeeded(host, config),
+        Ok(_) | Err(Error::Unreachable { .. }) => {
+            backoff::failed(host, config, transport::take_retry_after())
+        }
+        Err(_) => {}
+    }
+    synced
+}
+
+fn sync_now(host: &Host, config: &Config) -> Result<Synced> {
     setup_transports(host, config)?;
     let dir = clone_dir(host, config);
     clone::clear_stale(&dir);

@@ -6,6 +6,12 @@
 //! (`with_deadline`), not only a per-read timeout: a server that trickles a byte every
 //! few seconds never trips a read timeout, so each HTTP request gets the time left as
 //! its whole budget, and an ssh client still running at the deadline is killed.
+//!
+//! The refs request of a poll over HTTP(S) is the agent's own (`http_tip`), not
+//! libgit2's (which speaks protocol v0 only): protocol v2's `ls-refs` with the branch as
+//! its prefix, so that a no-op poll's size does not grow with the repository's branches
+//! and tags; a server that answers in v0 is read from that answer. An answer 429 or 503
+//! leaves its `Retry-After` (seconds) for the backoff (`take_retry_after`).
 
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -140,6 +146,7 @@ impl SmartSubtransport for Http {
             content_type,
             body: Vec::new(),
             response: None,
+            v2: false,
         }))
     }
 
@@ -154,6 +161,8 @@ struct HttpStream {
     content_type: Option<&'static str>,
     body: Vec<u8>,
     response: Option<Box<dyn Read + Send>>,
+    /// Asks for protocol v2 (`Git-Protocol: version=2`).
+    v2: bool,
 }
 
 /// The client for `url`. Only an https:// repository loads the system's certificate
@@ -207,6 +216,9 @@ impl HttpStream {
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
+            if self.v2 {
+                req = req.header("Git-Protocol", "version=2");
+            }
             req.send(&self.body[..])
         } else {
             let mut req = agent(&self.url)
@@ -218,6 +230,9 @@ impl HttpStream {
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
+            if self.v2 {
+                req = req.header("Git-Protocol", "version=2");
+            }
             req.call()
         };
         let response = result.map_err(|e| {
@@ -226,9 +241,16 @@ impl HttpStream {
         })?;
         let status = response.status().as_u16();
         if status != 200 {
+            if status == 429 || status == 503 {
+                *RETRY_AFTER.lock().expect("not poisoned") = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+            }
             let why = match status {
                 401 | 403 => "authentication failed: check credentials.token_file",
                 404 => "no git repository at this address",
+                429 | 503 => "the server is overloaded",
                 _ => "the server refused",
             };
             return Err(std::io::Error::other(format!(
@@ -278,6 +300,93 @@ impl Write for HttpStream {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The `Retry-After` seconds of the last 429 or 503 answer (an HTTP date counts as
+/// none: the backoff's own delay applies).
+static RETRY_AFTER: Mutex<Option<u64>> = Mutex::new(None);
+
+pub(crate) fn take_retry_after() -> Option<u64> {
+    RETRY_AFTER.lock().expect("not poisoned").take()
+}
+
+/// The server's tip of `refs/heads/BRANCH` (None: no such branch) over smart HTTP:
+/// the advertisement asked for with protocol v2, then `ls-refs` for that one ref; a
+/// server that answers in v0 advertises every ref in its first answer.
+pub(crate) fn http_tip(base: &str, branch: &str) -> std::io::Result<Option<git2::Oid>> {
+    let base = base.trim_end_matches('/');
+    let wanted = format!("refs/heads/{branch}");
+    let request = |post: bool, url: String, body: Vec<u8>| {
+        let mut stream = HttpStream {
+            post,
+            url,
+            content_type: Some("application/x-git-upload-pack-request"),
+            body,
+            response: None,
+            v2: true,
+        };
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).map(|_| answer)
+    };
+    let advertised = request(
+        false,
+        format!("{base}/info/refs?service=git-upload-pack"),
+        vec![],
+    )?;
+    let lines = pkt_lines(&advertised)?;
+    let refs = match lines.iter().any(|l| *l == b"version 2") {
+        false => lines,
+        true => {
+            // command=ls-refs, a delimiter, the prefix, a flush.
+            let prefix = format!("ref-prefix {wanted}\n");
+            let body = format!(
+                "0014command=ls-refs\n0001{:04x}{prefix}0000",
+                prefix.len() + 4
+            );
+            let listed = request(true, format!("{base}/git-upload-pack"), body.into_bytes())?;
+            return find_ref(&pkt_lines(&listed)?, &wanted);
+        }
+    };
+    find_ref(&refs, &wanted)
+}
+
+/// The id of `wanted` among ref lines (`<id> <name>[ attributes][\0capabilities]`).
+fn find_ref(lines: &[&[u8]], wanted: &str) -> std::io::Result<Option<git2::Oid>> {
+    for line in lines {
+        let line = line.split(|b| *b == 0).next().unwrap_or(line);
+        let mut words = line.split(|b| *b == b' ');
+        let (id, name) = (words.next().unwrap_or(b""), words.next());
+        if name == Some(wanted.as_bytes()) {
+            let id = std::str::from_utf8(id)
+                .ok()
+                .and_then(|i| git2::Oid::from_str(i).ok());
+            return id.map(Some).ok_or_else(bad_answer);
+        }
+    }
+    Ok(None)
+}
+
+fn bad_answer() -> std::io::Error {
+    std::io::Error::other("the server's answer is not in git's pkt-line format")
+}
+
+/// The lines of a pkt-line stream without their newline; a flush or delimiter packet is
+/// an empty line.
+fn pkt_lines(mut data: &[u8]) -> std::io::Result<Vec<&[u8]>> {
+    let mut lines = Vec::new();
+    while !data.is_empty() {
+        let len = std::str::from_utf8(&data[..data.len().min(4)])
+            .ok()
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+            .ok_or_else(bad_answer)?;
+        let line = match len {
+            0..=3 => &data[..0],
+            _ => data.get(4..len).ok_or_else(bad_answer)?,
+        };
+        lines.push(line.strip_suffix(b"\n").unwrap_or(line));
+        data = &data[len.max(4)..];
+    }
+    Ok(lines)
 }
 
 fn base64(data: &[u8]) -> String {
@@ -459,5 +568,27 @@ mod tests {
         ] {
             assert_eq!(base64(plain.as_bytes()), encoded);
         }
+    }
+
+    #[test]
+    fn refs_are_read_from_v0_and_v2_answers() {
+        let id = "3e78248117692c50b387268db39206e2b1a28dd2";
+        let v0 = format!(
+            "001e# service=git-upload-pack\n0000\
+             004b{id} refs/heads/main-old\0multi_ack\n\
+             003d{id} refs/heads/main\n0000"
+        );
+        let lines = pkt_lines(v0.as_bytes()).unwrap();
+        assert_eq!(lines[0], b"# service=git-upload-pack");
+        assert_eq!(lines[1], b"");
+        let found = find_ref(&lines, "refs/heads/main").unwrap();
+        assert_eq!(found.unwrap().to_string(), id);
+        assert_eq!(find_ref(&lines, "refs/heads/other").unwrap(), None);
+        // v2's ls-refs answer: attributes after the name, a response end.
+        let v2 = format!("0058{id} refs/heads/main symref-target:refs/heads/x\n0000");
+        let found = find_ref(&pkt_lines(v2.as_bytes()).unwrap(), "refs/heads/main");
+        assert_eq!(found.unwrap().unwrap().to_string(), id);
+        assert!(pkt_lines(b"00zz").is_err());
+        assert!(pkt_lines(b"0050short").is_err());
     }
 }

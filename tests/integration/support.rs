@@ -220,6 +220,11 @@ pub struct GitHttpServer {
     stop: Arc<AtomicBool>,
     /// While set, every connection is closed at once (the link is down).
     offline: Arc<AtomicBool>,
+    /// While set, every request is answered with this status line and headers (an
+    /// overloaded server: `503 Service Unavailable\r\nRetry-After: 120`).
+    overload: Arc<Mutex<Option<String>>>,
+    /// While set, the client's Git-Protocol header is not passed on (protocol v0 only).
+    v0: Arc<AtomicBool>,
 }
 
 impl GitHttpServer {
@@ -233,6 +238,10 @@ impl GitHttpServer {
         let offline = Arc::new(AtomicBool::new(false));
         let (root, reqs, stopping) = (project_root.to_path_buf(), requests.clone(), stop.clone());
         let down = offline.clone();
+        let overload: Arc<Mutex<Option<String>>> = Arc::default();
+        let busy = overload.clone();
+        let v0 = Arc::new(AtomicBool::new(false));
+        let only_v0 = v0.clone();
         let auth = token.map(|t| format!("Basic {}", base64(&format!("fleet-agent:{t}"))));
         std::thread::spawn(move || {
             while !stopping.load(Ordering::SeqCst) {
@@ -240,7 +249,12 @@ impl GitHttpServer {
                     Ok((stream, _)) if down.load(Ordering::SeqCst) => drop(stream),
                     Ok((stream, _)) => {
                         let (root, reqs, auth) = (root.clone(), reqs.clone(), auth.clone());
-                        std::thread::spawn(move || serve(stream, &root, &reqs, auth.as_deref()));
+                        let busy = busy.lock().unwrap().clone();
+                        let v0 = only_v0.load(Ordering::SeqCst);
+                        std::thread::spawn(move || {
+                            let how = (auth.as_deref(), busy.as_deref(), v0);
+                            serve(stream, &root, &reqs, how)
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
@@ -251,7 +265,20 @@ impl GitHttpServer {
             requests,
             stop,
             offline,
+            overload,
+            v0,
         }
+    }
+
+    /// Speaks protocol v0 only (a server without v2), or both again.
+    pub fn set_v0_only(&self, v0: bool) {
+        self.v0.store(v0, Ordering::SeqCst);
+    }
+
+    /// Answers every request with `answer` (a status line and headers), or serves
+    /// again (None).
+    pub fn set_overload(&self, answer: Option<&str>) {
+        *self.overload.lock().unwrap() = answer.map(str::to_string);
     }
 
     /// Takes the link down (every connection closed at once) or up again.
@@ -275,7 +302,12 @@ impl Drop for GitHttpServer {
     }
 }
 
-fn serve(stream: TcpStream, root: &Path, requests: &Mutex<Vec<String>>, auth: Option<&str>) {
+fn serve(
+    stream: TcpStream,
+    root: &Path,
+    requests: &Mutex<Vec<String>>,
+    (auth, overload, v0): (Option<&str>, Option<&str>, bool),
+) {
     stream.set_nonblocking(false).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut line = String::new();
@@ -301,6 +333,13 @@ fn serve(stream: TcpStream, root: &Path, requests: &Mutex<Vec<String>>, auth: Op
         }
     }
     let mut out = stream;
+    if let Some(answer) = overload {
+        let _ = out.write_all(
+            format!("HTTP/1.1 {answer}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        return;
+    }
     if let Some(expected) = auth {
         if headers.get("authorization").map(String::as_str) != Some(expected) {
             let _ = out.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -328,7 +367,10 @@ fn serve(stream: TcpStream, root: &Path, requests: &Mutex<Vec<String>>, auth: Op
         .env("CONTENT_LENGTH", len.to_string())
         .env(
             "GIT_PROTOCOL",
-            headers.get("git-protocol").cloned().unwrap_or_default(),
+            match v0 {
+                true => String::new(),
+                false => headers.get("git-protocol").cloned().unwrap_or_default(),
+            },
         )
         .env("REMOTE_ADDR", "127.0.0.1")
         .stdin(Stdio::piped())

@@ -43,9 +43,22 @@ fn pull_over_smart_http_and_a_no_op_poll_asks_for_refs_only() {
     let reqs = server.take_requests();
     assert_eq!(
         reqs,
-        vec!["GET /fleet.git/info/refs?service=git-upload-pack".to_string()],
-        "a no-op poll is one refs request"
+        vec![
+            "GET /fleet.git/info/refs?service=git-upload-pack".to_string(),
+            "POST /fleet.git/git-upload-pack".to_string()
+        ],
+        "a no-op poll is protocol v2's capabilities and ls-refs for the branch"
     );
+    // A server without protocol v2: the refs are read from its advertisement.
+    server.set_v0_only(true);
+    let noop = dev.run(&["pull"]);
+    assert_eq!(noop.code, 0, "{noop:?}");
+    assert_eq!(
+        server.take_requests(),
+        vec!["GET /fleet.git/info/refs?service=git-upload-pack".to_string()],
+        "with v0, a no-op poll is one refs request"
+    );
+    server.set_v0_only(false);
 
     repo.commit(
         &[("group_vars/shop.yml", "vars:\n  greeting: hello again\n")],
@@ -456,4 +469,97 @@ fn https_trusts_the_system_authorities_or_the_bundle_ssl_cert_file_names() {
             && !trusted.stderr.contains("certificate"),
         "{trusted:?}"
     );
+}
+
+/// The backoff file of a device: failures and the time before which it does not poll.
+fn backoff(dev: &Device) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(dev.path("/var/lib/fleet-agent/backoff")).ok()?;
+    let mut w = text.split_whitespace().map(|w| w.parse().unwrap());
+    Some((w.next()?, w.next()?))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Moves the device's backoff into the past (time passed), keeping its failures.
+fn expire_backoff(dev: &Device) {
+    let (failures, _) = backoff(dev).unwrap();
+    std::fs::write(
+        dev.path("/var/lib/fleet-agent/backoff"),
+        format!("{failures} 1\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_overloaded_server_is_left_alone_for_its_retry_after_and_the_wait_survives_the_process() {
+    let repo = FleetRepo::new(&basic_fleet());
+    let server = GitHttpServer::start(repo.server.parent().unwrap(), None);
+    let extra = "[http]\nbackoff_base_secs = 10\nbackoff_max_secs = 25\n";
+    let dev = Device::new(&server.url("fleet.git"), "pi-0001", extra);
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    assert_eq!(backoff(&dev), None, "no backoff after a good poll");
+    server.take_requests();
+
+    // 503 with Retry-After: the run uses the last commit; the next polls wait that
+    // long (a first failure adds no jitter).
+    server.set_overload(Some("503 Service Unavailable\r\nRetry-After: 120"));
+    let before = now();
+    let busy = dev.run(&["pull"]);
+    assert_eq!(busy.code, 3, "{busy:?}");
+    assert!(
+        busy.stderr.contains("HTTP 503: the server is overloaded"),
+        "{busy:?}"
+    );
+    let (failures, until) = backoff(&dev).unwrap();
+    assert_eq!(failures, 1);
+    assert!(
+        until >= before + 120 && until <= now() + 120,
+        "{until} vs {before}"
+    );
+    assert_eq!(server.take_requests().len(), 1);
+
+    // A new process (the timer's next run) does not ask the server at all, even
+    // though it is back.
+    server.set_overload(None);
+    let waiting = dev.run(&["pull"]);
+    assert_eq!(waiting.code, 3, "{waiting:?}");
+    assert!(
+        waiting.stderr.contains("not asking the server before"),
+        "{waiting:?}"
+    );
+    assert_eq!(server.take_requests(), Vec::<String>::new());
+
+    // Without Retry-After (the link down): exponential from the second failure in a
+    // row, full jitter, capped.
+    server.set_offline(true);
+    for (n, window) in [(2, 10), (3, 20), (4, 25)] {
+        expire_backoff(&dev);
+        let before = now();
+        assert_eq!(dev.run(&["pull"]).code, 3);
+        let (failures, until) = backoff(&dev).unwrap();
+        assert_eq!(failures, n);
+        assert!(
+            until >= before && until <= now() + window,
+            "{n}: {until} vs {before}"
+        );
+    }
+    // 429 without Retry-After: the same backoff.
+    server.set_offline(false);
+    server.set_overload(Some("429 Too Many Requests"));
+    expire_backoff(&dev);
+    let limited = dev.run(&["pull"]);
+    assert_eq!(limited.code, 3, "{limited:?}");
+    assert!(limited.stderr.contains("HTTP 429"), "{limited:?}");
+    assert_eq!(backoff(&dev).unwrap().0, 5);
+
+    // Once the wait is over and the server answers, the backoff is gone.
+    server.set_overload(None);
+    expire_backoff(&dev);
+    assert_eq!(dev.run(&["pull"]).code, 0);
+    assert_eq!(backoff(&dev), None);
 }
