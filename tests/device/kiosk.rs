@@ -344,6 +344,7 @@ fn the_kiosk_shows_the_page_and_restarts_once_per_change() {
         restarts + 1,
         "one restart, no restart loop"
     );
+    health_gated_rollback(&dev, &repo, (&url_b, landscape));
     eprintln!(
         "[timing] kiosk: whole test: {:.1} s",
         total.elapsed().as_secs_f64()
@@ -371,4 +372,86 @@ fn wait_for_rotation(dev: &Booted, name: &str, landscape: (usize, usize)) -> Sho
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+fn health(url: &str) -> String {
+    format!("format: 1\nhealth:\n  timeout_seconds: 15\n  units: [fleet-kiosk.service]\n  urls: [\"{url}\"]\n")
+}
+
+/// Issue 17: a commit that breaks the kiosk's URL check (its page is not there) is rolled
+/// back within the checks' bound: the launcher back to its earlier digest, the kiosk
+/// active and showing the earlier page, the commit marked failed and skipped after.
+fn health_gated_rollback(
+    dev: &Booted,
+    repo: &FleetRepo,
+    (url_b, landscape): (&str, (usize, usize)),
+) {
+    let hv = format!("host_vars/{}.yml", "fa-kiosk");
+    let head = || crate::support::git(&repo.work, &["rev-parse", "HEAD"]);
+    let state = || -> serde_json::Value {
+        serde_json::from_str(&dev.sh("cat /var/lib/fleet-agent/state.json")).unwrap()
+    };
+    let launcher = || dev.sh("sha256sum /usr/local/lib/fleet-kiosk/kiosk-launch | cut -d' ' -f1");
+    // The checks arrive (nothing else changes): they pass, the commit is the good one.
+    repo.commit(&[("fleet.yml", &health(url_b))], "health: the kiosk's page");
+    let good = head();
+    pull(dev, "pull with health checks");
+    assert_eq!(state()["release"]["good"], good.as_str());
+    let digest = launcher();
+
+    // The broken commit: the kiosk's new page and its check point at a page that is
+    // not there.
+    let url_c = url_b.replace("/b.html", "/missing.html");
+    repo.commit(
+        &[
+            ("fleet.yml", &health(&url_c)),
+            (&hv, &host_vars(&url_c, 90)),
+        ],
+        "kiosk: a page that is not there",
+    );
+    let bad = head();
+    let run = timed("pull of the broken commit and its rollback", || {
+        dev.agent(&["pull"])
+    });
+    eprintln!("[kiosk] rollback pull:\n{}", run.stderr);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("missing.html"), "{run:?}");
+    assert_eq!(
+        launcher(),
+        digest,
+        "the launcher is back to the good commit's"
+    );
+    assert_eq!(dev.sh("systemctl is-active fleet-kiosk.service"), "active");
+    let s = state();
+    eprintln!(
+        "[kiosk] state: {}",
+        serde_json::to_string_pretty(&s["release"]).unwrap()
+    );
+    assert_eq!(s["applied_commit"], good.as_str());
+    assert_eq!(s["release"]["failed"][0], bad.as_str());
+    let said = s["release"]["health"].as_str().unwrap().to_string();
+    assert!(
+        said.starts_with(&format!("rolled back from {bad} to {good} in ")),
+        "{said}"
+    );
+    let took: u64 = said
+        .split(" in ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        took <= 15 + 30,
+        "rolled back {took} s after the failed check"
+    );
+    eprintln!("[kiosk] rolled back {took} s after the failed check");
+    let back = wait_for_rotation(dev, "b-after-the-rollback", landscape);
+    assert!(back.shows(&PAGE_B), "{:?}", back.quadrants());
+    // Later polls skip the failed commit and change nothing.
+    let again = pull(dev, "pull after the rollback");
+    assert!(again.contains("no changes"), "{again}");
+    assert_eq!(launcher(), digest);
 }
