@@ -325,8 +325,7 @@ pub(crate) fn http_tip(base: &str, branch: &str) -> std::io::Result<Option<git2:
             response: None,
             v2: true,
         };
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).map(|_| answer)
+        read_bounded(&mut stream, MOST_REFS_ANSWER)
     };
     let advertised = request(
         false,
@@ -348,6 +347,23 @@ pub(crate) fn http_tip(base: &str, branch: &str) -> std::io::Result<Option<git2:
         }
     };
     find_ref(&refs, &wanted)
+}
+
+/// The most a refs answer may be: a hostile or broken server cannot make the agent
+/// hold more (a v0 advertisement of 5,000 refs is about 330 KB).
+const MOST_REFS_ANSWER: u64 = 16 << 20;
+
+/// All of `from`, refused when it is over `most` bytes.
+fn read_bounded(from: &mut impl Read, most: u64) -> std::io::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    from.take(most + 1).read_to_end(&mut answer)?;
+    if answer.len() as u64 > most {
+        return Err(std::io::Error::other(format!(
+            "the server's refs answer is over {} MiB",
+            most >> 20
+        )));
+    }
+    Ok(answer)
 }
 
 /// The id of `wanted` among ref lines (`<id> <name>[ attributes][\0capabilities]`).
@@ -375,8 +391,8 @@ fn bad_answer() -> std::io::Error {
 fn pkt_lines(mut data: &[u8]) -> std::io::Result<Vec<&[u8]>> {
     let mut lines = Vec::new();
     while !data.is_empty() {
-        let len = std::str::from_utf8(&data[..data.len().min(4)])
-            .ok()
+        let len = (data.get(..4))
+            .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| usize::from_str_radix(h, 16).ok())
             .ok_or_else(bad_answer)?;
         let line = match len {
@@ -590,5 +606,17 @@ mod tests {
         assert_eq!(found.unwrap().unwrap().to_string(), id);
         assert!(pkt_lines(b"00zz").is_err());
         assert!(pkt_lines(b"0050short").is_err());
+        // A truncated length is an error, not a crash.
+        assert!(pkt_lines(b"0000000").is_err());
+        assert!(pkt_lines(b"00").is_err());
+    }
+
+    #[test]
+    fn a_refs_answer_is_bounded() {
+        let mut endless = std::io::repeat(b'0');
+        let e = read_bounded(&mut endless, 2 << 20).unwrap_err();
+        assert_eq!(e.to_string(), "the server's refs answer is over 2 MiB");
+        let mut small: &[u8] = b"0000";
+        assert_eq!(read_bounded(&mut small, 4).unwrap(), b"0000");
     }
 }
