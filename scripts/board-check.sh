@@ -214,6 +214,12 @@ branch = "main"
 device_id = "$name"
 state_dir = "/data/fleet-agent"
 
+# The poll backoff after failed polls (docs/performance.md) at most 20 s: the offline
+# scenario brings the repository back and waits for the verdict, not for the backoff.
+[http]
+backoff_base_secs = 10
+backoff_max_secs = 20
+
 [os_update]
 client = "mender"
 EOF

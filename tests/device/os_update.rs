@@ -49,6 +49,11 @@ fn os_yaml(artifact: &str, uri: &str, sha256: Option<&str>, reboot: &str) -> Str
     )
 }
 
+/// agent.toml: the poll backoff after failed polls (src/sync/backoff.rs, up to 60 s
+/// after the second failure by default) at most 1 s, for the tests that take the fleet
+/// repository away and bring it back: they are about the OS update's offline bound.
+const POLL_BACKOFF_1S: &str = "[http]\nbackoff_base_secs = 1\nbackoff_max_secs = 1\n";
+
 fn fleet(os: &str) -> Vec<(String, String)> {
     vec![
         ("fleet.yml".into(), format!("format: 1\nroles: [app]\n{os}")),
@@ -350,11 +355,6 @@ fn os_update_two_boots_without_commit_fall_back() {
     excerpt("fall-back: journal", &os_lines(&journal));
 }
 
-/// The device's clock, in seconds since the epoch.
-fn dev_now(dev: &AbDevice) -> u64 {
-    dev.sh("date +%s").trim().parse::<u64>().unwrap()
-}
-
 #[test]
 fn os_update_failed_download_and_bad_artifact_back_off() {
     // Delays of 10 s and 20 s (not the other tests' 3 s): "a second pull inside the
@@ -378,7 +378,7 @@ fn os_update_failed_download_and_bad_artifact_back_off() {
     );
     // Waits until the device's clock reaches the backoff's `after`.
     let wait_out = |after: u64| loop {
-        let now = dev_now(&w.dev);
+        let now = super::ab::device_now(&w.dev);
         if now >= after {
             break;
         }
@@ -404,12 +404,12 @@ fn os_update_failed_download_and_bad_artifact_back_off() {
     wait_out(b["after"].as_u64().unwrap());
     // The delay counts from the failure, some time during the run: bracket it by the
     // clock before and after the run (a loaded machine can take seconds per run).
-    let before = dev_now(dev);
+    let before = super::ab::device_now(dev);
     let (code, j) = dev.pull();
     assert_ne!(code, 0, "{j}");
     let b = dev.os()["backoff"].clone();
     assert_eq!(b["attempts"], 2, "{b}");
-    let now = dev_now(dev);
+    let now = super::ab::device_now(dev);
     let after = b["after"].as_u64().unwrap();
     assert!(
         after >= before + 20 && after <= now + 20,
@@ -670,7 +670,11 @@ fn with_offline_timeout(os: String, seconds: u64) -> String {
 /// back: the next run commits (issue 13, item 7).
 #[test]
 fn os_update_unreachable_during_the_first_runs_on_the_new_slot_then_commits() {
-    let w = World::new("fa-os-offline", |w| w.os("fleet-os-2", "now"), "");
+    let w = World::new(
+        "fa-os-offline",
+        |w| w.os("fleet-os-2", "now"),
+        POLL_BACKOFF_1S,
+    );
     let dev = &w.dev;
     let (part, _) = dev.pull_rebooting();
     assert_eq!(part, 3);
@@ -711,7 +715,7 @@ fn os_update_unreachable_past_the_offline_timeout_rolls_back_and_retries_later()
                 .replace("initial_seconds: 3", "initial_seconds: 20")
                 .replace("max_seconds: 8", "max_seconds: 40")
         },
-        "",
+        POLL_BACKOFF_1S,
     );
     let dev = &w.dev;
     let (part, _) = dev.pull_rebooting();
