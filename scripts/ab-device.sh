@@ -249,7 +249,7 @@ wait_boot() { # N TIMEOUT
         fi
       fi
       if [ -n "$PID" ]; then
-        state=$(timeout 5 env -i PATH="$device_path" nsenter -t "$PID" -a -- systemctl is-system-running --wait 2>/dev/null) || true
+        state=$(timeout 20 env -i PATH="$device_path" nsenter -t "$PID" -a -- systemctl is-system-running --wait 2>/dev/null) || true
         case "$state" in running | degraded) return 0 ;; esac
       fi
     fi
@@ -396,7 +396,14 @@ ab_teardown() {
     mountpoint -q "$dir/mnt" && { umount "$dir/mnt" 2>/dev/null || umount -l "$dir/mnt"; }
   fi
   local l
-  for l in $LOOP_DEVS; do losetup -d "$l" 2>/dev/null || true; done
+  # Only a loop device still backed by this device's image: a stop that runs twice (the
+  # test's and its watchdog's) must not detach a loop device another device (of another
+  # suite running at the same time) has attached since.
+  for l in $LOOP_DEVS; do
+    case "$(losetup -n -O BACK-FILE "$l" 2>/dev/null)" in
+      "$dir"/slot[AB].img*) losetup -d "$l" 2>/dev/null || true ;;
+    esac
+  done
   local p
   for p in "$dir"/slots/p*; do
     [ -d "$p/var/cache/apt/archives" ] && harvest_archives "$p/var/cache/apt/archives"
