@@ -122,9 +122,21 @@ in_device() {
 
 # The device's init: the child of systemd-nspawn that is PID 1 of its own namespace.
 find_init() {
-  local c
+  local c f
   for c in $(ps -o pid= --ppid "$NSPAWN_PID" 2>/dev/null); do
     if grep -Eq '^NSpid:[[:space:]]+[0-9]+[[:space:]]+1$' "/proc/$c/status" 2>/dev/null; then
+      echo "$c"
+      return 0
+    fi
+  done
+  # Not a child of systemd-nspawn (seen twice under load: the device booted, and no
+  # child of nspawn was its init for 120 s): the process that is PID 1 of its own
+  # namespace and whose hostname is this device's name (nspawn's --machine).
+  for f in $(grep -lE '^NSpid:[[:space:]]+[0-9]+[[:space:]]+1$' /proc/[0-9]*/status 2>/dev/null || true); do
+    c=${f#/proc/}
+    c=${c%/status}
+    if [ "$(timeout 5 nsenter -t "$c" -u hostname 2>/dev/null || true)" = "$name" ]; then
+      [ -n "${FLEET_DEVICE_DEBUG:-}" ] && log "boot: init $c found by its hostname, not as a child of nspawn"
       echo "$c"
       return 0
     fi
@@ -388,7 +400,7 @@ cmd_start() {
       esac
     fi
     [ "$(date +%s)" -lt "$deadline" ] ||
-      die "$name did not boot within $timeout s (last state: ${state:-none}; init pid: ${PID:-not found}; systemctl said: $(head -c 300 "$dir/boot-wait.err" 2>/dev/null | tr '\n' ' '))"
+      die "$name did not boot within $timeout s (last state: ${state:-none}; init pid: ${PID:-not found}; systemctl said: $({ head -c 300 "$dir/boot-wait.err" 2>/dev/null || true; } | tr '\n' ' '))"
     sleep 0.05
   done
   t_boot=$(now_ms)
