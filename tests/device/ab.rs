@@ -307,9 +307,10 @@ impl AbDevice {
         // The invocation from systemd's own lines about the unit (the unit's
         // InvocationID property is gone once the oneshot run has ended).
         // Under load journald can be slow to answer `--sync` (which then fails): read the
-        // journal anyway, and again for a while until systemd's lines are there.
+        // journal anyway, and again for a while until systemd's lines are there (up to
+        // 60 s: 20 s was once not enough right after a reboot, with two suites running).
         let mut invocation = None;
-        for _ in 0..40 {
+        for _ in 0..120 {
             let units =
                 self.sh("journalctl --sync; journalctl -q -o json UNIT=fleet-agent.service");
             invocation = last_invocation(&units);
@@ -320,7 +321,7 @@ impl AbDevice {
         }
         let invocation = invocation.unwrap_or_else(|| {
             panic!(
-                "{}: no run of fleet-agent.service in the journal after 20 s",
+                "{}: no run of fleet-agent.service in the journal after 60 s",
                 self.name
             )
         });
