@@ -55,11 +55,10 @@ pub(super) fn failed(host: &Host, config: &Config, retry_after: Option<u64>) {
         .build_hasher()
         .finish();
     let until = now() + delay(failures, retry_after, &config.http, random);
-    let written = std::fs::create_dir_all(&dir).and_then(|()| {
-        let tmp = dir.join(".backoff.tmp");
-        std::fs::write(&tmp, format!("{failures} {until}\n"))?;
-        std::fs::rename(&tmp, dir.join(FILE))
-    });
+    // The state directory's own rules: private, written atomically (as state.json).
+    let text = format!("{failures} {until}\n");
+    let written = crate::host::private_dir(&dir)
+        .and_then(|()| crate::host::write_atomic(&dir.join(FILE), text.as_bytes(), 0o600, None));
     if let Err(e) = written {
         log::warn!("cannot record the backoff in {}: {e}", dir.display());
     }
