@@ -129,7 +129,7 @@ find_init() {
       return 0
     fi
   done
-  # Not a child of systemd-nspawn (seen twice under load: the device booted, and no
+  # Not a child of systemd-nspawn (seen once in CI under load: the device booted, and no
   # child of nspawn was its init for 120 s): the process that is PID 1 of its own
   # namespace and whose hostname is this device's name (nspawn's --machine).
   for f in $(grep -lE '^NSpid:[[:space:]]+[0-9]+[[:space:]]+1$' /proc/[0-9]*/status 2>/dev/null || true); do
