@@ -117,9 +117,9 @@ pub(crate) enum Error {
     Config { path: PathBuf, message: String },
     /// The fleet repository does not validate; every problem found is listed.
     Invalid(Vec<Invalid>),
-    /// The fleet repository could not be fetched. `fallback` is true when a previously
-    /// fetched commit exists and is used instead.
-    Unreachable { url: String, message: String },
+    /// The fleet repository could not be fetched and no fetched commit can stand in;
+    /// the message is a whole sentence naming the repository.
+    Unreachable { message: String },
     /// The fleet repository has no such branch.
     NoBranch { url: String, branch: String },
     /// The local clone or a git operation failed.
@@ -201,9 +201,8 @@ impl fmt::Display for Error {
                 }
                 write!(f, "\nnothing was changed")
             }
-            Error::Unreachable { url, message } => {
-                write!(f, "cannot reach the fleet repository {url}: {message}")
-            }
+            // The message is a whole sentence naming the repository (src/sync).
+            Error::Unreachable { message } => write!(f, "{message}"),
             Error::NoBranch { url, branch } => {
                 write!(f, "the fleet repository {url} has no branch `{branch}`")
             }

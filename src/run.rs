@@ -741,7 +741,7 @@ impl<'a> Run<'a> {
             return exit::REFUSED;
         }
         if let Some(why) = &self.offline {
-            warn!("the fleet repository could not be reached ({why}); converged to the last fetched commit");
+            warn!("converged to the last fetched commit ({why})");
             return exit::UNREACHABLE;
         }
         exit::OK
@@ -1235,7 +1235,7 @@ impl Run<'_> {
         let synced = match sync_followed(self.host, &mut self.config, &mut self.warnings) {
             Ok(s) => s,
             Err(e) => {
-                if let Error::Unreachable { message, .. } = &e {
+                if let Error::Unreachable { message } = &e {
                     self.offline = Some(message.clone());
                 }
                 return Err(failed(e));

@@ -238,10 +238,11 @@ pub(super) fn status(path: &Path, state: Option<&State>, as_json: bool) -> Strin
         "last run:",
         &s.time.map(format_time).unwrap_or_else(|| "never".into()),
     );
-    let offline = if s.offline {
-        " (server unreachable: used the last fetched commit)"
-    } else {
-        ""
+    let offline = match (s.offline, &s.last_commit) {
+        (false, _) => "",
+        (true, Some(_)) => " (server unreachable: used the last fetched commit)",
+        // A first clone that failed: there is no commit to fall back on.
+        (true, None) => " (server unreachable: no commit fetched yet)",
     };
     line("outcome:", &format!("{outcome}{offline}"));
     line(

@@ -161,12 +161,25 @@ fn upgrade_available(host: &Host) -> Result<Option<bool>> {
 
 /// Moves to `phase`, logs it (journal field OS_STATE) and saves the state.
 fn transition(save: &mut Save, s: &mut OsState, phase: OsPhase, message: String) -> Result<()> {
+    let failed = phase == OsPhase::RollingBack;
+    transition_logged(save, s, phase, message, failed)
+}
+
+/// [`transition`], logged as a warning when `failed` (a rollback, a fall-back).
+fn transition_logged(
+    save: &mut Save,
+    s: &mut OsState,
+    phase: OsPhase,
+    message: String,
+    failed: bool,
+) -> Result<()> {
     s.phase = phase;
     s.changed = Some(now());
     let p = phase.as_str();
-    match phase {
-        OsPhase::RollingBack => warn!(OS_STATE = p; "OS update: {message}"),
-        _ => info!(OS_STATE = p; "OS update: {message}"),
+    if failed {
+        warn!(OS_STATE = p; "OS update: {message}");
+    } else {
+        info!(OS_STATE = p; "OS update: {message}");
     }
     s.message = Some(message);
     save(s)
@@ -366,8 +379,8 @@ impl Executor<'_, '_> {
         if let Err(e) = &rollback {
             message.push_str(&format!(" (rollback: {e})"));
         }
-        warn!("{message}");
-        self.enter(s, OsPhase::Idle, message)?;
+        // Logged once, as a warning, with the transition.
+        transition_logged(self.save, s, OsPhase::Idle, message, true)?;
         Ok(None)
     }
 

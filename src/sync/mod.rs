@@ -45,7 +45,7 @@ pub(crate) struct Synced {
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// The server could not be reached or did not answer within the deadline: the
-    /// last fetched commit stays in use (exit 3).
+    /// last fetched commit stays in use (exit 3). A whole sentence naming the repository.
     Unreachable(String),
     /// The server has no such branch.
     NoBranch,
@@ -61,7 +61,7 @@ impl Failure {
     fn into_error(self, config: &Config) -> Error {
         let url = redact(&config.repo);
         match self {
-            Failure::Unreachable(message) => Error::Unreachable { url, message },
+            Failure::Unreachable(message) => Error::Unreachable { message },
             Failure::NoBranch => Error::NoBranch {
                 url,
                 branch: config.branch.clone(),
@@ -157,7 +157,11 @@ pub(crate) fn sync(host: &Host, config: &Config) -> Result<Synced> {
                 commit,
                 offline: Some(why),
             }),
-            _ => Err(Failure::Unreachable(why).into_error(config)),
+            _ => Err(Failure::Unreachable(format!(
+                "cannot reach the fleet repository {}: {why}",
+                redact(&config.repo)
+            ))
+            .into_error(config)),
         };
     }
     transport::take_retry_after();

@@ -176,11 +176,21 @@ fn a_failed_first_clone_is_recorded() {
     let run = dev.run(&["pull"]);
     seen("failed first clone", &run);
     assert_eq!(run.code, 3, "{run:?}");
+    // The repository is named once: the sentence is not prefixed with another.
+    assert_eq!(
+        run.stderr.matches("127.0.0.1:9/fleet.git:").count(),
+        1,
+        "{run:?}"
+    );
     let status = dev.run(&["status"]);
     assert!(!status.stdout.contains("no run recorded yet"), "{status:?}");
     assert!(
-        status.stdout.contains("failed (server unreachable")
-            && status.stdout.contains("cannot reach the fleet repository"),
+        status
+            .stdout
+            .contains("failed (server unreachable: no commit fetched yet)")
+            && status
+                .stdout
+                .contains("cannot fetch from http://127.0.0.1:9/fleet.git"),
         "{status:?}"
     );
 }
@@ -202,7 +212,7 @@ fn a_damaged_clone_that_cannot_be_cloned_again_fails_with_the_cause() {
     assert!(
         run.stderr.contains("is damaged")
             && run.stderr.contains("cannot be cloned again")
-            && run.stderr.contains("cannot reach"),
+            && run.stderr.contains("cannot fetch from http://127.0.0.1:"),
         "{run:?}"
     );
     assert!(clone_of(&dev).exists());
