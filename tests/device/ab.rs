@@ -256,12 +256,14 @@ impl AbDevice {
     /// `systemctl start fleet-agent.service`. On this host's hybrid cgroups, systemd in
     /// the device sometimes cannot set up the unit's cgroup right after the previous run
     /// (exit status 219/CGROUP, the agent never ran): start it again, at most twice.
-    fn start_run(&self) {
+    fn start_run(&self) -> Run {
+        let mut started = None;
         for _ in 0..3 {
             let boots = self.parts().len();
-            self.exec(&["systemctl", "start", "fleet-agent.service"]);
+            let start = self.exec(&["systemctl", "start", "fleet-agent.service"]);
+            let start = started.insert(start);
             if self.parts().len() != boots {
-                return;
+                break;
             }
             let st = self.exec(&[
                 "systemctl",
@@ -271,14 +273,15 @@ impl AbDevice {
                 "fleet-agent.service",
             ]);
             if st.code != 0 || st.stdout.trim() != "219" {
-                return;
+                break;
             }
             eprintln!(
-                "{}: fleet-agent.service did not get its cgroup (219/CGROUP); starting it again",
+                "{}: fleet-agent.service did not get its cgroup (219/CGROUP); starting it again ({start:?})",
                 self.name
             );
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
+        started.expect("started at least once")
     }
 
     /// One agent run that must not reboot: the exit status of fleet-agent.service's
@@ -286,7 +289,7 @@ impl AbDevice {
     pub fn pull(&self) -> (i32, String) {
         let boots = self.parts().len();
         let slot = *self.parts().last().unwrap();
-        self.start_run();
+        let started = self.start_run();
         let status = self.exec(&[
             "systemctl",
             "show",
@@ -320,9 +323,19 @@ impl AbDevice {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         let invocation = invocation.unwrap_or_else(|| {
+            let seen = |cmd: &str| {
+                let r = self.exec(&["sh", "-c", cmd]);
+                format!("$ {cmd} (exit {})\n{}{}", r.code, r.stdout, r.stderr)
+            };
             panic!(
-                "{}: no run of fleet-agent.service in the journal after 60 s",
-                self.name
+                "{}: no run of fleet-agent.service in the journal after 60 s\n\
+                 `systemctl start fleet-agent.service`: {started:?}\n\
+                 ExecMainStatus: {status:?}\nboots: {:?}\n{}\n{}\n{}",
+                self.name,
+                self.parts(),
+                seen("systemctl status --no-pager -l fleet-agent.service"),
+                seen("ls -la /var/log/journal /run/log/journal; journalctl --disk-usage; journalctl --header | head -20"),
+                seen("journalctl -b -q --no-pager -o short-monotonic -n 60"),
             )
         });
         let journal = self.sh(&format!(

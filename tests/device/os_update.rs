@@ -683,7 +683,8 @@ fn os_update_unreachable_during_the_first_runs_on_the_new_slot_then_commits() {
         // Offline (exit 3, which the unit counts as a success).
         let (_, journal) = dev.pull();
         assert!(
-            journal.contains("could not be reached") && journal.contains("unverified"),
+            journal.contains("converged to the last fetched commit")
+                && journal.contains("unverified"),
             "run {run} on the new slot, offline: {journal}"
         );
         let os = dev.os();
@@ -723,7 +724,7 @@ fn os_update_unreachable_past_the_offline_timeout_rolls_back_and_retries_later()
     w.git.set_offline(true);
     let (_, journal) = dev.pull();
     assert!(
-        journal.contains("could not be reached") && journal.contains("unverified"),
+        journal.contains("converged to the last fetched commit") && journal.contains("unverified"),
         "{journal}"
     );
     // Until the offline timeout has passed since the first run on the new slot.
