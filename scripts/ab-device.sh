@@ -186,7 +186,7 @@ EOF
 # --- the bootloader loop (runs detached, one per device) ---
 cmd_loop() {
   ab_load_state || die "no state for $name"
-  local part rc flag root l binds
+  local part rc flag root l binds private
   exec >>"$dir/loop.log" 2>&1
   LOOP_PID=$$
   LOOP_START=$(starttime $$)
@@ -197,14 +197,22 @@ cmd_loop() {
     echo "/slots/p$part" >"$dir/boot/root"
     BOOTS=$((BOOTS + 1)) PART=$part PID='' PID_START='' STATE=booting
     echo "$BOOTS $part" >>"$dir/boots.log"
-    root=$dir/slots/p$part binds=(--bind="$dir/slots:/slots")
+    root=$dir/slots/p$part binds=(--bind="$dir/slots:/slots") private=()
     if [ "$CLIENT" = real ]; then
+      # The slot's loop device is mounted in a mount namespace of its own, which ends
+      # with the boot: never on the host, where every container started meanwhile (other
+      # tests' devices) takes a copy of the host's mounts that can keep the slot's
+      # filesystem alive after the host unmounts it, and that filesystem's late
+      # write-back then damages what the Mender client installs into the slot next
+      # (seen in CI: EIO, or a journal without the run, on the slot's next boot).
       root=$dir/mnt binds=()
       mkdir -p "$root"
-      mount "/dev/loop$part" "$root"
+      private=(unshare -m --propagation private sh -c 'mount "$1" "$2" && shift 2 && exec "$@"' sh
+        "/dev/loop$part" "$root")
       for l in $LOOP_DEVS; do binds+=(--bind="$l"); done
     fi
-    setsid systemd-nspawn --register=no --keep-unit -q -b -D "$root" --machine "$name" \
+    # (unshare and sh exec: $! is systemd-nspawn's pid either way.)
+    setsid "${private[@]}" systemd-nspawn --register=no --keep-unit -q -b -D "$root" --machine "$name" \
       --uuid "$UUID" --link-journal=no --console=pipe \
       --bind="$dir/data:/data" --bind="$dir/boot:/uboot" "${binds[@]}" \
       </dev/null >>"$dir/nspawn.log" 2>&1 &
@@ -222,6 +230,7 @@ cmd_loop() {
         umount "$root" 2>/dev/null || sleep 0.1
       done
       ! mountpoint -q "$root" || umount -l "$root"
+      release_slot "loop$part"
     fi
     rmdir "/run/systemd/nspawn/propagate/$name" 2>/dev/null || true
     flag=0
@@ -232,6 +241,63 @@ cmd_loop() {
   done
   STATE=off
   ab_write_state
+}
+
+# What still holds the filesystem of block device DEV (loopN) after a power-off, one
+# line each: "mount PID MOUNTPOINT" for a mount namespace that has it mounted (a copy
+# propagated into another namespace), "file PID" for a process with a file, working
+# directory or root on it (it keeps a lazily unmounted filesystem alive).
+slot_holders() { # DEV
+  local mm hex p f mp
+  mm=$(cat "/sys/block/$1/dev") || return 0
+  hex=$(printf '%x%02x' "${mm%%:*}" "${mm#*:}")
+  # mountinfo's third field is the device's major:minor, the fifth the mount point.
+  grep -E -H "^[0-9]+ [0-9]+ $mm " /proc/[0-9]*/mountinfo 2>/dev/null |
+    while IFS= read -r line; do
+      p=${line#/proc/} p=${p%%/*}
+      mp=$(printf '%s\n' "${line#*:}" | cut -d' ' -f5)
+      echo "mount $p $mp"
+    done | sort -u -k3,3
+  for p in /proc/[0-9]*; do
+    for f in "$p"/cwd "$p"/root "$p"/fd/*; do
+      if [ "$(stat -L -c %D "$f" 2>/dev/null)" = "$hex" ]; then
+        echo "file ${p#/proc/}"
+        break
+      fi
+    done
+  done
+}
+
+# After a power-off (real client): waits until the slot's ext4 filesystem is released
+# everywhere, not only unmounted on the host, before the next boot. In CI, with two
+# suites running, it stayed alive 14 s and once more than 20 s after the host's umount,
+# and a Mender install into that slot in the meantime (the next boot's `os retry`) was
+# then overwritten in part by the old filesystem's write-back: EIO on the slot's next
+# boot, or a journal that lost its lines. After 5 s what holds it is named in loop.log
+# and $ab_run/slot-holders.log: a copy mounted in another namespace is unmounted there
+# (lazily), a process with a file on it is killed (a power-off ends every process of
+# the device). Every wait is noted in $ab_run/slot-holders.log.
+release_slot() { # DEV
+  local dev=$1 i kind pid mp
+  for i in $(seq 600); do
+    if [ ! -e "/sys/fs/ext4/$dev" ]; then
+      [ "$i" = 1 ] || echo "$(date -u +%FT%TZ) $name: slot $dev released $(((i - 1) * 100)) ms after the power-off" >>"$ab_run/slot-holders.log"
+      return 0
+    fi
+    if [ $((i % 50)) = 0 ]; then
+      slot_holders "$dev" | while read -r kind pid mp; do
+        log "slot $dev held $((i / 10)) s after the power-off by $kind $pid ${mp:-} ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120))" 2>&1 |
+          tee -a "$ab_run/slot-holders.log" >&2
+        case $kind in
+          mount) nsenter -t "$pid" -m umount -l "$mp" 2>/dev/null || true ;;
+          file) kill -KILL "$pid" 2>/dev/null || true ;;
+        esac
+      done
+    fi
+    sleep 0.1
+  done
+  log "slot $dev still mounted 60 s after the power-off; booting anyway" 2>&1 |
+    tee -a "$ab_run/slot-holders.log" >&2
 }
 
 # Waits for boot number N to reach running/degraded; sets PID.

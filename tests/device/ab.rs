@@ -330,9 +330,10 @@ impl AbDevice {
             panic!(
                 "{}: no run of fleet-agent.service in the journal after 60 s\n\
                  `systemctl start fleet-agent.service`: {started:?}\n\
-                 ExecMainStatus: {status:?}\nboots: {:?}\n{}\n{}\n{}",
+                 ExecMainStatus: {status:?}\nboots: {:?}\nloop.log: {}\n{}\n{}\n{}",
                 self.name,
                 self.parts(),
+                std::fs::read_to_string(self.dir.join("loop.log")).unwrap_or_default(),
                 seen("systemctl status --no-pager -l fleet-agent.service"),
                 seen("ls -la /var/log/journal /run/log/journal; journalctl --disk-usage; journalctl --header | head -20"),
                 seen("journalctl -b -q --no-pager -o short-monotonic -n 60"),
